@@ -1,0 +1,30 @@
+# One command to a first synced table (`make run`), one to the tests (`make test`).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	cd examples/transactions && ../../$(BIN)/connector run
+	cd examples/transactions && ../../$(BIN)/python ../show.py warehouse.duckdb
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sync.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

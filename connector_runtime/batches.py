@@ -1,0 +1,149 @@
+"""JSON values → typed Arrow columns, one column at a time.
+
+Each column is converted in bulk by Arrow where its values already have the column's
+natural Python type, and value by value only where they do not (a widened column, a
+declared type). A value that cannot be stored raises `ValueError` naming its row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import Decimal, InvalidOperation
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .types import LogicalType
+
+_SIMPLE_ARROW = {
+    "BOOLEAN": pa.bool_(),
+    "LONG": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "NAIVE_DATE": pa.date32(),
+    "NAIVE_DATETIME": pa.timestamp("us"),
+    "UTC_DATETIME": pa.timestamp("us", tz="UTC"),
+    "STRING": pa.string(),
+    "JSON": pa.string(),
+}
+# Python types each logical type takes as they are, without a value-by-value pass
+_NATURAL = {
+    "BOOLEAN": {bool},
+    "LONG": {int},
+    "DECIMAL": {int},
+    "DOUBLE": {float, int},
+    "STRING": {str},
+}
+_EXTRA_FRACTION = re.compile(r"(\.\d{6})\d+")  # Arrow (and warehouses) keep microseconds
+_HAS_OFFSET = r"[Tt ]\d{2}:\d{2}.*(Z|z|[+-]\d{2}(:?\d{2})?)$"
+
+
+class ValueRejected(ValueError):
+    """A value that cannot be stored in its column's type; `row` is its index in the page."""
+
+    def __init__(self, row: int, value: object, logical: LogicalType, reason: str = "") -> None:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        detail = f" ({reason})" if reason else ""
+        super().__init__(f"row {row}: value {shown} does not fit type {logical}{detail}")
+        self.row = row
+
+
+def arrow_type(logical: LogicalType) -> pa.DataType:
+    if logical.name == "DECIMAL":
+        return pa.decimal128(logical.precision, logical.scale)
+    return _SIMPLE_ARROW[logical.name]
+
+
+def column_array(values: list, logical: LogicalType) -> pa.Array:
+    """Typed Arrow array of `values` (JSON values, None for null) as `logical`."""
+    kinds = set(map(type, values)) - {type(None)}
+    try:
+        return _convert(values, kinds, logical)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        raise _first_rejected(values, logical) from None
+
+
+def _convert(values: list, kinds: set[type], logical: LogicalType) -> pa.Array:
+    target = arrow_type(logical)
+    if logical.name == "JSON":
+        return pa.array([None if v is None else _json_text(v) for v in values], target)
+    if logical.name == "STRING":
+        if kinds <= {str}:
+            return pa.array(values, target)
+        return pa.array([None if v is None else as_text(v) for v in values], target)
+    if kinds <= _NATURAL.get(logical.name, set()):
+        return _exact_array(values, logical, target)
+    if kinds <= {str}:
+        return _from_strings(pa.array(values, pa.string()), logical, target)
+    if kinds & {bool, dict, list}:
+        raise TypeError("booleans, objects and arrays only go into BOOLEAN, JSON or STRING")
+    return _from_strings(pa.array([None if v is None else as_text(v) for v in values]), logical, target)
+
+
+def _exact_array(values: list, logical: LogicalType, target: pa.DataType) -> pa.Array:
+    if logical.name == "DECIMAL":
+        # via Decimal so Arrow checks precision instead of wrapping silently
+        return pa.array([None if v is None else Decimal(v) for v in values], target)
+    return pa.array(values, target)
+
+
+def _from_strings(strings: pa.Array, logical: LogicalType, target: pa.DataType) -> pa.Array:
+    """Parse text: numbers for numeric types, ISO 8601 for temporals (offsets to UTC)."""
+    if logical.is_temporal:
+        strings = pc.replace_substring_regex(strings, _EXTRA_FRACTION.pattern, r"\1")
+    if logical.name != "UTC_DATETIME":
+        return strings.cast(target)
+    # Arrow refuses naive text for a zoned type; naive values are read as UTC (DESIGN §4)
+    zoned = pc.fill_null(pc.match_substring_regex(strings, _HAS_OFFSET), False)
+    with_offset = pc.if_else(zoned, strings, pa.scalar(None, pa.string())).cast(target)
+    naive = pc.if_else(zoned, pa.scalar(None, pa.string()), strings).cast(pa.timestamp("us"))
+    return pc.if_else(zoned, with_offset, naive.cast(target))
+
+
+def _first_rejected(values: list, logical: LogicalType) -> ValueRejected:
+    """The exact row whose value broke a bulk conversion."""
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        try:
+            _convert([value], {type(value)}, logical)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError,
+                InvalidOperation) as exc:
+            return ValueRejected(row, value, logical, _reason(exc))
+    return ValueRejected(0, None, logical, "conversion failed")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).split("\n")[0]
+    if "Rescaling" in text or "precision" in text:
+        return "too many digits"
+    return text[:120]
+
+
+def _json_text(value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+
+
+def as_text(value: object) -> str:
+    """A value in a STRING column (DESIGN §4): booleans as true/false, JSON as its text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, Decimal)):
+        return str(value)
+    return _json_text(value)
+
+
+def hashed(value: object) -> str | None:
+    """The `hash` column setting: SHA-256 of the value's text, hex."""
+    if value is None:
+        return None
+    return hashlib.sha256(as_text(value).encode()).hexdigest()

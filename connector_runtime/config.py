@@ -1,0 +1,578 @@
+"""`connectors.yaml`: the models that validate it and the loader that reports where it is wrong.
+
+`load_config` turns every problem into one line of a `ConfigError`, compiler style:
+
+    connectors.yaml:7: connectors.transactions.function.timeout: invalid duration '15 minutes' ...
+
+The line comes from the YAML node tree, walked along pydantic's error location. Secrets
+and headers stay unexpanded in the models; `resolve_secrets` and `resolve_headers` expand
+them when a sync needs them, so a missing variable fails only the connector that uses it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from connector_runtime.errors import ConfigError
+
+_DEFAULT_CONFIG_FILE = "connectors.yaml"
+_ENCRYPTED_PREFIX = "enc:v1:"
+_ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_LOCAL_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
+_CONNECTOR_NAME = r"^[a-z][a-z0-9_]*$"
+
+# --- value types -------------------------------------------------------------------
+
+
+def _problem(template: str, **context: object) -> PydanticCustomError:
+    """A validation error whose message pydantic keeps as written; values shown as repr."""
+    return PydanticCustomError("config", template, {k: repr(v) for k, v in context.items()})
+
+
+_DURATION_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: object) -> float:
+    """`30s`, `15m`, `6h`, `1d` or a bare number of seconds -> seconds (> 0)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_TEXT.match(value)):
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    else:
+        raise _problem("invalid duration {value} (use 30s, 15m, 6h or 1d)", value=value)
+    if not 0 < seconds < math.inf:
+        raise _problem("invalid duration {value} (must be more than zero)", value=value)
+    return seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhd]?\s*$"},
+                {"type": "number", "exclusiveMinimum": 0},
+            ]
+        }
+    ),
+]
+
+
+def _check_connector_name(name: str) -> str:
+    if not re.match(_CONNECTOR_NAME, name):
+        message = "invalid connector name {name}: use a-z, 0-9 and _, starting with a letter"
+        raise _problem(message, name=name)
+    return name
+
+
+ConnectorName = Annotated[
+    str,
+    AfterValidator(_check_connector_name),
+    WithJsonSchema({"type": "string", "pattern": _CONNECTOR_NAME}),
+]
+
+
+def _check_env_references(value: str) -> str:
+    # A `${env:` that is not a well-formed reference would silently stay literal text.
+    if value.count("${env:") != len(_ENV_REFERENCE.findall(value)):
+        raise _problem("malformed ${env:NAME} reference (NAME: letters, digits and _)")
+    return value
+
+
+_Expandable = Annotated[str, AfterValidator(_check_env_references)]
+
+
+# --- models --------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", validate_by_alias=True, validate_by_name=True
+    )
+
+
+class RetryConfig(_Model):
+    """Backoff with full jitter for transient invocation failures (429, 5xx, timeouts)."""
+
+    attempts: int = Field(
+        5, ge=1, strict=True, description="Invocations in all, the first included."
+    )
+    base: Duration = Field(
+        "1s",
+        validate_default=True,
+        description="Backoff before the first retry; doubles per attempt.",
+    )
+    cap: Duration = Field(
+        "60s", validate_default=True, description="Longest wait between two attempts."
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> RetryConfig:
+        if self.cap < self.base:
+            raise _problem("cap must not be shorter than base")
+        return self
+
+
+class FunctionConfig(_Model):
+    """The connector's function: exactly one of `local`, `lambda` or `http`."""
+
+    local: str | None = Field(
+        None, description="Path to a .py, .js, .mjs or .cjs file, relative to the config file."
+    )
+    handler: str | None = Field(
+        None, description="Name of the local handler; default `handler`, else `lambda_handler`."
+    )
+    isolation: Literal["process", "inline"] = Field(
+        "process",
+        description="Run a local function in a worker subprocess (process) or in the runtime (inline).",
+    )
+    lambda_: str | None = Field(
+        None,
+        alias="lambda",
+        min_length=1,
+        description="AWS Lambda function: name, name:alias or ARN.",
+    )
+    region: str | None = Field(
+        None, description="AWS region of the Lambda function; default from the AWS environment."
+    )
+    qualifier: str | None = Field(None, description="Lambda version or alias to invoke.")
+    endpoint_url: str | None = Field(
+        None, description="Lambda API endpoint, for a local emulator or a private endpoint."
+    )
+    role_arn: str | None = Field(
+        None, description="IAM role to assume before invoking the Lambda function."
+    )
+    external_id: str | None = Field(
+        None, description="External ID to pass when assuming `role_arn`."
+    )
+    http: str | None = Field(
+        None,
+        description="URL to POST each request to (Netlify, Azure, Google Cloud Functions, ...).",
+    )
+    headers: dict[str, _Expandable] = Field(
+        {}, repr=False, description="HTTP headers for `http`; values may use ${env:VAR}."
+    )
+    timeout: Duration = Field(
+        "15m", validate_default=True, description="Longest one invocation may take."
+    )
+    memory_mb: int | None = Field(
+        4096,
+        ge=1,
+        strict=True,
+        description="Memory limit of a local worker process in MiB; null for none.",
+    )
+    retry: RetryConfig = Field(
+        RetryConfig(), description="Retries of transient invocation failures."
+    )
+
+    @property
+    def kind(self) -> Literal["local", "lambda", "http"]:
+        """Which of the three ways this function is called."""
+        if self.local is not None:
+            return "local"
+        return "lambda" if self.lambda_ is not None else "http"
+
+    @field_validator("local")
+    @classmethod
+    def _known_file_type(cls, local: str | None) -> str | None:
+        if local is not None and PurePath(local).suffix not in _LOCAL_SUFFIXES:
+            raise _problem("{local} is not a .py, .js, .mjs or .cjs file", local=local)
+        return local
+
+    @field_validator("http")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise _problem("{url} is not an http(s) URL", url=url)
+        return url
+
+    @model_validator(mode="after")
+    def _exactly_one_function(self) -> FunctionConfig:
+        chosen = [key for key, value in self._sources().items() if value is not None]
+        if not chosen:
+            raise _problem("no function: set one of local, lambda or http")
+        if len(chosen) > 1:
+            raise _problem(f"set only one of local, lambda or http, not {' and '.join(chosen)}")
+        return self
+
+    def _sources(self) -> dict[str, str | None]:
+        return {"local": self.local, "lambda": self.lambda_, "http": self.http}
+
+
+class CronSchedule(_Model):
+    """A crontab schedule, e.g. `{cron: "*/15 * * * *"}`."""
+
+    cron: str = Field(
+        description="Five-field crontab expression: minute hour day-of-month month day-of-week."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            message = "invalid cron {cron} (need 5 fields: minute hour day month weekday)"
+            raise _problem(message, cron=cron)
+        return cron
+
+
+def _schedule_kind(value: object) -> str:
+    return "cron" if isinstance(value, dict | CronSchedule) else "every"
+
+
+# The tags appear in pydantic's error locations; `_display_loc` drops them.
+_Schedule = Annotated[
+    Annotated[Duration, Tag("every")] | Annotated[CronSchedule, Tag("cron")],
+    Discriminator(_schedule_kind),
+]
+
+
+class TableConfig(_Model):
+    """Per-table options, keyed by the table's name as the function sends it."""
+
+    sync: bool = Field(True, description="false: drop this table's rows instead of writing them.")
+    columns: dict[str, Literal["hash", "block"]] = Field(
+        {}, description="Column protection: hash stores a hash of the value, block never writes it."
+    )
+    history: bool = Field(
+        False, description="Keep every version of a row (history mode), not only the latest."
+    )
+
+
+class ConnectorConfig(_Model):
+    """One connector: its function, where its tables go and when it runs."""
+
+    function: FunctionConfig = Field(description="The function to call.")
+    schema_: str | None = Field(
+        None,
+        alias="schema",
+        description="Warehouse schema for the tables; default the connector's name.",
+    )
+    destination: str | None = Field(
+        None, description="Warehouse URL for this connector; default `warehouse`."
+    )
+    schedule: _Schedule | None = Field(
+        None, description="Interval (30s, 15m, 6h, 1d) or {cron: ...}; absent: manual syncs only."
+    )
+    secrets: dict[str, _Expandable] = Field(
+        {},
+        repr=False,
+        description="Values passed as `secrets`: enc:v1:... tokens, ${env:VAR} or plain text.",
+    )
+    tables: dict[str, TableConfig] = Field(
+        {}, description="Per-table options, keyed by source table name."
+    )
+    naming: Literal["fivetran", "source"] = Field(
+        "fivetran",
+        description="fivetran: normalise names to snake_case; source: keep them as sent.",
+    )
+    max_sync_duration: Duration = Field(
+        "6h",
+        validate_default=True,
+        description="Longest a sync runs; it then stops after a page and resumes next time.",
+    )
+
+
+class Config(_Model):
+    """The whole `connectors.yaml`."""
+
+    warehouse: str = Field(
+        "duckdb:///warehouse.duckdb",
+        description="Default destination URL; file paths are relative to the config file.",
+    )
+    connectors: dict[ConnectorName, ConnectorConfig] = Field(
+        description="Connectors by name ([a-z][a-z0-9_]*)."
+    )
+    max_concurrent_syncs: int = Field(
+        4, ge=1, strict=True, description="Most syncs `connector serve` runs at once."
+    )
+
+    _path: Path = PrivateAttr(default_factory=lambda: Path(_DEFAULT_CONFIG_FILE))
+
+    @property
+    def path(self) -> Path:
+        """The config file; relative paths inside it are resolved against its directory."""
+        return self._path
+
+    def destination_url(self, name: str) -> str:
+        """The connector's warehouse URL, a relative DuckDB/SQLite file made absolute."""
+        url = self._connector(name).destination or self.warehouse
+        return _resolve_file_url(url, self._directory())
+
+    def function_path(self, name: str) -> Path:
+        """The connector's `local` function file, resolved against the config's directory."""
+        local = self._connector(name).function.local
+        if local is None:
+            raise ConfigError(f"{self.path}: connectors.{name}.function: not a local function")
+        return self._directory() / Path(local).expanduser()
+
+    def schema_name(self, name: str) -> str:
+        """The warehouse schema of the connector's tables."""
+        return self._connector(name).schema_ or name
+
+    def _connector(self, name: str) -> ConnectorConfig:
+        if name not in self.connectors:
+            known = ", ".join(sorted(self.connectors)) or "none"
+            raise ConfigError(f"{self.path}: no connector named {name!r} (configured: {known})")
+        return self.connectors[name]
+
+    def _directory(self) -> Path:
+        return self.path.absolute().parent
+
+
+# A path after `scheme:///`; absolute (`/...`), `:memory:` and `md:`-style names are not files.
+_FILE_URL = re.compile(r"^(?P<scheme>duckdb|sqlite(?:\+\w+)?):///(?P<path>[^?]*)(?P<query>\?.*)?$")
+_NOT_A_RELATIVE_FILE = re.compile(r"^(/|[\w+.-]*:)")
+
+
+def _resolve_file_url(url: str, directory: Path) -> str:
+    match = _FILE_URL.match(url)
+    if not match or not match["path"] or _NOT_A_RELATIVE_FILE.match(match["path"]):
+        return url
+    return f"{match['scheme']}:///{directory / match['path']}{match['query'] or ''}"
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate the config: `path`, else $CONNECTOR_CONFIG, else ./connectors.yaml."""
+    path = Path(
+        path if path is not None else os.environ.get("CONNECTOR_CONFIG") or _DEFAULT_CONFIG_FILE
+    )
+    root, document = _parse_yaml(_read(path), path)
+    if not isinstance(root, yaml.MappingNode):
+        line = root.start_mark.line + 1 if root is not None else 1
+        raise ConfigError(f"{path}:{line}: expected a mapping with `connectors:` at the top level")
+    try:
+        config = Config.model_validate(document, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        # `from None`: pydantic's own message echoes input values, which may be secrets.
+        raise ConfigError(_describe(exc, root, path)) from None
+    config._path = path.absolute()
+    return config
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (give -c PATH or set CONNECTOR_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            _reject_duplicate_keys(root, path)  # before constructing, which flattens merges
+        return root, loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{path}:{_yaml_problem(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """`line: YAML syntax error: problem (context at line N)`, lines 1-based."""
+    mark = exc.problem_mark or exc.context_mark
+    text = f"{mark.line + 1 if mark else 1}: YAML syntax error: {exc.problem or exc.context}"
+    if exc.problem and exc.context and exc.context_mark:
+        text += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return text
+
+
+def _reject_duplicate_keys(node: yaml.Node, path: Path, at: tuple = ()) -> None:
+    # PyYAML keeps the last of two equal keys; a second connector of one name is a mistake.
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _reject_duplicate_keys(item, path, (*at, index))
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_lines: dict[str, int] = {}
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key.start_mark.line + 1
+        if key.value in first_lines:
+            field = ".".join(str(part) for part in (*at, key.value))
+            raise ConfigError(
+                f"{path}:{line}: {field}: duplicate key (first at line {first_lines[key.value]})"
+            )
+        first_lines[key.value] = line
+        _reject_duplicate_keys(value, path, (*at, key.value))
+
+
+# --- error reports -------------------------------------------------------------------
+
+_MESSAGES = {
+    "missing": "required",
+    "model_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "string_type": "expected a string",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+}
+
+
+def _describe(exc: ValidationError, root: yaml.Node, path: Path) -> str:
+    """One `file:line: field: problem` line per error, in file order."""
+    problems = []
+    for error in exc.errors():
+        loc = _display_loc(error["loc"])
+        field = ".".join(str(part) for part in loc)
+        prefix = f"{field}: " if field else ""
+        problems.append((_line_of(root, loc), f"{prefix}{_message(error, loc)}"))
+    return "\n".join(f"{path}:{line}: {text}" for line, text in sorted(dict.fromkeys(problems)))
+
+
+def _display_loc(loc: tuple) -> tuple:
+    """The location as written in YAML: without dict-key markers and schedule union tags."""
+    parts = [part for part in loc if part != "[key]"]
+    if len(parts) > 3 and parts[0] == "connectors" and parts[2] == "schedule":
+        del parts[3]
+    return tuple(parts)
+
+
+def _line_of(root: yaml.Node, loc: tuple) -> int:
+    """1-based line of the deepest key along `loc` that exists in the YAML."""
+    node, line = root, root.start_mark.line + 1
+    for part in loc:
+        entry = _child(node, part)
+        if entry is None:
+            break
+        key, node = entry
+        line = key.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        return next(((key, value) for key, value in node.value if key.value == part), None)
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return node.value[part], node.value[part]
+    return None
+
+
+def _message(error: Any, loc: tuple) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(loc)
+    if error["type"] == "literal_error":  # enum-like settings, never secrets
+        return f"{error['msg']}, not {error['input']!r}"
+    return _MESSAGES.get(error["type"], error["msg"])
+
+
+def _unknown_key(loc: tuple) -> str:
+    allowed = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(allowed)
+    return f"unknown key {loc[-1]!r} ({hint})"
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the model at `loc` accepts, as written in YAML."""
+    annotation: Any = Config
+    for part in loc:
+        annotation = _child_type(annotation, part)
+    model = _model_in(annotation)
+    return [field.alias or name for name, field in model.model_fields.items()] if model else []
+
+
+def _child_type(annotation: Any, part: str | int) -> Any:
+    if get_origin(annotation) is dict:
+        return get_args(annotation)[1]
+    model = _model_in(annotation)
+    fields = model.model_fields.items() if model else ()
+    return next((field.annotation for name, field in fields if part in (name, field.alias)), None)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside `X | None`, `Annotated[X, ...]` or a union of a model and a scalar."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is dict:
+        return None
+    return next(filter(None, (_model_in(arg) for arg in get_args(annotation))), None)
+
+
+# --- secrets and headers -------------------------------------------------------------
+
+
+def resolve_secrets(
+    connector: ConnectorConfig,
+    name: str,
+    decrypt: Callable[[str, str], str] | None = None,
+) -> dict[str, str]:
+    """The connector's secrets with ${env:VAR} expanded and, given `decrypt`, tokens decrypted."""
+    return {
+        key: _resolve(value, f"connectors.{name}.secrets.{key}", name, decrypt)
+        for key, value in connector.secrets.items()
+    }
+
+
+def resolve_headers(
+    connector: ConnectorConfig,
+    name: str,
+    decrypt: Callable[[str, str], str] | None = None,
+) -> dict[str, str]:
+    """The function's HTTP headers, expanded like `resolve_secrets`."""
+    return {
+        key: _resolve(value, f"connectors.{name}.function.headers.{key}", name, decrypt)
+        for key, value in connector.function.headers.items()
+    }
+
+
+def plaintext_secret_keys(connector: ConnectorConfig) -> list[str]:
+    """Keys of secrets written in plain text: neither an enc:v1: token nor ${env:...}."""
+    return [
+        key
+        for key, value in connector.secrets.items()
+        if value and not value.startswith(_ENCRYPTED_PREFIX) and not _ENV_REFERENCE.search(value)
+    ]
+
+
+def _resolve(
+    value: str, field: str, connector_name: str, decrypt: Callable[[str, str], str] | None
+) -> str:
+    if value.startswith(_ENCRYPTED_PREFIX):
+        return decrypt(value, connector_name) if decrypt else value
+    return _ENV_REFERENCE.sub(lambda match: _environment_value(match[1], field), value)
+
+
+def _environment_value(variable: str, field: str) -> str:
+    if variable not in os.environ:
+        raise ConfigError(f"{field}: environment variable {variable} is not set")
+    return os.environ[variable]

@@ -1,0 +1,147 @@
+"""The destination seam: a warehouse that applies pages and keeps the runtime's tables.
+
+The core never imports a backend: `open_destination` picks one by URL scheme and
+imports it then. Backends live in the top-level `destinations` package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import ConfigError
+from .naming import NameEntry
+from .page import PageWrite, TableInfo
+
+RUNTIME_SCHEMA = "connector_runtime"
+
+
+@dataclass(frozen=True)
+class SyncRecord:
+    """A row of `connector_runtime.syncs`."""
+
+    sync_id: str
+    connector: str
+    trigger: str  # manual | schedule | resync
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "running"  # running | succeeded | failed | rescheduled
+    pages: int = 0
+    rows_upserted: int = 0
+    rows_deleted: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A row of `connector_runtime.alerts`."""
+
+    alert_id: str
+    connector: str
+    sync_id: str | None
+    created_at: datetime
+    severity: str  # error | warning
+    kind: str
+    error_type: str | None
+    message: str
+    stack_trace: list | None = None
+    resolved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a sync needs to know before its first page."""
+
+    state: dict[str, Any]
+    catalog: dict[str, TableInfo]
+    names: list[NameEntry]
+    cycle_started_at: datetime | None = None  # start of the oldest sync not yet succeeded
+    cycle_trigger: str | None = None  # "resync" while a re-sync has not yet succeeded
+
+
+@dataclass
+class TableCounts:
+    """What one page did to one table."""
+
+    upserted: int = 0
+    deleted: int = 0
+    missing: int = 0  # delete keys not found in the table
+
+
+@dataclass
+class PageResult:
+    tables: dict[str, TableCounts] = field(default_factory=dict)
+
+
+class Destination(ABC):
+    """A warehouse. One instance serves one sync (or one command) and is then closed.
+
+    Contract, for every backend:
+    - `apply_page` applies the whole page *and* its state in one transaction: after a
+      crash at any instant, either all of it is there or none of it.
+    - errors leave as `errors.DestinationError` (terminal: the warehouse refused the
+      data) or `errors.TransientDestinationError` (the connection failed before commit;
+      the page may be applied again and nothing doubles).
+    - names from functions are always quoted; no name is spliced into SQL unquoted.
+    """
+
+    @abstractmethod
+    def lock(self, connector: str) -> AbstractContextManager[None]:
+        """Hold the connector's sync lock; raise SyncInProgress if another process has it.
+        The lock dies with the process that holds it."""
+
+    @abstractmethod
+    def load(self, connector: str) -> Snapshot:
+        """The saved state, table catalog, names and open sync cycle of a connector."""
+
+    @abstractmethod
+    def begin_sync(self, record: SyncRecord, *, reset_state: bool = False) -> Snapshot:
+        """Record a running sync; mark rows left `running` by dead processes `failed`;
+        open a sync cycle if none is open (`reset_state`: a re-sync, from state {})."""
+
+    @abstractmethod
+    def apply_page(self, page: PageWrite) -> PageResult:
+        """Create, widen, upsert, append, delete, save names, catalog and state: one transaction."""
+
+    @abstractmethod
+    def finish_cycle(self, connector: str, schema: str, tables: list[str], cutoff: datetime,
+                     synced_at: datetime) -> dict[str, int]:
+        """At a sync's successful end: mark deleted the rows of `tables` not written since
+        `cutoff`, and close the sync cycle; one transaction. Returns rows marked, by table."""
+
+    @abstractmethod
+    def end_sync(self, record: SyncRecord) -> None:
+        """Save the sync's outcome; a succeeded sync resolves the connector's open alerts."""
+
+    @abstractmethod
+    def record_alert(self, alert: Alert) -> None:
+        """Write an alert in its own transaction (the page's has been rolled back)."""
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    def __enter__(self) -> Destination:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_BACKENDS = {
+    "duckdb": "destinations.duckdb:DuckDBDestination",
+}
+
+
+def open_destination(url: str) -> Destination:
+    """The destination for `url`, chosen by its scheme; the backend is imported only now."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    target = _BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(sorted(_BACKENDS))
+        raise ConfigError(f"destination {url.split(':', 1)[0]}: unsupported scheme; use one of {known}")
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)(url)

@@ -1,0 +1,323 @@
+"""The function's side of a local Python connector: load the handler, call it the way
+AWS Lambda's Python runtime does, and turn whatever comes back into JSON bytes.
+
+`local.py` imports this module for `isolation="inline"`, and runs it as
+`python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
+As a worker it serves requests until its stdin closes. Both directions are framed as a
+4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
+byte (`ANSWER`, `IMPORT_FAILED`, `NOT_FOUND`) and its payload from the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import importlib.util
+import inspect
+import json
+import os
+import struct
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from datetime import time as time_of_day
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+ANSWER = b"A"  # the handler's answer, or its error shape
+IMPORT_FAILED = b"I"  # the module failed to import: an error shape; retire this worker
+NOT_FOUND = b"N"  # no such file or handler attribute: a message for InvokeFailed
+
+LENGTH = struct.Struct(">I")
+DEFAULT_HANDLERS = ("handler", "lambda_handler")
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """Where a local function lives and the Lambda-style limits it runs under."""
+
+    path: str
+    handler: str | None
+    function_name: str
+    timeout: float
+    memory_mb: int | None
+
+
+class HandlerNotFound(Exception):
+    """The file or the handler attribute does not exist: there is nothing to call."""
+
+
+class HandlerImportError(Exception):
+    """The user's module failed to import; `answer` is the error shape to return."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__("the function's module failed to import")
+        self.answer = answer
+
+
+class LambdaContext:
+    """The `context` a two-argument handler receives, with AWS Lambda's attributes.
+
+    `memory_limit_in_mb` is a string, as Lambda's Python runtime gives it.
+    """
+
+    function_version = "$LATEST"
+    identity = None
+    client_context = None
+
+    def __init__(self, spec: FunctionSpec, log_stream_name: str) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+        self.function_name = spec.function_name
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:local:000000000000:function:{spec.function_name}"
+        )
+        self.memory_limit_in_mb = str(spec.memory_mb) if spec.memory_mb else None
+        self.log_group_name = f"/aws/lambda/{spec.function_name}"
+        self.log_stream_name = log_stream_name
+        self._deadline = time.monotonic() + spec.timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class FunctionHost:
+    """One loaded handler, called again and again like a warm Lambda instance.
+
+    Raises `HandlerNotFound` or `HandlerImportError` when the handler cannot be loaded.
+    Async handlers run on one event loop that lives as long as the host, so clients
+    kept in module globals survive between calls.
+    """
+
+    def __init__(self, spec: FunctionSpec) -> None:
+        self.spec = spec
+        self._handler = load_handler(Path(spec.path), spec.handler)
+        self._takes_context = _takes_context(self._handler)
+        self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, request: dict[str, Any]) -> bytes:
+        """The handler's answer to `request` as JSON bytes; an exception as its error shape.
+
+        `SystemExit` and other non-`Exception`s are not caught: an exit is a crash.
+        """
+        try:
+            answer = self._run(request)
+        except Exception as exc:
+            return encode_json(error_shape(exc))
+        return encode_answer(answer)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def _run(self, request: dict[str, Any]) -> Any:
+        if self._takes_context:
+            answer = self._handler(request, LambdaContext(self.spec, self._log_stream_name))
+        else:
+            answer = self._handler(request)
+        if inspect.isawaitable(answer):
+            self._loop = self._loop or asyncio.new_event_loop()
+            answer = self._loop.run_until_complete(answer)
+        return answer
+
+
+def load_handler(path: Path, name: str | None) -> Callable[..., Any]:
+    """Import `path` as a module and return its handler: `name`, else `handler`, else
+    `lambda_handler`."""
+    module = _import_module(path)
+    candidates = (name,) if name else DEFAULT_HANDLERS
+    for candidate in candidates:
+        handler = getattr(module, candidate, None)
+        if callable(handler):
+            return handler
+    wanted = " or ".join(repr(candidate) for candidate in candidates)
+    raise HandlerNotFound(f"{path} defines no function {wanted} to use as the handler")
+
+
+def _import_module(path: Path) -> Any:
+    if not path.is_file():
+        raise HandlerNotFound(f"function file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise HandlerNotFound(f"function file {path} is not a Python (.py) file")
+    # Lambda puts the task root first on sys.path, so sibling modules import.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(path.stem, None)
+        raise HandlerImportError(encode_json(_import_error_shape(exc, path.stem))) from exc
+    return module
+
+
+def _import_error_shape(exc: Exception, module: str) -> dict[str, Any]:
+    """Name import failures as Lambda does, so alerts read the same in both places."""
+    if isinstance(exc, SyntaxError):
+        frame = [exc.filename, exc.lineno, "<module>", (exc.text or "").strip()]
+        message = f"Syntax error in module '{module}': {exc}"
+        return error_shape(exc, "Runtime.UserCodeSyntaxError", message, [frame])
+    if isinstance(exc, ImportError):
+        return error_shape(exc, "Runtime.ImportModuleError", f"Unable to import module '{module}': {exc}")
+    return error_shape(exc)
+
+
+def _takes_context(handler: Callable[..., Any]) -> bool:
+    """Two positional parameters (or *args) mean Lambda's (event, context); one means (request)."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return True  # no signature to read: assume the Lambda convention
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def error_shape(
+    exc: BaseException,
+    error_type: str | None = None,
+    message: str | None = None,
+    stack_trace: list[list[Any]] | None = None,
+) -> dict[str, Any]:
+    """Lambda's error answer; `stackTrace` is `[file, line, function, code]` per frame."""
+    return {
+        "errorMessage": str(exc) if message is None else message,
+        "errorType": error_type or type(exc).__name__,
+        "stackTrace": _user_frames(exc) if stack_trace is None else stack_trace,
+    }
+
+
+def _user_frames(exc: BaseException) -> list[list[Any]]:
+    """The traceback without the runtime's own frames (this module, importlib, asyncio)."""
+    return [
+        [frame.filename, frame.lineno, frame.name, frame.line or ""]
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if frame.filename != __file__
+        and not frame.filename.startswith(("<frozen importlib", _ASYNCIO_DIR))
+    ]
+
+
+def encode_answer(answer: Any) -> bytes:
+    """`encode_json(answer)`, or Lambda's `Runtime.MarshalError` shape if it won't encode."""
+    try:
+        return encode_json(answer)
+    except (TypeError, ValueError) as exc:
+        message = f"Unable to marshal response: {exc}"
+        return encode_json(error_shape(exc, "Runtime.MarshalError", message, []))
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON bytes by orjson; what orjson refuses (integers beyond 64 bits, non-string keys,
+    lone surrogates) goes through the stdlib encoder instead.
+
+    Decimals become exact JSON numbers, sets become lists, datetimes ISO-8601 strings;
+    any other unknown type raises `TypeError` rather than being quietly stringified.
+    """
+    try:
+        return orjson.dumps(value, default=_orjson_default)
+    except TypeError:
+        return json.dumps(
+            value, default=_stdlib_default, separators=(",", ":"), allow_nan=False
+        ).encode()
+
+
+def _orjson_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value)) if value.is_finite() else None
+    if isinstance(value, set | frozenset):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _stdlib_default(value: Any) -> Any:
+    # The stdlib cannot write raw number text: integral Decimals stay exact, others are floats.
+    if isinstance(value, Decimal) and value.is_finite():
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, date | time_of_day):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return _orjson_default(value)
+
+
+class _Channel:
+    """The worker's end of the framed pipe to the parent."""
+
+    def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    def take_over_stdio(cls) -> _Channel:
+        """Move the protocol to private fds: user prints, `input()` and C-level writes to
+        fd 1 then land on stderr (the parent logs it) or /dev/null, never in a frame."""
+        channel = cls(os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"))
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.dup2(2, 1)
+        sys.stdout.reconfigure(line_buffering=True)
+        return channel
+
+    def receive(self) -> dict[str, Any] | None:
+        header = self._reader.read(LENGTH.size)
+        if len(header) < LENGTH.size:
+            return None
+        (length,) = LENGTH.unpack(header)
+        # The stdlib, not orjson: orjson.loads turns integers beyond 64 bits into floats.
+        return json.loads(self._reader.read(length))
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        self._writer.write(LENGTH.pack(len(payload) + 1) + kind)
+        self._writer.write(payload)
+        self._writer.flush()
+
+
+def _limit_memory(memory_mb: int | None) -> None:
+    try:
+        import resource
+    except ImportError:  # not on this platform: run unbounded
+        return
+    if memory_mb:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = memory_mb * 1024 * 1024
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def main(argv: list[str]) -> None:
+    """Serve one function until stdin closes; a failed load answers the first request."""
+    spec = FunctionSpec(**json.loads(argv[1]))
+    channel = _Channel.take_over_stdio()
+    faulthandler.enable()  # a segfault leaves a Python traceback in the log tail
+    _limit_memory(spec.memory_mb)
+    try:
+        host = FunctionHost(spec)
+    except HandlerNotFound as exc:
+        _refuse(channel, NOT_FOUND, str(exc).encode())
+        return
+    except HandlerImportError as exc:
+        _refuse(channel, IMPORT_FAILED, exc.answer)
+        return
+    while (request := channel.receive()) is not None:
+        channel.send(ANSWER, host.call(request))
+
+
+def _refuse(channel: _Channel, kind: bytes, payload: bytes) -> None:
+    if channel.receive() is not None:
+        channel.send(kind, payload)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,143 @@
+"""The function protocol (DESIGN.md §2): the request we send and the response we accept.
+
+`parse_response` turns a function's raw answer into a validated `Response`, or raises
+`FunctionError` (an error-shaped answer) or `InvalidResponse` (anything else that
+breaks the contract), naming the table, row and field at fault.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from .errors import FunctionError, InvalidResponse
+from .types import LogicalType
+
+
+class Request(BaseModel):
+    """What the runtime sends the function on every call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent: str = Field(description="connector-runtime/<version>/<connector>/<schema>")
+    state: dict[str, Any] = Field(description="State of the last committed page; {} at first.")
+    secrets: dict[str, Any] = Field(description="The connector's decrypted secrets.")
+    sync_id: str = Field(description="UUID of this sync, the same for every page.")
+    setup_test: bool | None = Field(
+        default=None, description="True only for `connector test`; absent otherwise."
+    )
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class TableSchema(BaseModel):
+    """A table's primary key and, as our extension, declared column types."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    primary_key: list[str] = Field(
+        default_factory=list, description="Source columns that identify a row; [] to append."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description='Declared logical types, e.g. {"amount": "DECIMAL(18,2)"}; they win over inference.',
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, columns: dict[str, str]) -> dict[str, str]:
+        for column, text in columns.items():
+            try:
+                LogicalType.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"column {column!r}: {exc}") from None
+        return columns
+
+    def declared(self) -> dict[str, LogicalType]:
+        return {column: LogicalType.parse(text) for column, text in self.columns.items()}
+
+
+class Response(BaseModel):
+    """One page of a sync, as the function returns it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    state: dict[str, Any] = Field(description="Cursor to send back next time, once this page commits.")
+    insert: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="Rows to upsert (or append), by table."
+    )
+    delete: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="Rows to mark deleted, by table; need a primary key."
+    )
+    schema_: dict[str, TableSchema] = Field(
+        default_factory=dict, alias="schema", description="Primary keys and declared types, by table."
+    )
+    soft_delete: list[str] = Field(
+        default_factory=list,
+        alias="softDelete",
+        description="Tables whose rows not re-sent by the end of this sync are marked deleted.",
+    )
+    has_more: StrictBool = Field(
+        default=False, alias="hasMore", description="True: call again at once with the new state."
+    )
+
+    @property
+    def row_count(self) -> int:
+        return sum(map(len, self.insert.values())) + sum(map(len, self.delete.values()))
+
+
+def parse_response(raw: bytes) -> Response:
+    """Validate a function's answer; raise FunctionError or InvalidResponse."""
+    try:
+        # pydantic's parser keeps integers beyond 64 bits exact (orjson turns them to floats)
+        answer = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise InvalidResponse(f"the function's answer is not JSON: {exc}") from None
+    if not isinstance(answer, dict):
+        raise InvalidResponse(f"the function's answer is a JSON {_json_kind(answer)}, not an object")
+    if "errorMessage" in answer:
+        raise function_error(answer)
+    try:
+        return Response.model_validate(answer)
+    except ValidationError as exc:
+        raise InvalidResponse(describe_validation_error(exc)) from None
+
+
+def function_error(answer: dict[str, Any]) -> FunctionError:
+    """The Lambda error shape (`errorMessage`, `errorType`, `stackTrace`) as an exception."""
+    trace = answer.get("stackTrace")
+    return FunctionError(
+        str(answer.get("errorMessage")),
+        error_type=str(answer.get("errorType") or "FunctionError"),
+        stack_trace=trace if isinstance(trace, list) else None,
+    )
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(_describe(error) for error in exc.errors(include_url=False))
+
+
+def _describe(error: dict) -> str:
+    """('insert', 'users', 3) → 'insert: table users, row 3: Input should be ...'."""
+    loc = [str(part) for part in error["loc"]]
+    field, rest = (loc[0], loc[1:]) if loc else ("response", [])
+    where = field
+    if field in ("insert", "delete") and rest:
+        where += f": table {rest[0]!r}" + (f", row {rest[1]}" if len(rest) > 1 else "")
+    elif field == "schema" and rest:
+        where += f": table {rest[0]!r}" + (f", {'.'.join(rest[1:])}" if len(rest) > 1 else "")
+    elif rest:
+        where += "." + ".".join(rest)
+    message = error["msg"]
+    if error["type"] == "missing":
+        message = "required field is missing"
+    return f"{where}: {message}"
+
+
+def _json_kind(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )

@@ -1,0 +1,224 @@
+"""The sync loop (DESIGN.md §2-3): run a sync → loop pages → apply one page → invoke.
+
+Each layer does one thing. `run_sync` takes the lock and records the sync and its
+outcome; `_Sync.pages` asks for pages until `hasMore` is false; `_Sync.page` invokes,
+validates, plans and applies one page with its state; `_Sync.invoke` retries transient
+failures. A failure anywhere stops the sync with one alert; the state stays at the last
+committed page.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from . import __version__, masking
+from .destination import Alert, Destination, PageResult, SyncRecord, open_destination
+from .errors import (
+    DestinationError,
+    InvokeFailed,
+    Stalled,
+    SyncFailure,
+    TransientDestinationError,
+    TransientInvokeError,
+)
+from .invokers import Invoker
+from .naming import NameMap
+from .page import PagePlanner, TableSettings
+from .protocol import Request, Response, parse_response
+from .retry import RetryPolicy, with_retries
+
+MAX_EMPTY_PAGES = 10  # consecutive `hasMore: true` pages without a row before `stalled`
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    """Everything needed to sync one connector, resolved from the config."""
+
+    connector: str
+    schema: str
+    destination_url: str
+    invoker: Callable[[], Invoker]
+    secrets: dict[str, str] = field(default_factory=dict)
+    naming: str = "fivetran"
+    settings: TableSettings = field(default_factory=TableSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_sync_duration: float = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class PageProgress:
+    """Reported after each committed page."""
+
+    number: int
+    rows: int
+    result: PageResult
+    has_more: bool
+
+
+@dataclass
+class SyncOutcome:
+    """What a finished sync did; `record` is its `connector_runtime.syncs` row."""
+
+    record: SyncRecord
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    alert: Alert | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status in ("succeeded", "rescheduled")
+
+
+def run_sync(
+    job: SyncJob,
+    *,
+    trigger: str = "manual",
+    on_page: Callable[[PageProgress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> SyncOutcome:
+    """One sync of `job`; raises SyncInProgress if one is already running."""
+    masking.register(job.secrets)
+    with open_destination(job.destination_url) as destination, destination.lock(job.connector):
+        sync = _Sync(job, destination, trigger, on_page or (lambda _: None), stop)
+        return sync.run()
+
+
+class _Sync:
+    def __init__(self, job: SyncJob, destination: Destination, trigger: str,
+                 on_page: Callable[[PageProgress], None], stop: threading.Event | None) -> None:
+        self.job, self.destination, self.on_page, self.stop = job, destination, on_page, stop
+        self.record = SyncRecord(str(uuid.uuid4()), job.connector, trigger, datetime.now(UTC))
+        self.outcome = SyncOutcome(self.record)
+        self.log = structlog.get_logger().bind(connector=job.connector, sync_id=self.record.sync_id)
+        self.soft_delete: set[str] = set()
+
+    def run(self) -> SyncOutcome:
+        snapshot = self.destination.begin_sync(self.record, reset_state=self.record.trigger == "resync")
+        self.planner = PagePlanner(self.job.connector, self.job.schema,
+                                   NameMap.load(self.job.naming, snapshot.names),
+                                   dict(snapshot.catalog), self.job.settings)
+        self.log.info("sync_started", trigger=self.record.trigger)
+        try:
+            status = self.pages(snapshot.state)
+            if status == "succeeded":
+                self.finish(snapshot.cycle_started_at or self.record.started_at,
+                            resync=snapshot.cycle_trigger == "resync")
+        except SyncFailure as failure:
+            status = "failed"
+            self.fail(failure)
+        self.record = replace(self.record, status=status, finished_at=datetime.now(UTC))
+        self.destination.end_sync(self.record)
+        self.outcome.record = self.record
+        self.log.info("sync_finished", status=status, pages=self.record.pages,
+                      rows_upserted=self.record.rows_upserted, rows_deleted=self.record.rows_deleted)
+        return self.outcome
+
+    def pages(self, state: dict[str, Any]) -> str:
+        """Ask for pages until the function says it is done; return the sync's status."""
+        empty_in_a_row = 0
+        with self.job.invoker() as invoker:
+            while True:
+                response = self.invoke(invoker, state)
+                empty_in_a_row = empty_in_a_row + 1 if response.has_more and not response.row_count else 0
+                if empty_in_a_row > MAX_EMPTY_PAGES:
+                    raise Stalled(f"{empty_in_a_row} responses in a row said hasMore without a "
+                                  "single row; stopped so the sync does not loop forever")
+                self.apply(response)
+                state = response.state
+                if not response.has_more:
+                    return "succeeded"
+                if self.out_of_time() or (self.stop is not None and self.stop.is_set()):
+                    return "rescheduled"
+
+    def invoke(self, invoker: Invoker, state: dict[str, Any]) -> Response:
+        request = Request(
+            agent=f"connector-runtime/{__version__}/{self.job.connector}/{self.job.schema}",
+            state=state, secrets=self.job.secrets, sync_id=self.record.sync_id,
+        ).payload()
+
+        def call() -> bytes:
+            try:
+                return invoker.invoke(request)
+            except (SyncFailure, TransientInvokeError):
+                raise
+            except Exception as exc:  # a bug in an invoker must still fail the sync loudly
+                raise InvokeFailed(f"invoking the function failed: {exc!r}") from exc
+
+        try:
+            raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
+        except TransientInvokeError as exc:
+            raise InvokeFailed(f"the function could not be reached after "
+                               f"{self.job.retry.attempts} attempts: {exc}") from exc
+        return parse_response(raw)
+
+    def apply(self, response: Response) -> None:
+        """Plan and write one page with its state; on any failure nothing of it remains."""
+        number = self.record.pages + 1
+        page = self.planner.plan(response, sync_id=self.record.sync_id, number=number,
+                                 synced_at=self.record.started_at)
+        try:
+            result = with_retries(lambda: self.destination.apply_page(page), self.job.retry,
+                                  TransientDestinationError, what="apply_page")
+        except Exception as exc:
+            self.planner.rollback(page)
+            if isinstance(exc, SyncFailure):
+                raise
+            raise DestinationError(f"page {number} could not be written: {exc}") from exc
+        self.planner.commit(page)
+        self.soft_delete.update(self.planner.names.table(t) for t in response.soft_delete)
+        self.count(number, result)
+        self.on_page(PageProgress(number, response.row_count, result, response.has_more))
+
+    def count(self, number: int, result: PageResult) -> None:
+        upserted = sum(c.upserted for c in result.tables.values())
+        deleted = sum(c.deleted for c in result.tables.values())
+        self.record = replace(self.record, pages=number,
+                              rows_upserted=self.record.rows_upserted + upserted,
+                              rows_deleted=self.record.rows_deleted + deleted)
+        for name, counts in result.tables.items():
+            totals = self.outcome.tables.setdefault(name, {"upserted": 0, "deleted": 0, "missing": 0})
+            totals["upserted"] += counts.upserted
+            totals["deleted"] += counts.deleted
+            totals["missing"] += counts.missing
+
+    def out_of_time(self) -> bool:
+        elapsed = (datetime.now(UTC) - self.record.started_at).total_seconds()
+        return elapsed > self.job.max_sync_duration
+
+    def finish(self, cutoff: datetime, *, resync: bool) -> None:
+        """Soft deletes at the successful end of a sync cycle (softDelete tables, re-sync)."""
+        catalog = self.planner.catalog
+        tables = {t for t in self.soft_delete if t in catalog}
+        if resync:
+            tables |= {name for name, info in catalog.items() if info.primary_key}
+        try:
+            marked = self.destination.finish_cycle(self.job.connector, self.job.schema,
+                                                   sorted(tables), cutoff, self.record.started_at)
+        except SyncFailure:
+            raise
+        except Exception as exc:
+            raise DestinationError(f"end-of-sync soft deletes failed: {exc}") from exc
+        for name, count in marked.items():
+            self.outcome.tables.setdefault(name, {"upserted": 0, "deleted": 0, "missing": 0})
+            self.outcome.tables[name]["deleted"] += count
+        self.record = replace(self.record, rows_deleted=self.record.rows_deleted + sum(marked.values()))
+
+    def fail(self, failure: SyncFailure) -> None:
+        message = masking.mask(failure.message)
+        alert = Alert(str(uuid.uuid4()), self.job.connector, self.record.sync_id,
+                      datetime.now(UTC), failure.severity, failure.kind, failure.error_type,
+                      message, masking.mask(failure.stack_trace))
+        self.log.error("sync_failed", kind=failure.kind, error_type=failure.error_type, message=message)
+        try:
+            self.destination.record_alert(alert)
+        except Exception as exc:  # the warehouse may be what failed; the log still has it
+            self.log.error("alert_not_saved", error=str(exc))
+        self.record = replace(self.record, error=f"{failure.kind}: {message}")
+        self.outcome.alert = alert
+

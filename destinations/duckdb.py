@@ -1,0 +1,339 @@
+"""DuckDB, the embedded default warehouse (`duckdb:///warehouse.duckdb`).
+
+Data tables carry no PRIMARY KEY constraint: DuckDB's constraint-checked upserts run at
+tens of thousands of rows a second, while a keyed delete-and-insert from an Arrow
+staging view runs near a million. Uniqueness is ours to keep: every page is deduplicated
+before it is staged, and each key is deleted before it is inserted, in one transaction.
+The file is opened per sync and closed after it, so other processes can use it between.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from connector_runtime.destination import (
+    RUNTIME_SCHEMA,
+    Alert,
+    Destination,
+    PageResult,
+    Snapshot,
+    SyncRecord,
+    TableCounts,
+)
+from connector_runtime.errors import DestinationError
+from connector_runtime.locks import file_lock
+from connector_runtime.naming import NameEntry
+from connector_runtime.page import PageWrite, TableInfo, TableWrite
+from connector_runtime.types import LogicalType
+
+SQL_TYPES = {
+    "BOOLEAN": "BOOLEAN",
+    "LONG": "BIGINT",
+    "DOUBLE": "DOUBLE",
+    "NAIVE_DATE": "DATE",
+    "NAIVE_DATETIME": "TIMESTAMP",
+    "UTC_DATETIME": "TIMESTAMPTZ",
+    "STRING": "VARCHAR",
+    "JSON": "JSON",
+}
+# How an existing value reads as text when its column widens to STRING (DESIGN §4)
+_AS_TEXT = {
+    "NAIVE_DATE": "strftime({c}, '%Y-%m-%d')",
+    "NAIVE_DATETIME": "strftime({c}, '%Y-%m-%dT%H:%M:%S.%f')",
+    "UTC_DATETIME": "strftime(timezone('UTC', {c}), '%Y-%m-%dT%H:%M:%S.%fZ')",
+}
+RUNTIME_TABLES = f"""
+CREATE SCHEMA IF NOT EXISTS {RUNTIME_SCHEMA};
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.state (
+  connector VARCHAR, state JSON, sync_id VARCHAR, updated_at TIMESTAMPTZ,
+  cycle_started_at TIMESTAMPTZ, cycle_trigger VARCHAR);
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.syncs (
+  sync_id VARCHAR, connector VARCHAR, trigger VARCHAR, started_at TIMESTAMPTZ,
+  finished_at TIMESTAMPTZ, status VARCHAR, pages BIGINT, rows_upserted BIGINT,
+  rows_deleted BIGINT, error VARCHAR);
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.alerts (
+  alert_id VARCHAR, connector VARCHAR, sync_id VARCHAR, created_at TIMESTAMPTZ,
+  severity VARCHAR, kind VARCHAR, error_type VARCHAR, message VARCHAR, stack_trace JSON,
+  resolved_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.names (
+  connector VARCHAR, source_table VARCHAR, source_column VARCHAR, name VARCHAR);
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.tables (
+  connector VARCHAR, name VARCHAR, source VARCHAR, primary_key JSON, columns JSON,
+  declared JSON, deleted_column BOOLEAN);
+"""
+OPEN_WAIT_SECONDS = 60.0  # another process may hold the file for one of its syncs
+
+
+def q(name: str) -> str:
+    """A quoted identifier: any text, quotes doubled, safe to splice."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_type(logical: LogicalType) -> str:
+    if logical.name == "DECIMAL":
+        return f"DECIMAL({logical.precision},{logical.scale})"
+    return SQL_TYPES[logical.name]
+
+
+class DuckDBDestination(Destination):
+    """A DuckDB file (or `duckdb:///:memory:`)."""
+
+    def __init__(self, url: str) -> None:
+        self.path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- connection -------------------------------------------------------------------
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = self._connect()
+            self._con.execute("SET TimeZone = 'UTC'")
+            self._con.execute(RUNTIME_TABLES)
+        return self._con
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + OPEN_WAIT_SECONDS
+        while True:
+            try:
+                return duckdb.connect(self.path)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise DestinationError(f"cannot open {self.path}: {exc}") from exc
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    @contextmanager
+    def _transaction(self):
+        con = self.con
+        con.begin()
+        try:
+            yield con
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+
+    def lock(self, connector: str):
+        if self.path == ":memory:":
+            return file_lock(None, connector)
+        return file_lock(Path(f"{self.path}.locks") / f"{connector}.lock", connector)
+
+    # -- runtime tables ---------------------------------------------------------------
+
+    def load(self, connector: str) -> Snapshot:
+        con = self.con
+        row = con.execute(
+            # epoch_us: fetching TIMESTAMPTZ as Python objects would need pytz
+            f"SELECT state, epoch_us(cycle_started_at), cycle_trigger FROM {RUNTIME_SCHEMA}.state"
+            " WHERE connector = ?", [connector]).fetchone()
+        names = [NameEntry(*r) for r in con.execute(
+            f"SELECT source_table, source_column, name FROM {RUNTIME_SCHEMA}.names"
+            " WHERE connector = ?", [connector]).fetchall()]
+        catalog = {r[0]: _table_info(*r) for r in con.execute(
+            f"SELECT name, source, primary_key, columns, declared, deleted_column"
+            f" FROM {RUNTIME_SCHEMA}.tables WHERE connector = ?", [connector]).fetchall()}
+        if row is None:
+            return Snapshot({}, catalog, names)
+        started = None if row[1] is None else datetime.fromtimestamp(row[1] / 1e6, UTC)
+        return Snapshot(orjson.loads(row[0]), catalog, names, started, row[2])
+
+    def begin_sync(self, record: SyncRecord, *, reset_state: bool = False) -> Snapshot:
+        with self._transaction() as con:
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.syncs SET status = 'failed', finished_at = ?, error ="
+                " 'the process running this sync died' WHERE connector = ? AND status = 'running'",
+                [record.started_at, record.connector])
+            con.execute(f"INSERT INTO {RUNTIME_SCHEMA}.syncs VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, 0, NULL)",
+                        [record.sync_id, record.connector, record.trigger, record.started_at])
+            self._open_cycle(con, record, reset_state)
+        return self.load(record.connector)
+
+    def _open_cycle(self, con, record: SyncRecord, reset_state: bool) -> None:
+        exists = con.execute(f"SELECT count(*) FROM {RUNTIME_SCHEMA}.state WHERE connector = ?",
+                             [record.connector]).fetchone()[0]
+        if not exists:
+            con.execute(f"INSERT INTO {RUNTIME_SCHEMA}.state VALUES (?, '{{}}', NULL, ?, NULL, NULL)",
+                        [record.connector, record.started_at])
+        if reset_state:
+            con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET state = '{{}}', cycle_started_at = ?,"
+                        " cycle_trigger = 'resync' WHERE connector = ?",
+                        [record.started_at, record.connector])
+        else:
+            con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET cycle_started_at = ?, cycle_trigger = ?"
+                        " WHERE connector = ? AND cycle_started_at IS NULL",
+                        [record.started_at, record.trigger, record.connector])
+
+    def end_sync(self, record: SyncRecord) -> None:
+        with self._transaction() as con:
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.syncs SET finished_at = ?, status = ?, pages = ?,"
+                " rows_upserted = ?, rows_deleted = ?, error = ? WHERE sync_id = ?",
+                [record.finished_at, record.status, record.pages, record.rows_upserted,
+                 record.rows_deleted, record.error, record.sync_id])
+            if record.status == "succeeded":
+                con.execute(f"UPDATE {RUNTIME_SCHEMA}.alerts SET resolved_at = ?"
+                            " WHERE connector = ? AND resolved_at IS NULL",
+                            [record.finished_at, record.connector])
+
+    def record_alert(self, alert: Alert) -> None:
+        with self._transaction() as con:
+            con.execute(
+                f"INSERT INTO {RUNTIME_SCHEMA}.alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                [alert.alert_id, alert.connector, alert.sync_id, alert.created_at, alert.severity,
+                 alert.kind, alert.error_type, alert.message,
+                 None if alert.stack_trace is None else orjson.dumps(alert.stack_trace).decode()])
+
+    # -- pages ------------------------------------------------------------------------
+
+    def apply_page(self, page: PageWrite) -> PageResult:
+        result = PageResult()
+        try:
+            with self._transaction() as con:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(page.schema)}")
+                for write in page.tables:
+                    result.tables[write.table.name] = self._apply_table(con, page, write)
+                self._save_catalog(con, page)
+        except duckdb.Error as exc:
+            raise DestinationError(f"DuckDB refused page {page.number}: {exc}") from exc
+        return result
+
+    def _apply_table(self, con, page: PageWrite, write: TableWrite) -> TableCounts:
+        target = f"{q(page.schema)}.{q(write.table.name)}"
+        self._evolve(con, target, write)
+        counts = TableCounts()
+        if write.upserts is not None:
+            counts.upserted = self._upsert(con, target, page, write)
+        if write.appends is not None:
+            counts.upserted = self._append(con, target, page, write)
+        if write.deletes is not None:
+            counts.deleted, counts.missing = self._delete(con, target, page, write)
+        return counts
+
+    def _evolve(self, con, target: str, write: TableWrite) -> None:
+        """Create the table, add new columns, widen changed ones: DDL is transactional here."""
+        table = write.table
+        if write.previous is None:
+            columns = [f"{q(c)} {sql_type(t)}" for c, t in table.columns.items()]
+            columns += ["_fivetran_synced TIMESTAMPTZ"]
+            columns += ["_fivetran_batch VARCHAR", "_fivetran_index BIGINT"] if not table.primary_key else []
+            columns += ["_fivetran_deleted BOOLEAN DEFAULT false"] if table.deleted_column else []
+            con.execute(f"CREATE TABLE {target} ({', '.join(columns)})")
+            return
+        for column, logical in write.added_columns.items():
+            con.execute(f"ALTER TABLE {target} ADD COLUMN {q(column)} {sql_type(logical)}")
+        for column, (old, new) in write.changed_columns.items():
+            using = _AS_TEXT.get(old.name, "CAST({c} AS VARCHAR)") if new.name == "STRING" else "CAST({c} AS " + sql_type(new) + ")"
+            con.execute(f"ALTER TABLE {target} ALTER {q(column)} SET DATA TYPE {sql_type(new)}"
+                        f" USING {using.format(c=q(column))}")
+        if table.deleted_column and not write.previous.deleted_column:
+            con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
+
+    def _upsert(self, con, target: str, page: PageWrite, write: TableWrite) -> int:
+        rows = write.upserts
+        columns = [c for c in rows.column_names if c != "__row"]
+        con.register("_page_rows", rows)
+        try:
+            on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in write.table.primary_key)
+            con.execute(f"DELETE FROM {target} AS t USING _page_rows AS s WHERE {on}")
+            extra, values = ("", "") if not write.table.deleted_column else (", _fivetran_deleted", ", false")
+            select = ", ".join(f"s.{q(c)}" for c in columns)
+            con.execute(
+                f"INSERT INTO {target} ({', '.join(map(q, columns))}, _fivetran_synced{extra})"
+                f" SELECT {select}, ?{values} FROM _page_rows AS s", [page.synced_at])
+        finally:
+            con.unregister("_page_rows")
+        return rows.num_rows
+
+    def _append(self, con, target: str, page: PageWrite, write: TableWrite) -> int:
+        rows = write.appends
+        columns = [c for c in rows.column_names if c != "__row"]
+        con.register("_page_rows", rows)
+        try:
+            names = "".join(f"{q(c)}, " for c in columns)
+            select = "".join(f"s.{q(c)}, " for c in columns)
+            con.execute(
+                f"INSERT INTO {target} ({names}_fivetran_synced, _fivetran_batch, _fivetran_index)"
+                f" SELECT {select}?, ?, s.__row FROM _page_rows AS s", [page.synced_at, page.batch])
+        finally:
+            con.unregister("_page_rows")
+        return rows.num_rows
+
+    def _delete(self, con, target: str, page: PageWrite, write: TableWrite) -> tuple[int, int]:
+        keys = write.table.primary_key
+        con.register("_page_keys", write.deletes)
+        try:
+            key_list = ", ".join(q(k) for k in keys)
+            wanted = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM _page_keys)").fetchone()[0]
+            on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
+            marked = con.execute(
+                f"UPDATE {target} AS t SET _fivetran_deleted = true, _fivetran_synced = ?"
+                f" FROM (SELECT DISTINCT {key_list} FROM _page_keys) AS s WHERE {on}",
+                [page.synced_at]).fetchone()[0]
+        finally:
+            con.unregister("_page_keys")
+        return marked, wanted - marked
+
+    def _save_catalog(self, con, page: PageWrite) -> None:
+        for entry in page.names:
+            con.execute(f"INSERT INTO {RUNTIME_SCHEMA}.names VALUES (?, ?, ?, ?)",
+                        [page.connector, entry.table, entry.column, entry.name])
+        for write in page.tables:
+            if write.table != write.previous:
+                self._save_table(con, page.connector, write.table)
+        con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET state = ?, sync_id = ?, updated_at = now()"
+                    " WHERE connector = ?",
+                    [orjson.dumps(page.state).decode(), page.sync_id, page.connector])
+
+    def _save_table(self, con, connector: str, table: TableInfo) -> None:
+        con.execute(f"DELETE FROM {RUNTIME_SCHEMA}.tables WHERE connector = ? AND name = ?",
+                    [connector, table.name])
+        con.execute(
+            f"INSERT INTO {RUNTIME_SCHEMA}.tables VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [connector, table.name, table.source, orjson.dumps(list(table.primary_key)).decode(),
+             orjson.dumps({c: str(t) for c, t in table.columns.items()}).decode(),
+             orjson.dumps(sorted(table.declared)).decode(), table.deleted_column])
+
+    def finish_cycle(self, connector: str, schema: str, tables: list[str], cutoff: datetime,
+                     synced_at: datetime) -> dict[str, int]:
+        marked = {}
+        catalog = self.load(connector).catalog
+        try:
+            with self._transaction() as con:
+                for name in tables:
+                    marked[name] = self._mark_unsent(con, connector, schema, catalog[name], cutoff, synced_at)
+                con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET cycle_started_at = NULL,"
+                            " cycle_trigger = NULL WHERE connector = ?", [connector])
+        except duckdb.Error as exc:
+            raise DestinationError(f"DuckDB refused the end-of-sync soft deletes: {exc}") from exc
+        return marked
+
+    def _mark_unsent(self, con, connector: str, schema: str, table: TableInfo, cutoff: datetime,
+                     synced_at: datetime) -> int:
+        target = f"{q(schema)}.{q(table.name)}"
+        if not table.deleted_column:
+            con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
+            self._save_table(con, connector, replace(table, deleted_column=True))
+        return con.execute(
+            f"UPDATE {target} SET _fivetran_deleted = true, _fivetran_synced = ?"
+            " WHERE _fivetran_synced < ? AND NOT _fivetran_deleted", [synced_at, cutoff]).fetchone()[0]
+
+
+def _table_info(name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
+    return TableInfo(
+        name, source, tuple(orjson.loads(primary_key)),
+        {c: LogicalType.parse(t) for c, t in orjson.loads(columns).items()},
+        frozenset(orjson.loads(declared)), bool(deleted_column))

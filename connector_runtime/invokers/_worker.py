@@ -169,7 +169,8 @@ def _import_error_shape(exc: Exception, module: str) -> dict[str, Any]:
         message = f"Syntax error in module '{module}': {exc}"
         return error_shape(exc, "Runtime.UserCodeSyntaxError", message, [frame])
     if isinstance(exc, ImportError):
-        return error_shape(exc, "Runtime.ImportModuleError", f"Unable to import module '{module}': {exc}")
+        message = f"Unable to import module '{module}': {exc}"
+        return error_shape(exc, "Runtime.ImportModuleError", message)
     return error_shape(exc)
 
 
@@ -265,7 +266,7 @@ class _Channel:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        os.dup2(2, 1)
+        pass
         sys.stdout.reconfigure(line_buffering=True)
         return channel
 

@@ -1,0 +1,169 @@
+"""`connector [-c PATH] COMMAND` (DESIGN.md §9).
+
+Human output (progress, summaries, errors) goes to stderr through rich; anything meant
+for a script is printed alone on stdout. Exit codes: 0 success, 1 a sync or check
+failed, 2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+import orjson
+import structlog
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__, masking
+from .config import Config, load_config
+from .errors import ConfigError, SyncInProgress
+from .jobs import build_job
+from .sync import PageProgress, SyncOutcome, run_sync
+
+OK, FAILED, USAGE = 0, 1, 2
+console = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(verbose=args.verbose)
+    try:
+        config = load_config(args.config)
+        return args.command(config, args)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/red] {masking.mask(str(exc))}", highlight=False)
+        return USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="connector", description=__doc__.split("\n")[0])
+    parser.add_argument("-c", "--config", help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step, function output too")
+    parser.add_argument("--version", action="version", version=f"connector-runtime {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="sync the named connectors (all if none)")
+    run.add_argument("names", nargs="*", metavar="NAME")
+    run.set_defaults(command=cmd_run)
+
+    validate = commands.add_parser("validate", help="check the config and say what is wrong, where")
+    validate.set_defaults(command=cmd_validate)
+
+    state = commands.add_parser("state", help="show the saved state of a connector")
+    state_commands = state.add_subparsers(required=True, metavar="ACTION")
+    show = state_commands.add_parser("show", help="print the saved state as JSON on stdout")
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(command=cmd_state_show)
+    return parser
+
+
+def configure_logging(*, verbose: bool = False) -> None:
+    """structlog to stderr: readable on a terminal, JSON lines otherwise; secrets masked."""
+    renderer = (structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
+                else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            masking.structlog_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def cmd_validate(config: Config, args: argparse.Namespace) -> int:
+    for name in config.connectors:
+        build_job(config, name)  # paths, handlers and secrets, not only the YAML's shape
+    console.print(f"[green]{config.path}: {len(config.connectors)} connector(s), all valid[/green]")
+    return OK
+
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    names = args.names or list(config.connectors)
+    jobs = [build_job(config, name) for name in names]  # every config error before any sync
+    failed = False
+    for job in jobs:
+        failed |= not _run_one(job)
+    return FAILED if failed else OK
+
+
+def _run_one(job) -> bool:
+    started = time.monotonic()
+    try:
+        with _progress(job.connector) as on_page:
+            outcome = run_sync(job, trigger="manual", on_page=on_page)
+    except SyncInProgress as exc:
+        console.print(f"[yellow]{job.connector}:[/yellow] {exc}", highlight=False)
+        return False
+    _summary(outcome, time.monotonic() - started)
+    return outcome.ok
+
+
+class _progress:
+    """A live line per connector: pages and rows so far."""
+
+    def __init__(self, connector: str) -> None:
+        self.connector = connector
+        self.rows = 0
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=console, transient=True)
+
+    def __enter__(self) -> Callable[[PageProgress], None]:
+        self.bar.start()
+        self.task = self.bar.add_task(f"{self.connector}: starting")
+        return self.on_page
+
+    def on_page(self, page: PageProgress) -> None:
+        self.rows += page.rows
+        self.bar.update(self.task, description=f"{self.connector}: page {page.number}, {self.rows:,} rows")
+        if not console.is_terminal:
+            console.print(f"{self.connector}: page {page.number} committed, {self.rows:,} rows so far",
+                          highlight=False)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.stop()
+
+
+def _summary(outcome: SyncOutcome, seconds: float) -> None:
+    record = outcome.record
+    colour = {"succeeded": "green", "rescheduled": "yellow"}.get(record.status, "red")
+    console.print(
+        f"[{colour}]{record.connector}: {record.status}[/{colour}] in {seconds:.1f}s, "
+        f"{record.pages} page(s), {record.rows_upserted:,} rows upserted, "
+        f"{record.rows_deleted:,} deleted", highlight=False)
+    if outcome.tables:
+        table = Table("table", "upserted", "deleted", "delete keys not found", box=None)
+        for name, counts in sorted(outcome.tables.items()):
+            table.add_row(name, f"{counts['upserted']:,}", f"{counts['deleted']:,}", f"{counts['missing']:,}")
+        console.print(table)
+    if outcome.alert is not None:
+        alert = outcome.alert
+        console.print(f"[red]{alert.kind}[/red] ({alert.error_type}): {alert.message}", highlight=False)
+        if record.status == "failed":
+            console.print("the state stays at the last committed page; the next sync resumes there",
+                          highlight=False)
+
+
+def cmd_state_show(config: Config, args: argparse.Namespace) -> int:
+    from .destination import open_destination
+
+    job = build_job(config, args.name)
+    with open_destination(job.destination_url) as destination:
+        state = destination.load(job.connector).state
+    sys.stdout.write(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""From a validated config to runnable `SyncJob`s: paths, URLs, secrets, invokers."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import structlog
+
+from .config import Config, ConnectorConfig, plaintext_secret_keys, resolve_secrets
+from .errors import ConfigError
+from .page import TableSettings
+from .retry import RetryPolicy
+from .sync import SyncJob
+
+
+def build_job(config: Config, name: str) -> SyncJob:
+    """The `SyncJob` of connector `name`; ConfigError if it cannot run as configured."""
+    connector = config.connectors.get(name)
+    if connector is None:
+        known = ", ".join(sorted(config.connectors)) or "none"
+        raise ConfigError(f"{config.path}: no connector named {name!r} (configured: {known})")
+    for key in plaintext_secret_keys(connector):
+        structlog.get_logger().warning(
+            "plaintext_secret", connector=name, secret=key,
+            hint=f"encrypt it: connector secrets encrypt {name} {key}")
+    retry = connector.function.retry
+    return SyncJob(
+        connector=name,
+        schema=config.schema_name(name),
+        destination_url=config.destination_url(name),
+        invoker=_invoker_factory(config, name, connector),
+        secrets=resolve_secrets(connector, name),
+        naming=connector.naming,
+        settings=_table_settings(config, name, connector),
+        retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
+        max_sync_duration=connector.max_sync_duration,
+    )
+
+
+def _invoker_factory(config: Config, name: str, connector: ConnectorConfig):
+    function = connector.function
+    if function.kind != "local":
+        raise ConfigError(f"{config.path}: connectors.{name}.function: {function.kind} functions "
+                          "are not supported by this version yet; use `local`")
+    path = config.function_path(name)
+    if not path.is_file():
+        raise ConfigError(f"{config.path}: connectors.{name}.function.local: no such file {path}")
+    if path.suffix != ".py":
+        raise ConfigError(f"{config.path}: connectors.{name}.function.local: {path.suffix} "
+                          "handlers are not supported by this version yet; use a .py file")
+    from .invokers.local import LocalPythonInvoker
+
+    return partial(LocalPythonInvoker, path, handler=function.handler,
+                   isolation=function.isolation, timeout=function.timeout,
+                   memory_mb=function.memory_mb, function_name=name)
+
+
+def _table_settings(config: Config, name: str, connector: ConnectorConfig) -> TableSettings:
+    """`tables:` options, keyed by warehouse names (a source name is normalised first)."""
+    from .naming import normalize
+
+    def key(table: str) -> str:
+        return table if connector.naming == "source" else normalize(table, table=True)
+
+    def column(col: str) -> str:
+        return col if connector.naming == "source" else normalize(col)
+
+    for table, options in connector.tables.items():
+        if options.history:
+            raise ConfigError(f"{config.path}: connectors.{name}.tables.{table}.history: history "
+                              "mode is not supported by this version yet")
+    tables = connector.tables.items()
+    return TableSettings(
+        skip=frozenset(key(t) for t, o in tables if not o.sync),
+        blocked={key(t): frozenset(column(c) for c, m in o.columns.items() if m == "block")
+                 for t, o in tables},
+        hashed={key(t): frozenset(column(c) for c, m in o.columns.items() if m == "hash")
+                for t, o in tables},
+    )
+

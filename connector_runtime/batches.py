@@ -79,7 +79,9 @@ def _convert(values: list, kinds: set[type], logical: LogicalType) -> pa.Array:
         return _from_strings(pa.array(values, pa.string()), logical, target)
     if kinds & {bool, dict, list}:
         raise TypeError("booleans, objects and arrays only go into BOOLEAN, JSON or STRING")
-    return _from_strings(pa.array([None if v is None else as_text(v) for v in values]), logical, target)
+    return _from_strings(
+        pa.array([None if v is None else as_text(v) for v in values]), logical, target
+    )
 
 
 def _exact_array(values: list, logical: LogicalType, target: pa.DataType) -> pa.Array:
@@ -109,8 +111,14 @@ def _first_rejected(values: list, logical: LogicalType) -> ValueRejected:
             continue
         try:
             _convert([value], {type(value)}, logical)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError,
-                InvalidOperation) as exc:
+        except (
+            pa.ArrowInvalid,
+            pa.ArrowTypeError,
+            OverflowError,
+            TypeError,
+            ValueError,
+            InvalidOperation,
+        ) as exc:
             return ValueRejected(row, value, logical, _reason(exc))
     return ValueRejected(0, None, logical, "conversion failed")
 

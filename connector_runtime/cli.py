@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="connector", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step, function output too")
+    parser.add_argument(
+        "-c", "--config", help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every step, function output too"
+    )
     parser.add_argument("--version", action="version", version=f"connector-runtime {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -64,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def configure_logging(*, verbose: bool = False) -> None:
     """structlog to stderr: readable on a terminal, JSON lines otherwise; secrets masked."""
-    renderer = (structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
-                else structlog.processors.JSONRenderer())
+    renderer = (
+        structlog.dev.ConsoleRenderer()
+        if sys.stderr.isatty()
+        else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -73,7 +80,9 @@ def configure_logging(*, verbose: bool = False) -> None:
             masking.structlog_processor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if verbose else logging.WARNING
+        ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
@@ -116,8 +125,13 @@ class _progress:
     def __init__(self, connector: str) -> None:
         self.connector = connector
         self.rows = 0
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                            console=console, transient=True)
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
 
     def __enter__(self) -> Callable[[PageProgress], None]:
         self.bar.start()
@@ -126,10 +140,14 @@ class _progress:
 
     def on_page(self, page: PageProgress) -> None:
         self.rows += page.rows
-        self.bar.update(self.task, description=f"{self.connector}: page {page.number}, {self.rows:,} rows")
+        self.bar.update(
+            self.task, description=f"{self.connector}: page {page.number}, {self.rows:,} rows"
+        )
         if not console.is_terminal:
-            console.print(f"{self.connector}: page {page.number} committed, {self.rows:,} rows so far",
-                          highlight=False)
+            console.print(
+                f"{self.connector}: page {page.number} committed, {self.rows:,} rows so far",
+                highlight=False,
+            )
 
     def __exit__(self, *exc_info: object) -> None:
         self.bar.stop()
@@ -141,18 +159,26 @@ def _summary(outcome: SyncOutcome, seconds: float) -> None:
     console.print(
         f"[{colour}]{record.connector}: {record.status}[/{colour}] in {seconds:.1f}s, "
         f"{record.pages} page(s), {record.rows_upserted:,} rows upserted, "
-        f"{record.rows_deleted:,} deleted", highlight=False)
+        f"{record.rows_deleted:,} deleted",
+        highlight=False,
+    )
     if outcome.tables:
         table = Table("table", "upserted", "deleted", "delete keys not found", box=None)
         for name, counts in sorted(outcome.tables.items()):
-            table.add_row(name, f"{counts['upserted']:,}", f"{counts['deleted']:,}", f"{counts['missing']:,}")
+            table.add_row(
+                name, f"{counts['upserted']:,}", f"{counts['deleted']:,}", f"{counts['missing']:,}"
+            )
         console.print(table)
     if outcome.alert is not None:
         alert = outcome.alert
-        console.print(f"[red]{alert.kind}[/red] ({alert.error_type}): {alert.message}", highlight=False)
+        console.print(
+            f"[red]{alert.kind}[/red] ({alert.error_type}): {alert.message}", highlight=False
+        )
         if record.status == "failed":
-            console.print("the state stays at the last committed page; the next sync resumes there",
-                          highlight=False)
+            console.print(
+                "the state stays at the last committed page; the next sync resumes there",
+                highlight=False,
+            )
 
 
 def cmd_state_show(config: Config, args: argparse.Namespace) -> int:

@@ -108,8 +108,9 @@ class Destination(ABC):
         """Create, widen, upsert, append, delete, save names, catalog and state: one transaction."""
 
     @abstractmethod
-    def finish_cycle(self, connector: str, schema: str, tables: list[str], cutoff: datetime,
-                     synced_at: datetime) -> dict[str, int]:
+    def finish_cycle(
+        self, connector: str, schema: str, tables: list[str], cutoff: datetime, synced_at: datetime
+    ) -> dict[str, int]:
         """At a sync's successful end: mark deleted the rows of `tables` not written since
         `cutoff`, and close the sync cycle; one transaction. Returns rows marked, by table."""
 
@@ -142,6 +143,8 @@ def open_destination(url: str) -> Destination:
     target = _BACKENDS.get(scheme)
     if target is None:
         known = ", ".join(sorted(_BACKENDS))
-        raise ConfigError(f"destination {url.split(':', 1)[0]}: unsupported scheme; use one of {known}")
+        raise ConfigError(
+            f"destination {url.split(':', 1)[0]}: unsupported scheme; use one of {known}"
+        )
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)(url)

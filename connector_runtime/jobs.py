@@ -21,8 +21,11 @@ def build_job(config: Config, name: str) -> SyncJob:
         raise ConfigError(f"{config.path}: no connector named {name!r} (configured: {known})")
     for key in plaintext_secret_keys(connector):
         structlog.get_logger().warning(
-            "plaintext_secret", connector=name, secret=key,
-            hint=f"encrypt it: connector secrets encrypt {name} {key}")
+            "plaintext_secret",
+            connector=name,
+            secret=key,
+            hint=f"encrypt it: connector secrets encrypt {name} {key}",
+        )
     retry = connector.function.retry
     return SyncJob(
         connector=name,
@@ -40,19 +43,29 @@ def build_job(config: Config, name: str) -> SyncJob:
 def _invoker_factory(config: Config, name: str, connector: ConnectorConfig):
     function = connector.function
     if function.kind != "local":
-        raise ConfigError(f"{config.path}: connectors.{name}.function: {function.kind} functions "
-                          "are not supported by this version yet; use `local`")
+        raise ConfigError(
+            f"{config.path}: connectors.{name}.function: {function.kind} functions "
+            "are not supported by this version yet; use `local`"
+        )
     path = config.function_path(name)
     if not path.is_file():
         raise ConfigError(f"{config.path}: connectors.{name}.function.local: no such file {path}")
     if path.suffix != ".py":
-        raise ConfigError(f"{config.path}: connectors.{name}.function.local: {path.suffix} "
-                          "handlers are not supported by this version yet; use a .py file")
+        raise ConfigError(
+            f"{config.path}: connectors.{name}.function.local: {path.suffix} "
+            "handlers are not supported by this version yet; use a .py file"
+        )
     from .invokers.local import LocalPythonInvoker
 
-    return partial(LocalPythonInvoker, path, handler=function.handler,
-                   isolation=function.isolation, timeout=function.timeout,
-                   memory_mb=function.memory_mb, function_name=name)
+    return partial(
+        LocalPythonInvoker,
+        path,
+        handler=function.handler,
+        isolation=function.isolation,
+        timeout=function.timeout,
+        memory_mb=function.memory_mb,
+        function_name=name,
+    )
 
 
 def _table_settings(config: Config, name: str, connector: ConnectorConfig) -> TableSettings:
@@ -67,14 +80,19 @@ def _table_settings(config: Config, name: str, connector: ConnectorConfig) -> Ta
 
     for table, options in connector.tables.items():
         if options.history:
-            raise ConfigError(f"{config.path}: connectors.{name}.tables.{table}.history: history "
-                              "mode is not supported by this version yet")
+            raise ConfigError(
+                f"{config.path}: connectors.{name}.tables.{table}.history: history "
+                "mode is not supported by this version yet"
+            )
     tables = connector.tables.items()
     return TableSettings(
         skip=frozenset(key(t) for t, o in tables if not o.sync),
-        blocked={key(t): frozenset(column(c) for c, m in o.columns.items() if m == "block")
-                 for t, o in tables},
-        hashed={key(t): frozenset(column(c) for c, m in o.columns.items() if m == "hash")
-                for t, o in tables},
+        blocked={
+            key(t): frozenset(column(c) for c, m in o.columns.items() if m == "block")
+            for t, o in tables
+        },
+        hashed={
+            key(t): frozenset(column(c) for c, m in o.columns.items() if m == "hash")
+            for t, o in tables
+        },
     )
-

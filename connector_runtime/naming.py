@@ -35,9 +35,23 @@ def normalize(source: str, *, table: bool = False) -> str:
     return name
 
 
-_TRANSLITERATE = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "ł": "l",
-                                "Ł": "L", "đ": "d", "Đ": "D", "þ": "th", "Þ": "TH", "œ": "oe",
-                                "Œ": "OE"})
+_TRANSLITERATE = str.maketrans(
+    {
+        "ß": "ss",
+        "æ": "ae",
+        "Æ": "AE",
+        "ø": "o",
+        "Ø": "O",
+        "ł": "l",
+        "Ł": "L",
+        "đ": "d",
+        "Đ": "D",
+        "þ": "th",
+        "Þ": "TH",
+        "œ": "oe",
+        "Œ": "OE",
+    }
+)
 
 
 def _to_ascii(text: str) -> str:

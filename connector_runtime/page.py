@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from itertools import chain
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import pyarrow as pa
@@ -93,7 +93,9 @@ class PagePlanner:
     catalog: dict[str, TableInfo]
     settings: TableSettings = field(default_factory=TableSettings)
 
-    def plan(self, response: Response, *, sync_id: str, number: int, synced_at: datetime) -> PageWrite:
+    def plan(
+        self, response: Response, *, sync_id: str, number: int, synced_at: datetime
+    ) -> PageWrite:
         """Validate and type one page; raises InvalidResponse and changes nothing then."""
         names_before = len(self.names.added)
         try:
@@ -102,8 +104,16 @@ class PagePlanner:
             del self.names.added[names_before:]
             raise
         writes = [w for w in writes if w is not None]
-        return PageWrite(self.connector, self.schema, sync_id, number, synced_at,
-                         response.state, writes, self.names.added[names_before:])
+        return PageWrite(
+            self.connector,
+            self.schema,
+            sync_id,
+            number,
+            synced_at,
+            response.state,
+            writes,
+            self.names.added[names_before:],
+        )
 
     def commit(self, page: PageWrite) -> None:
         """Record the page's tables once the destination has committed it."""
@@ -148,9 +158,12 @@ class PagePlanner:
             return replace(write, upserts=_dedupe(typed, table.primary_key))
         return replace(write, appends=typed)
 
-    def _table_info(self, name: str, source: str, schema: TableSchema | None,
-                    previous: TableInfo | None) -> TableInfo:
-        declared_key = tuple(self.names.column(source, c) for c in schema.primary_key) if schema else None
+    def _table_info(
+        self, name: str, source: str, schema: TableSchema | None, previous: TableInfo | None
+    ) -> TableInfo:
+        declared_key = (
+            tuple(self.names.column(source, c) for c in schema.primary_key) if schema else None
+        )
         if previous is None:
             return TableInfo(name, source, declared_key or ())
         if declared_key is not None and declared_key != previous.primary_key:
@@ -169,7 +182,9 @@ class PagePlanner:
         blocked = self.settings.blocked.get(table, frozenset())
         if all(c == n for c, n in mapping.items()) and not blocked:
             return rows
-        return [{mapping[c]: v for c, v in row.items() if mapping[c] not in blocked} for row in rows]
+        return [
+            {mapping[c]: v for c, v in row.items() if mapping[c] not in blocked} for row in rows
+        ]
 
     def _check_keys(self, source: str, field_name: str, table: TableInfo, rows: list[dict]) -> None:
         for key in table.primary_key:
@@ -180,10 +195,19 @@ class PagePlanner:
                         f"{field_name}: table {source!r}, row {index}: primary-key column {key!r} {problem}"
                     )
 
-    def _typed(self, source: str, table: TableInfo, schema: TableSchema | None,
-               rows: list[dict], page_columns: dict[str, None]) -> TableInfo:
+    def _typed(
+        self,
+        source: str,
+        table: TableInfo,
+        schema: TableSchema | None,
+        rows: list[dict],
+        page_columns: dict[str, None],
+    ) -> TableInfo:
         """Widen the table's columns by this page's values; declared types win."""
-        declared = {self.names.column(source, c): t for c, t in (schema.declared() if schema else {}).items()}
+        declared = {
+            self.names.column(source, c): t
+            for c, t in (schema.declared() if schema else {}).items()
+        }
         columns = dict(table.columns)
         columns.update(declared)
         for column in page_columns:
@@ -203,8 +227,9 @@ class PagePlanner:
                 )
         return replace(table, columns=columns, declared=table.declared | frozenset(declared))
 
-    def _arrow(self, source: str, table: TableInfo, rows: list[dict],
-               page_columns: dict[str, None]) -> pa.Table:
+    def _arrow(
+        self, source: str, table: TableInfo, rows: list[dict], page_columns: dict[str, None]
+    ) -> pa.Table:
         """The page's rows as typed columns; columns the page lacks stay out (→ NULL)."""
         present = [c for c in table.columns if c in page_columns]
         hashed_columns = self.settings.hashed.get(table.name, frozenset())
@@ -217,8 +242,10 @@ class PagePlanner:
         return pa.table(arrays)
 
     def _key_arrow(self, source: str, table: TableInfo, rows: list[dict]) -> pa.Table:
-        keys = {c: self._column(source, c, [r[c] for r in rows], table.columns[c])
-                for c in table.primary_key}
+        keys = {
+            c: self._column(source, c, [r[c] for r in rows], table.columns[c])
+            for c in table.primary_key
+        }
         return pa.table(keys)
 
     def _column(self, source: str, column: str, values: list, logical: LogicalType) -> pa.Array:

@@ -65,7 +65,9 @@ class Response(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    state: dict[str, Any] = Field(description="Cursor to send back next time, once this page commits.")
+    state: dict[str, Any] = Field(
+        description="Cursor to send back next time, once this page commits."
+    )
     insert: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict, description="Rows to upsert (or append), by table."
     )
@@ -73,7 +75,9 @@ class Response(BaseModel):
         default_factory=dict, description="Rows to mark deleted, by table; need a primary key."
     )
     schema_: dict[str, TableSchema] = Field(
-        default_factory=dict, alias="schema", description="Primary keys and declared types, by table."
+        default_factory=dict,
+        alias="schema",
+        description="Primary keys and declared types, by table.",
     )
     soft_delete: list[str] = Field(
         default_factory=list,
@@ -97,7 +101,9 @@ def parse_response(raw: bytes) -> Response:
     except ValueError as exc:
         raise InvalidResponse(f"the function's answer is not JSON: {exc}") from None
     if not isinstance(answer, dict):
-        raise InvalidResponse(f"the function's answer is a JSON {_json_kind(answer)}, not an object")
+        raise InvalidResponse(
+            f"the function's answer is a JSON {_json_kind(answer)}, not an object"
+        )
     if "errorMessage" in answer:
         raise function_error(answer)
     try:

@@ -44,7 +44,13 @@ def with_retries(
             if attempt + 1 >= policy.attempts:
                 raise
             wait = policy.delay(attempt, getattr(exc, "retry_after", None))
-            log.warning("retrying", what=what, attempt=attempt + 1, of=policy.attempts,
-                        wait_s=round(wait, 2), error=str(exc))
+            log.warning(
+                "retrying",
+                what=what,
+                attempt=attempt + 1,
+                of=policy.attempts,
+                wait_s=round(wait, 2),
+                error=str(exc),
+            )
             sleep(wait)
     raise AssertionError("unreachable: attempts >= 1")

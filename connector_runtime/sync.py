@@ -90,8 +90,14 @@ def run_sync(
 
 
 class _Sync:
-    def __init__(self, job: SyncJob, destination: Destination, trigger: str,
-                 on_page: Callable[[PageProgress], None], stop: threading.Event | None) -> None:
+    def __init__(
+        self,
+        job: SyncJob,
+        destination: Destination,
+        trigger: str,
+        on_page: Callable[[PageProgress], None],
+        stop: threading.Event | None,
+    ) -> None:
         self.job, self.destination, self.on_page, self.stop = job, destination, on_page, stop
         self.record = SyncRecord(str(uuid.uuid4()), job.connector, trigger, datetime.now(UTC))
         self.outcome = SyncOutcome(self.record)
@@ -99,24 +105,37 @@ class _Sync:
         self.soft_delete: set[str] = set()
 
     def run(self) -> SyncOutcome:
-        snapshot = self.destination.begin_sync(self.record, reset_state=self.record.trigger == "resync")
-        self.planner = PagePlanner(self.job.connector, self.job.schema,
-                                   NameMap.load(self.job.naming, snapshot.names),
-                                   dict(snapshot.catalog), self.job.settings)
+        snapshot = self.destination.begin_sync(
+            self.record, reset_state=self.record.trigger == "resync"
+        )
+        self.planner = PagePlanner(
+            self.job.connector,
+            self.job.schema,
+            NameMap.load(self.job.naming, snapshot.names),
+            dict(snapshot.catalog),
+            self.job.settings,
+        )
         self.log.info("sync_started", trigger=self.record.trigger)
         try:
             status = self.pages(snapshot.state)
             if status == "succeeded":
-                self.finish(snapshot.cycle_started_at or self.record.started_at,
-                            resync=snapshot.cycle_trigger == "resync")
+                self.finish(
+                    snapshot.cycle_started_at or self.record.started_at,
+                    resync=snapshot.cycle_trigger == "resync",
+                )
         except SyncFailure as failure:
             status = "failed"
             self.fail(failure)
         self.record = replace(self.record, status=status, finished_at=datetime.now(UTC))
         self.destination.end_sync(self.record)
         self.outcome.record = self.record
-        self.log.info("sync_finished", status=status, pages=self.record.pages,
-                      rows_upserted=self.record.rows_upserted, rows_deleted=self.record.rows_deleted)
+        self.log.info(
+            "sync_finished",
+            status=status,
+            pages=self.record.pages,
+            rows_upserted=self.record.rows_upserted,
+            rows_deleted=self.record.rows_deleted,
+        )
         return self.outcome
 
     def pages(self, state: dict[str, Any]) -> str:
@@ -125,10 +144,14 @@ class _Sync:
         with self.job.invoker() as invoker:
             while True:
                 response = self.invoke(invoker, state)
-                empty_in_a_row = empty_in_a_row + 1 if response.has_more and not response.row_count else 0
+                empty_in_a_row = (
+                    empty_in_a_row + 1 if response.has_more and not response.row_count else 0
+                )
                 if empty_in_a_row > MAX_EMPTY_PAGES:
-                    raise Stalled(f"{empty_in_a_row} responses in a row said hasMore without a "
-                                  "single row; stopped so the sync does not loop forever")
+                    raise Stalled(
+                        f"{empty_in_a_row} responses in a row said hasMore without a "
+                        "single row; stopped so the sync does not loop forever"
+                    )
                 self.apply(response)
                 state = response.state
                 if not response.has_more:
@@ -139,7 +162,9 @@ class _Sync:
     def invoke(self, invoker: Invoker, state: dict[str, Any]) -> Response:
         request = Request(
             agent=f"connector-runtime/{__version__}/{self.job.connector}/{self.job.schema}",
-            state=state, secrets=self.job.secrets, sync_id=self.record.sync_id,
+            state=state,
+            secrets=self.job.secrets,
+            sync_id=self.record.sync_id,
         ).payload()
 
         def call() -> bytes:
@@ -153,18 +178,24 @@ class _Sync:
         try:
             raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
         except TransientInvokeError as exc:
-            raise InvokeFailed(f"the function could not be reached after "
-                               f"{self.job.retry.attempts} attempts: {exc}") from exc
+            raise InvokeFailed(
+                f"the function could not be reached after {self.job.retry.attempts} attempts: {exc}"
+            ) from exc
         return parse_response(raw)
 
     def apply(self, response: Response) -> None:
         """Plan and write one page with its state; on any failure nothing of it remains."""
         number = self.record.pages + 1
-        page = self.planner.plan(response, sync_id=self.record.sync_id, number=number,
-                                 synced_at=self.record.started_at)
+        page = self.planner.plan(
+            response, sync_id=self.record.sync_id, number=number, synced_at=self.record.started_at
+        )
         try:
-            result = with_retries(lambda: self.destination.apply_page(page), self.job.retry,
-                                  TransientDestinationError, what="apply_page")
+            result = with_retries(
+                lambda: self.destination.apply_page(page),
+                self.job.retry,
+                TransientDestinationError,
+                what="apply_page",
+            )
         except Exception as exc:
             self.planner.rollback(page)
             if isinstance(exc, SyncFailure):
@@ -178,11 +209,16 @@ class _Sync:
     def count(self, number: int, result: PageResult) -> None:
         upserted = sum(c.upserted for c in result.tables.values())
         deleted = sum(c.deleted for c in result.tables.values())
-        self.record = replace(self.record, pages=number,
-                              rows_upserted=self.record.rows_upserted + upserted,
-                              rows_deleted=self.record.rows_deleted + deleted)
+        self.record = replace(
+            self.record,
+            pages=number,
+            rows_upserted=self.record.rows_upserted + upserted,
+            rows_deleted=self.record.rows_deleted + deleted,
+        )
         for name, counts in result.tables.items():
-            totals = self.outcome.tables.setdefault(name, {"upserted": 0, "deleted": 0, "missing": 0})
+            totals = self.outcome.tables.setdefault(
+                name, {"upserted": 0, "deleted": 0, "missing": 0}
+            )
             totals["upserted"] += counts.upserted
             totals["deleted"] += counts.deleted
             totals["missing"] += counts.missing
@@ -198,8 +234,9 @@ class _Sync:
         if resync:
             tables |= {name for name, info in catalog.items() if info.primary_key}
         try:
-            marked = self.destination.finish_cycle(self.job.connector, self.job.schema,
-                                                   sorted(tables), cutoff, self.record.started_at)
+            marked = self.destination.finish_cycle(
+                self.job.connector, self.job.schema, sorted(tables), cutoff, self.record.started_at
+            )
         except SyncFailure:
             raise
         except Exception as exc:
@@ -207,18 +244,29 @@ class _Sync:
         for name, count in marked.items():
             self.outcome.tables.setdefault(name, {"upserted": 0, "deleted": 0, "missing": 0})
             self.outcome.tables[name]["deleted"] += count
-        self.record = replace(self.record, rows_deleted=self.record.rows_deleted + sum(marked.values()))
+        self.record = replace(
+            self.record, rows_deleted=self.record.rows_deleted + sum(marked.values())
+        )
 
     def fail(self, failure: SyncFailure) -> None:
         message = masking.mask(failure.message)
-        alert = Alert(str(uuid.uuid4()), self.job.connector, self.record.sync_id,
-                      datetime.now(UTC), failure.severity, failure.kind, failure.error_type,
-                      message, masking.mask(failure.stack_trace))
-        self.log.error("sync_failed", kind=failure.kind, error_type=failure.error_type, message=message)
+        alert = Alert(
+            str(uuid.uuid4()),
+            self.job.connector,
+            self.record.sync_id,
+            datetime.now(UTC),
+            failure.severity,
+            failure.kind,
+            failure.error_type,
+            message,
+            masking.mask(failure.stack_trace),
+        )
+        self.log.error(
+            "sync_failed", kind=failure.kind, error_type=failure.error_type, message=message
+        )
         try:
             self.destination.record_alert(alert)
         except Exception as exc:  # the warehouse may be what failed; the log still has it
             self.log.error("alert_not_saved", error=str(exc))
         self.record = replace(self.record, error=f"{failure.kind}: {message}")
         self.outcome.alert = alert
-

@@ -139,13 +139,25 @@ class DuckDBDestination(Destination):
         row = con.execute(
             # epoch_us: fetching TIMESTAMPTZ as Python objects would need pytz
             f"SELECT state, epoch_us(cycle_started_at), cycle_trigger FROM {RUNTIME_SCHEMA}.state"
-            " WHERE connector = ?", [connector]).fetchone()
-        names = [NameEntry(*r) for r in con.execute(
-            f"SELECT source_table, source_column, name FROM {RUNTIME_SCHEMA}.names"
-            " WHERE connector = ?", [connector]).fetchall()]
-        catalog = {r[0]: _table_info(*r) for r in con.execute(
-            f"SELECT name, source, primary_key, columns, declared, deleted_column"
-            f" FROM {RUNTIME_SCHEMA}.tables WHERE connector = ?", [connector]).fetchall()}
+            " WHERE connector = ?",
+            [connector],
+        ).fetchone()
+        names = [
+            NameEntry(*r)
+            for r in con.execute(
+                f"SELECT source_table, source_column, name FROM {RUNTIME_SCHEMA}.names"
+                " WHERE connector = ?",
+                [connector],
+            ).fetchall()
+        ]
+        catalog = {
+            r[0]: _table_info(*r)
+            for r in con.execute(
+                f"SELECT name, source, primary_key, columns, declared, deleted_column"
+                f" FROM {RUNTIME_SCHEMA}.tables WHERE connector = ?",
+                [connector],
+            ).fetchall()
+        }
         if row is None:
             return Snapshot({}, catalog, names)
         started = None if row[1] is None else datetime.fromtimestamp(row[1] / 1e6, UTC)
@@ -156,46 +168,75 @@ class DuckDBDestination(Destination):
             con.execute(
                 f"UPDATE {RUNTIME_SCHEMA}.syncs SET status = 'failed', finished_at = ?, error ="
                 " 'the process running this sync died' WHERE connector = ? AND status = 'running'",
-                [record.started_at, record.connector])
-            con.execute(f"INSERT INTO {RUNTIME_SCHEMA}.syncs VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, 0, NULL)",
-                        [record.sync_id, record.connector, record.trigger, record.started_at])
+                [record.started_at, record.connector],
+            )
+            con.execute(
+                f"INSERT INTO {RUNTIME_SCHEMA}.syncs VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, 0, NULL)",
+                [record.sync_id, record.connector, record.trigger, record.started_at],
+            )
             self._open_cycle(con, record, reset_state)
         return self.load(record.connector)
 
     def _open_cycle(self, con, record: SyncRecord, reset_state: bool) -> None:
-        exists = con.execute(f"SELECT count(*) FROM {RUNTIME_SCHEMA}.state WHERE connector = ?",
-                             [record.connector]).fetchone()[0]
+        exists = con.execute(
+            f"SELECT count(*) FROM {RUNTIME_SCHEMA}.state WHERE connector = ?", [record.connector]
+        ).fetchone()[0]
         if not exists:
-            con.execute(f"INSERT INTO {RUNTIME_SCHEMA}.state VALUES (?, '{{}}', NULL, ?, NULL, NULL)",
-                        [record.connector, record.started_at])
+            con.execute(
+                f"INSERT INTO {RUNTIME_SCHEMA}.state VALUES (?, '{{}}', NULL, ?, NULL, NULL)",
+                [record.connector, record.started_at],
+            )
         if reset_state:
-            con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET state = '{{}}', cycle_started_at = ?,"
-                        " cycle_trigger = 'resync' WHERE connector = ?",
-                        [record.started_at, record.connector])
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.state SET state = '{{}}', cycle_started_at = ?,"
+                " cycle_trigger = 'resync' WHERE connector = ?",
+                [record.started_at, record.connector],
+            )
         else:
-            con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET cycle_started_at = ?, cycle_trigger = ?"
-                        " WHERE connector = ? AND cycle_started_at IS NULL",
-                        [record.started_at, record.trigger, record.connector])
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.state SET cycle_started_at = ?, cycle_trigger = ?"
+                " WHERE connector = ? AND cycle_started_at IS NULL",
+                [record.started_at, record.trigger, record.connector],
+            )
 
     def end_sync(self, record: SyncRecord) -> None:
         with self._transaction() as con:
             con.execute(
                 f"UPDATE {RUNTIME_SCHEMA}.syncs SET finished_at = ?, status = ?, pages = ?,"
                 " rows_upserted = ?, rows_deleted = ?, error = ? WHERE sync_id = ?",
-                [record.finished_at, record.status, record.pages, record.rows_upserted,
-                 record.rows_deleted, record.error, record.sync_id])
+                [
+                    record.finished_at,
+                    record.status,
+                    record.pages,
+                    record.rows_upserted,
+                    record.rows_deleted,
+                    record.error,
+                    record.sync_id,
+                ],
+            )
             if record.status == "succeeded":
-                con.execute(f"UPDATE {RUNTIME_SCHEMA}.alerts SET resolved_at = ?"
-                            " WHERE connector = ? AND resolved_at IS NULL",
-                            [record.finished_at, record.connector])
+                con.execute(
+                    f"UPDATE {RUNTIME_SCHEMA}.alerts SET resolved_at = ?"
+                    " WHERE connector = ? AND resolved_at IS NULL",
+                    [record.finished_at, record.connector],
+                )
 
     def record_alert(self, alert: Alert) -> None:
         with self._transaction() as con:
             con.execute(
                 f"INSERT INTO {RUNTIME_SCHEMA}.alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                [alert.alert_id, alert.connector, alert.sync_id, alert.created_at, alert.severity,
-                 alert.kind, alert.error_type, alert.message,
-                 None if alert.stack_trace is None else orjson.dumps(alert.stack_trace).decode()])
+                [
+                    alert.alert_id,
+                    alert.connector,
+                    alert.sync_id,
+                    alert.created_at,
+                    alert.severity,
+                    alert.kind,
+                    alert.error_type,
+                    alert.message,
+                    None if alert.stack_trace is None else orjson.dumps(alert.stack_trace).decode(),
+                ],
+            )
 
     # -- pages ------------------------------------------------------------------------
 
@@ -229,16 +270,26 @@ class DuckDBDestination(Destination):
         if write.previous is None:
             columns = [f"{q(c)} {sql_type(t)}" for c, t in table.columns.items()]
             columns += ["_fivetran_synced TIMESTAMPTZ"]
-            columns += ["_fivetran_batch VARCHAR", "_fivetran_index BIGINT"] if not table.primary_key else []
+            columns += (
+                ["_fivetran_batch VARCHAR", "_fivetran_index BIGINT"]
+                if not table.primary_key
+                else []
+            )
             columns += ["_fivetran_deleted BOOLEAN DEFAULT false"] if table.deleted_column else []
             con.execute(f"CREATE TABLE {target} ({', '.join(columns)})")
             return
         for column, logical in write.added_columns.items():
             con.execute(f"ALTER TABLE {target} ADD COLUMN {q(column)} {sql_type(logical)}")
         for column, (old, new) in write.changed_columns.items():
-            using = _AS_TEXT.get(old.name, "CAST({c} AS VARCHAR)") if new.name == "STRING" else "CAST({c} AS " + sql_type(new) + ")"
-            con.execute(f"ALTER TABLE {target} ALTER {q(column)} SET DATA TYPE {sql_type(new)}"
-                        f" USING {using.format(c=q(column))}")
+            using = (
+                _AS_TEXT.get(old.name, "CAST({c} AS VARCHAR)")
+                if new.name == "STRING"
+                else "CAST({c} AS " + sql_type(new) + ")"
+            )
+            con.execute(
+                f"ALTER TABLE {target} ALTER {q(column)} SET DATA TYPE {sql_type(new)}"
+                f" USING {using.format(c=q(column))}"
+            )
         if table.deleted_column and not write.previous.deleted_column:
             con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
 
@@ -249,11 +300,15 @@ class DuckDBDestination(Destination):
         try:
             on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in write.table.primary_key)
             con.execute(f"DELETE FROM {target} AS t USING _page_rows AS s WHERE {on}")
-            extra, values = ("", "") if not write.table.deleted_column else (", _fivetran_deleted", ", false")
+            extra, values = (
+                ("", "") if not write.table.deleted_column else (", _fivetran_deleted", ", false")
+            )
             select = ", ".join(f"s.{q(c)}" for c in columns)
             con.execute(
                 f"INSERT INTO {target} ({', '.join(map(q, columns))}, _fivetran_synced{extra})"
-                f" SELECT {select}, ?{values} FROM _page_rows AS s", [page.synced_at])
+                f" SELECT {select}, ?{values} FROM _page_rows AS s",
+                [page.synced_at],
+            )
         finally:
             con.unregister("_page_rows")
         return rows.num_rows
@@ -267,7 +322,9 @@ class DuckDBDestination(Destination):
             select = "".join(f"s.{q(c)}, " for c in columns)
             con.execute(
                 f"INSERT INTO {target} ({names}_fivetran_synced, _fivetran_batch, _fivetran_index)"
-                f" SELECT {select}?, ?, s.__row FROM _page_rows AS s", [page.synced_at, page.batch])
+                f" SELECT {select}?, ?, s.__row FROM _page_rows AS s",
+                [page.synced_at, page.batch],
+            )
         finally:
             con.unregister("_page_rows")
         return rows.num_rows
@@ -277,63 +334,98 @@ class DuckDBDestination(Destination):
         con.register("_page_keys", write.deletes)
         try:
             key_list = ", ".join(q(k) for k in keys)
-            wanted = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM _page_keys)").fetchone()[0]
+            wanted = con.execute(
+                f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM _page_keys)"
+            ).fetchone()[0]
             on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
             marked = con.execute(
                 f"UPDATE {target} AS t SET _fivetran_deleted = true, _fivetran_synced = ?"
                 f" FROM (SELECT DISTINCT {key_list} FROM _page_keys) AS s WHERE {on}",
-                [page.synced_at]).fetchone()[0]
+                [page.synced_at],
+            ).fetchone()[0]
         finally:
             con.unregister("_page_keys")
         return marked, wanted - marked
 
     def _save_catalog(self, con, page: PageWrite) -> None:
         for entry in page.names:
-            con.execute(f"INSERT INTO {RUNTIME_SCHEMA}.names VALUES (?, ?, ?, ?)",
-                        [page.connector, entry.table, entry.column, entry.name])
+            con.execute(
+                f"INSERT INTO {RUNTIME_SCHEMA}.names VALUES (?, ?, ?, ?)",
+                [page.connector, entry.table, entry.column, entry.name],
+            )
         for write in page.tables:
             if write.table != write.previous:
                 self._save_table(con, page.connector, write.table)
-        con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET state = ?, sync_id = ?, updated_at = now()"
-                    " WHERE connector = ?",
-                    [orjson.dumps(page.state).decode(), page.sync_id, page.connector])
+        con.execute(
+            f"UPDATE {RUNTIME_SCHEMA}.state SET state = ?, sync_id = ?, updated_at = now()"
+            " WHERE connector = ?",
+            [orjson.dumps(page.state).decode(), page.sync_id, page.connector],
+        )
 
     def _save_table(self, con, connector: str, table: TableInfo) -> None:
-        con.execute(f"DELETE FROM {RUNTIME_SCHEMA}.tables WHERE connector = ? AND name = ?",
-                    [connector, table.name])
+        con.execute(
+            f"DELETE FROM {RUNTIME_SCHEMA}.tables WHERE connector = ? AND name = ?",
+            [connector, table.name],
+        )
         con.execute(
             f"INSERT INTO {RUNTIME_SCHEMA}.tables VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [connector, table.name, table.source, orjson.dumps(list(table.primary_key)).decode(),
-             orjson.dumps({c: str(t) for c, t in table.columns.items()}).decode(),
-             orjson.dumps(sorted(table.declared)).decode(), table.deleted_column])
+            [
+                connector,
+                table.name,
+                table.source,
+                orjson.dumps(list(table.primary_key)).decode(),
+                orjson.dumps({c: str(t) for c, t in table.columns.items()}).decode(),
+                orjson.dumps(sorted(table.declared)).decode(),
+                table.deleted_column,
+            ],
+        )
 
-    def finish_cycle(self, connector: str, schema: str, tables: list[str], cutoff: datetime,
-                     synced_at: datetime) -> dict[str, int]:
+    def finish_cycle(
+        self, connector: str, schema: str, tables: list[str], cutoff: datetime, synced_at: datetime
+    ) -> dict[str, int]:
         marked = {}
         catalog = self.load(connector).catalog
         try:
             with self._transaction() as con:
                 for name in tables:
-                    marked[name] = self._mark_unsent(con, connector, schema, catalog[name], cutoff, synced_at)
-                con.execute(f"UPDATE {RUNTIME_SCHEMA}.state SET cycle_started_at = NULL,"
-                            " cycle_trigger = NULL WHERE connector = ?", [connector])
+                    marked[name] = self._mark_unsent(
+                        con, connector, schema, catalog[name], cutoff, synced_at
+                    )
+                con.execute(
+                    f"UPDATE {RUNTIME_SCHEMA}.state SET cycle_started_at = NULL,"
+                    " cycle_trigger = NULL WHERE connector = ?",
+                    [connector],
+                )
         except duckdb.Error as exc:
             raise DestinationError(f"DuckDB refused the end-of-sync soft deletes: {exc}") from exc
         return marked
 
-    def _mark_unsent(self, con, connector: str, schema: str, table: TableInfo, cutoff: datetime,
-                     synced_at: datetime) -> int:
+    def _mark_unsent(
+        self,
+        con,
+        connector: str,
+        schema: str,
+        table: TableInfo,
+        cutoff: datetime,
+        synced_at: datetime,
+    ) -> int:
         target = f"{q(schema)}.{q(table.name)}"
         if not table.deleted_column:
             con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
             self._save_table(con, connector, replace(table, deleted_column=True))
         return con.execute(
             f"UPDATE {target} SET _fivetran_deleted = true, _fivetran_synced = ?"
-            " WHERE _fivetran_synced < ? AND NOT _fivetran_deleted", [synced_at, cutoff]).fetchone()[0]
+            " WHERE _fivetran_synced < ? AND NOT _fivetran_deleted",
+            [synced_at, cutoff],
+        ).fetchone()[0]
 
 
 def _table_info(name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
     return TableInfo(
-        name, source, tuple(orjson.loads(primary_key)),
+        name,
+        source,
+        tuple(orjson.loads(primary_key)),
         {c: LogicalType.parse(t) for c, t in orjson.loads(columns).items()},
-        frozenset(orjson.loads(declared)), bool(deleted_column))
+        frozenset(orjson.loads(declared)),
+        bool(deleted_column),
+    )

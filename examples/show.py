@@ -16,7 +16,8 @@ def main(path: str) -> None:
     con.execute("SET TimeZone = 'UTC'")
     tables = con.execute(
         "SELECT table_schema, table_name FROM information_schema.tables"
-        " WHERE table_schema <> 'connector_runtime' ORDER BY 1, 2").fetchall()
+        " WHERE table_schema <> 'connector_runtime' ORDER BY 1, 2"
+    ).fetchall()
     for schema, name in tables:
         target = f'"{schema}"."{name}"'
         count = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
@@ -25,7 +26,9 @@ def main(path: str) -> None:
         for row in cursor.fetchall():
             table.add_row(*[str(v) for v in row])
         console.print(table)
-    state = con.execute("SELECT connector, CAST(state AS VARCHAR) FROM connector_runtime.state").fetchall()
+    state = con.execute(
+        "SELECT connector, CAST(state AS VARCHAR) FROM connector_runtime.state"
+    ).fetchall()
     for connector, saved in state:
         console.print(f"state of {connector}: {saved}")
 

@@ -35,7 +35,9 @@ def handler(request: dict) -> dict:
     ids = range(cursor + 1, min(cursor + PAGE_SIZE, LAST_ID) + 1)
     rows = [transaction(i) for i in ids]
     # refunds of transactions sent one page earlier, re-sent with the same primary key
-    rows += [transaction(i - PAGE_SIZE, refunded=True) for i in ids if i % 25 == 0 and i > PAGE_SIZE]
+    rows += [
+        transaction(i - PAGE_SIZE, refunded=True) for i in ids if i % 25 == 0 and i > PAGE_SIZE
+    ]
     last = ids[-1] if ids else cursor
     return {
         "state": {"after_id": last},

@@ -17,7 +17,9 @@ from connector_runtime.naming import NameEntry, NameMap, normalize
         pytest.param("2fa_enabled", "_2fa_enabled", "_2fa_enabled", id="leading-digit"),
         pytest.param("__private", "_private", "private", id="leading-underscores"),
         pytest.param("a  b--c", "a_b_c", "a_b_c", id="collapse"),
-        pytest.param('x"; DROP TABLE t;--', "x_drop_table_t_", "x_drop_table_t_", id="sql-is-harmless"),
+        pytest.param(
+            'x"; DROP TABLE t;--', "x_drop_table_t_", "x_drop_table_t_", id="sql-is-harmless"
+        ),
         pytest.param("select", "select", "select", id="reserved-word-kept"),
         pytest.param("", "_", "_", id="empty"),
     ],
@@ -36,7 +38,11 @@ def test_normalized_names_are_safe_identifiers(source):
 
 def test_collisions_get_suffixes_in_arrival_order():
     names = NameMap()
-    assert [names.column("t", c) for c in ("Email", "email", "EMAIL")] == ["email", "email_2", "email_3"]
+    assert [names.column("t", c) for c in ("Email", "email", "EMAIL")] == [
+        "email",
+        "email_2",
+        "email_3",
+    ]
     assert names.column("t", "email") == "email_2"  # asked again: the same answer
 
 

@@ -12,9 +12,16 @@ def parse(answer):
 
 
 def test_a_full_page():
-    page = parse({"state": {"c": 1}, "insert": {"t": [{"id": 1}]}, "delete": {"t": [{"id": 2}]},
-                  "schema": {"t": {"primary_key": ["id"], "columns": {"id": "LONG"}}},
-                  "softDelete": ["t"], "hasMore": True})
+    page = parse(
+        {
+            "state": {"c": 1},
+            "insert": {"t": [{"id": 1}]},
+            "delete": {"t": [{"id": 2}]},
+            "schema": {"t": {"primary_key": ["id"], "columns": {"id": "LONG"}}},
+            "softDelete": ["t"],
+            "hasMore": True,
+        }
+    )
     assert page.state == {"c": 1} and page.has_more and page.soft_delete == ["t"]
     assert page.row_count == 2 and page.schema_["t"].primary_key == ["id"]
 
@@ -38,11 +45,17 @@ def test_error_shape_is_a_function_error():
         pytest.param([1, 2], "JSON array, not an object", id="not-object"),
         pytest.param({"insert": {}}, "state: required field is missing", id="missing-state"),
         pytest.param({"state": []}, "state:", id="state-not-object"),
-        pytest.param({"state": {}, "insert": {"users": [{"id": 1}, 5]}}, "insert: table 'users', row 1",
-                     id="row-not-object"),
+        pytest.param(
+            {"state": {}, "insert": {"users": [{"id": 1}, 5]}},
+            "insert: table 'users', row 1",
+            id="row-not-object",
+        ),
         pytest.param({"state": {}, "hasMore": "yes"}, "hasMore", id="hasMore-not-bool"),
-        pytest.param({"state": {}, "schema": {"t": {"columns": {"a": "INTEGER"}}}}, "unknown type 'INTEGER'",
-                     id="unknown-declared-type"),
+        pytest.param(
+            {"state": {}, "schema": {"t": {"columns": {"a": "INTEGER"}}}},
+            "unknown type 'INTEGER'",
+            id="unknown-declared-type",
+        ),
     ],
 )
 def test_contract_violations(answer, expected):

@@ -67,15 +67,28 @@ LATTICE = [
 ]
 
 
-@pytest.mark.parametrize(("a", "b", "expected"), [pytest.param(*case[:3], id=case[3]) for case in LATTICE])
+@pytest.mark.parametrize(
+    ("a", "b", "expected"), [pytest.param(*case[:3], id=case[3]) for case in LATTICE]
+)
 def test_widen(a, b, expected):
     assert widen(a, b) == expected
     assert widen(b, a) == expected
 
 
 ALL_TYPES = [
-    T.BOOLEAN, T.LONG, T.DOUBLE, T.NAIVE_DATE, T.NAIVE_DATETIME, T.UTC_DATETIME, T.STRING,
-    T.JSON, T.BIG_INTEGER, D18_2, T.decimal(10, 0), T.decimal(38, 10), None,
+    T.BOOLEAN,
+    T.LONG,
+    T.DOUBLE,
+    T.NAIVE_DATE,
+    T.NAIVE_DATETIME,
+    T.UTC_DATETIME,
+    T.STRING,
+    T.JSON,
+    T.BIG_INTEGER,
+    D18_2,
+    T.decimal(10, 0),
+    T.decimal(38, 10),
+    None,
 ]
 types = st.sampled_from(ALL_TYPES)
 
@@ -102,10 +115,15 @@ def test_widen_never_narrows(a, b):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
     | st.sampled_from(["2024-01-01", "2024-01-01T10:00:00", "2024-01-01T10:00:00Z", "00501"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
     max_leaves=5,
 )
 
@@ -121,8 +139,12 @@ def test_column_inference_equals_folding_values(values):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("LONG", T.LONG), ("decimal(18, 2)", D18_2), ("DECIMAL(10)", T.decimal(10, 0)),
-     ("utc_datetime", T.UTC_DATETIME)],
+    [
+        ("LONG", T.LONG),
+        ("decimal(18, 2)", D18_2),
+        ("DECIMAL(10)", T.decimal(10, 0)),
+        ("utc_datetime", T.UTC_DATETIME),
+    ],
 )
 def test_parse_declared_types(text, expected):
     assert LogicalType.parse(text) == expected

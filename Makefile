@@ -28,3 +28,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+schemas: $(STAMP)
+	$(BIN)/python -m connector_runtime.schemas schemas

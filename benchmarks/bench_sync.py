@@ -264,24 +264,21 @@ def _check_sync_record(con, result, sent, page_size, phase, updates, deletes) ->
 
 
 def _check_state(con, handler, result, phase) -> list[str]:
+    """The saved state is the state of the sync's last page (replayed from the handler)."""
     saved = con.execute(
         "SELECT CAST(state AS VARCHAR) FROM connector_runtime.state WHERE connector = ?",
         [CONNECTOR],
     ).fetchone()
     saved = json.loads(saved[0]) if saved else None
-    last_page = result["last_state"]
-    by_handler = handler["handler"]({"state": result["first_state"]})
-    while by_handler["hasMore"]:  # replay the handler's states to know its last one
-        by_handler = handler["handler"]({"state": by_handler["state"]})
-    problems = []
-    if saved != last_page:
-        problems.append(f"saved state {saved} differs from the last page's state {last_page}")
-    if last_page != by_handler["state"]:
-        problems.append(f"last page's state {last_page}, the handler ends at {by_handler['state']}")
+    page = handler["handler"]({"state": result["first_state"]})
+    while page["hasMore"]:
+        page = handler["handler"]({"state": page["state"]})
+    if saved != page["state"]:
+        return [f"saved state {saved} differs from the last page's state {page['state']}"]
     expected_phase = "update" if phase == 1 else "done"
-    if (saved or {}).get("phase") != expected_phase:
-        problems.append(f"saved state {saved} should be in phase {expected_phase!r}")
-    return problems
+    if saved.get("phase") != expected_phase:
+        return [f"saved state {saved} should be in phase {expected_phase!r}"]
+    return []
 
 
 def _check_types(con) -> list[str]:
@@ -381,7 +378,6 @@ def run_child(workdir: Path, phase: int, *, profile: bool) -> int:
         "rss_worker_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN),
         "worker_cpu_s": children.ru_utime + children.ru_stime,
         "first_state": first_state,
-        "last_state": _saved_state(job),
     }
     (workdir / f"phase{phase}.json").write_text(json.dumps(result))
     return 0

@@ -11,10 +11,10 @@ import hashlib
 import re
 from decimal import Decimal, InvalidOperation
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .jsonio import encode_json
 from .types import LogicalType
 
 _SIMPLE_ARROW = {
@@ -131,12 +131,7 @@ def _reason(exc: Exception) -> str:
 
 
 def _json_text(value: object) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # integers beyond 64 bits
-        import json
-
-        return json.dumps(value, separators=(",", ":"))
+    return encode_json(value).decode()
 
 
 def as_text(value: object) -> str:

@@ -6,7 +6,14 @@ from functools import partial
 
 import structlog
 
-from .config import Config, ConnectorConfig, plaintext_secret_keys, resolve_secrets
+from . import masking
+from .config import (
+    Config,
+    ConnectorConfig,
+    plaintext_secret_keys,
+    resolve_headers,
+    resolve_secrets,
+)
 from .errors import ConfigError
 from .page import TableSettings
 from .retry import RetryPolicy
@@ -41,12 +48,24 @@ def build_job(config: Config, name: str) -> SyncJob:
 
 
 def _invoker_factory(config: Config, name: str, connector: ConnectorConfig):
+    """A callable making the connector's invoker; backends are imported only when used."""
     function = connector.function
-    if function.kind != "local":
+    if function.kind == "http":
+        from .invokers.http import HttpInvoker
+
+        headers = resolve_headers(connector, name)
+        masking.register(headers)
+        return partial(HttpInvoker, function.http, headers=headers, timeout=function.timeout)
+    if function.kind == "lambda":
         raise ConfigError(
-            f"{config.path}: connectors.{name}.function: {function.kind} functions "
-            "are not supported by this version yet; use `local`"
+            f"{config.path}: connectors.{name}.function.lambda: AWS Lambda "
+            "functions are not supported by this version yet"
         )
+    return _local_factory(config, name, connector)
+
+
+def _local_factory(config: Config, name: str, connector: ConnectorConfig):
+    function = connector.function
     path = config.function_path(name)
     if not path.is_file():
         raise ConfigError(f"{config.path}: connectors.{name}.function.local: no such file {path}")

@@ -11,6 +11,7 @@ from typing import TypeVar
 import structlog
 
 T = TypeVar("T")
+MAX_RETRY_AFTER = 600.0
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         jittered = random.uniform(0, min(self.cap, self.base * 2**attempt))
         # a server's Retry-After is a floor: calling earlier would only be refused again
-        return max(jittered, min(retry_after, self.cap)) if retry_after else jittered
+        # (bounded, so a wild value cannot park a sync for hours)
+        return max(jittered, min(retry_after, MAX_RETRY_AFTER)) if retry_after else jittered
 
 
 def with_retries(

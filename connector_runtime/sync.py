@@ -10,6 +10,7 @@ committed page.
 from __future__ import annotations
 
 import threading
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,15 @@ def run_sync(
         return sync.run()
 
 
+def internal_error(exc: Exception) -> SyncFailure:
+    """An unexpected exception as a failure, with its traceback for the alert."""
+    return DestinationError(
+        f"internal error: {exc!r}",
+        error_type=type(exc).__name__,
+        stack_trace=traceback.format_exception(exc),
+    )
+
+
 class _Sync:
     def __init__(
         self,
@@ -126,6 +136,15 @@ class _Sync:
         except SyncFailure as failure:
             status = "failed"
             self.fail(failure)
+        except Exception as exc:  # a bug of ours: still one alert, and the sync row closed
+            status = "failed"
+            self.fail(internal_error(exc))
+        except KeyboardInterrupt:
+            self.record = replace(
+                self.record, status="failed", finished_at=datetime.now(UTC), error="interrupted"
+            )
+            self.destination.end_sync(self.record)
+            raise
         self.record = replace(self.record, status=status, finished_at=datetime.now(UTC))
         self.destination.end_sync(self.record)
         self.outcome.record = self.record

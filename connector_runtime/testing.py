@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
-
 from .invokers import Invoker
+from .jsonio import encode_json
 
 
 class ScriptedInvoker(Invoker):
@@ -31,4 +30,4 @@ class ScriptedInvoker(Invoker):
             page = page(request)
         if isinstance(page, BaseException):
             raise page
-        return page if isinstance(page, bytes) else orjson.dumps(page)
+        return page if isinstance(page, bytes) else encode_json(page)

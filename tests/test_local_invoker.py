@@ -43,6 +43,7 @@ def make_invoker(tmp_path):
     invokers: list[LocalPythonInvoker] = []
 
     def make(source: str, *, name: str = "handler.py", **options) -> LocalPythonInvoker:
+        options.setdefault("timeout", 10)  # a broken protocol fails fast instead of hanging
         path = write_file(tmp_path / name, source)
         invokers.append(LocalPythonInvoker(path, **options))
         return invokers[-1]
@@ -344,8 +345,9 @@ def test_memory_blow_up_is_bounded_by_memory_mb(make_invoker):
 
 
 def test_prints_and_fd1_writes_do_not_corrupt_the_answer(make_invoker):
-    invoker = make_invoker(
-        """
+    with structlog.testing.capture_logs() as logs:
+        invoker = make_invoker(
+            """
         import os
         import sys
 
@@ -358,9 +360,14 @@ def test_prints_and_fd1_writes_do_not_corrupt_the_answer(make_invoker):
             print("to stderr", file=sys.stderr)
             return {"state": {"done": True}}
         """
-    )
-    assert answer(invoker) == {"state": {"done": True}}
-    assert answer(invoker) == {"state": {"done": True}}
+        )
+        assert answer(invoker) == {"state": {"done": True}}
+        assert answer(invoker) == {"state": {"done": True}}
+        invoker.close()
+    lines = [entry["line"] for entry in logs if entry["event"] == "function_output"]
+    assert lines[:2] == ["at import", "progress 50%"]
+    assert "to stderr" in lines
+    assert any(line.endswith("straight to fd 1") for line in lines)
 
 
 def test_worker_output_is_logged(make_invoker):

@@ -23,13 +23,10 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
-from datetime import time as time_of_day
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
+from connector_runtime.jsonio import encode_json
 
 ANSWER = b"A"  # the handler's answer, or its error shape
 IMPORT_FAILED = b"I"  # the module failed to import: an error shape; retire this worker
@@ -217,40 +214,6 @@ def encode_answer(answer: Any) -> bytes:
         return encode_json(error_shape(exc, "Runtime.MarshalError", message, []))
 
 
-def encode_json(value: Any) -> bytes:
-    """JSON bytes by orjson; what orjson refuses (integers beyond 64 bits, non-string keys,
-    lone surrogates) goes through the stdlib encoder instead.
-
-    Decimals become exact JSON numbers, sets become lists, datetimes ISO-8601 strings;
-    any other unknown type raises `TypeError` rather than being quietly stringified.
-    """
-    try:
-        return orjson.dumps(value, default=_orjson_default)
-    except TypeError:
-        return json.dumps(
-            value, default=_stdlib_default, separators=(",", ":"), allow_nan=False
-        ).encode()
-
-
-def _orjson_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return orjson.Fragment(str(value)) if value.is_finite() else None
-    if isinstance(value, set | frozenset):
-        return list(value)
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _stdlib_default(value: Any) -> Any:
-    # The stdlib cannot write raw number text: integral Decimals stay exact, others are floats.
-    if isinstance(value, Decimal) and value.is_finite():
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, date | time_of_day):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return _orjson_default(value)
-
-
 class _Channel:
     """The worker's end of the framed pipe to the parent."""
 
@@ -266,7 +229,7 @@ class _Channel:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        pass
+        os.dup2(2, 1)
         sys.stdout.reconfigure(line_buffering=True)
         return channel
 

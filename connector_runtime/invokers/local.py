@@ -3,7 +3,7 @@
 A handler with one positional parameter is called as `handler(request)`; with two (or
 `*args`) as `handler(event, context)` with a Lambda-shaped context. `async def` handlers
 are awaited on one event loop that lives as long as the loaded module. The answer is
-serialized to JSON bytes (see `_worker.encode_json`); an exception becomes Lambda's
+serialized to JSON bytes (see `jsonio.encode_json`); an exception becomes Lambda's
 error shape `{errorMessage, errorType, stackTrace: [[file, line, function, code], ...]}`,
 returned, not raised.
 

@@ -1,0 +1,215 @@
+"""Call a function over HTTP (Netlify, Azure Functions, Google Cloud Functions, ...).
+
+Standard library only: `urllib.request` with the default SSL context (TLS verified).
+`timeout` bounds the connection and each wait for bytes, not the whole exchange.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from connector_runtime import __version__, errors
+from connector_runtime.invokers import Invoker
+from connector_runtime.masking import MASK, MIN_LENGTH
+
+EXCERPT_CHARS = 200
+LENIENT_TYPES = ("", "text/plain")  # absent, or a Fetch `new Response(string)` default
+TOO_LARGE_HINT = (
+    " - the request or response is too large for the function host: "
+    "return fewer rows per page and set hasMore"
+)
+REDIRECT_HINT = (
+    " - only 307/308 redirects within the same origin are followed: set `http:` to the final URL"
+)
+
+
+class HttpInvoker(Invoker):
+    """POSTs each request as JSON to `url` and classifies the answer.
+
+    - 2xx with a JSON content type (`application/json`, `*/*+json`): its body is returned.
+      No content type or `text/plain` is accepted when the body parses as JSON; any
+      other content type (a proxy's HTML page) is `InvokeFailed`.
+    - 4xx/5xx whose body is a JSON object with `errorMessage` is the function's own
+      error: returned (the sync loop makes it a `function_error`), never retried.
+      Except 429, which is always throttling.
+    - 429, 408 and 5xx: `TransientInvokeError`, with `Retry-After` (seconds or a date).
+    - other statuses: `InvokeFailed` at once (413 says to page with `hasMore`).
+    - Connection refused/reset, DNS failures and timeouts: `TransientInvokeError`;
+      a TLS certificate failure: `InvokeFailed`.
+    - Redirects: 307/308 within the same origin are followed with the same POST; any
+      other (a GET, or the headers sent to another host) is `InvokeFailed`.
+
+    Header values and the URL's query values (Azure's `?code=`) may be secrets: messages
+    name the URL without its query and mask them in any body excerpt they quote.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 900.0,
+        verify_tls: bool = True,
+    ) -> None:
+        parts = urlsplit(url)
+        self.where = _without_query(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.InvokeFailed(f"not an http(s) URL: {self.where!r}")
+        self.url, self.timeout = url, timeout
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"connector-runtime/{__version__}",
+            **(headers or {}),
+        }
+        query_values = [value for _, value in parse_qsl(parts.query)]
+        self._secrets = _secret_parts([*(headers or {}).values(), *query_values])
+        context = ssl.create_default_context()
+        if not verify_tls:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), _SameOriginRedirects()
+        )
+
+    def invoke(self, request: dict[str, Any]) -> bytes:
+        body = json.dumps(request, allow_nan=False).encode()
+        post = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
+        try:
+            answer = self._exchange(post)
+        except urllib.error.URLError as exc:
+            raise self._unreachable(exc.reason) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from exc
+        return self._judge(answer)
+
+    def _exchange(self, post: urllib.request.Request) -> _Answer:
+        try:
+            response = self._opener.open(post, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:  # a non-2xx answer: judged like any other
+            response = exc
+        with response:
+            return _Answer(response.status, response.reason, response.headers, response.read())
+
+    def _judge(self, answer: _Answer) -> bytes:
+        status = answer.status
+        if 200 <= status < 300:
+            if answer.is_json():
+                return answer.body
+            raise errors.InvokeFailed(self._describe(answer, ", not JSON"))
+        if status >= 400 and status != 429 and answer.is_error_shaped():
+            return answer.body
+        if status in (408, 429) or status >= 500:
+            retry_after = _retry_after(answer.headers.get("Retry-After"))
+            raise errors.TransientInvokeError(self._describe(answer), retry_after=retry_after)
+        if 300 <= status < 400:
+            raise errors.InvokeFailed(self._describe(answer, REDIRECT_HINT))
+        raise errors.InvokeFailed(self._describe(answer, TOO_LARGE_HINT if status == 413 else ""))
+
+    def _describe(self, answer: _Answer, note: str = "") -> str:
+        """Status, reason, content type and the first characters of the body, masked."""
+        content_type = answer.headers.get("Content-Type") or "no content type"
+        excerpt = self._mask(answer.body[: EXCERPT_CHARS * 8].decode("utf-8", "replace"))
+        excerpt = " ".join(excerpt.split())[:EXCERPT_CHARS] or "(empty body)"
+        if 300 <= answer.status < 400 and (location := answer.headers.get("Location")):
+            note = f" to {_without_query(location)}{note}"
+        return (
+            f"{self.where} answered {answer.status} {answer.reason} ({content_type}){note}: "
+            f"{excerpt}"
+        )
+
+    def _unreachable(self, reason: object) -> errors.ConnectorRuntimeError:
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return errors.InvokeFailed(
+                f"TLS verification failed for {self.where}: {reason.verify_message}; "
+                "fix the server's certificate or trust its CA (SSL_CERT_FILE)"
+            )
+        if isinstance(reason, TimeoutError):
+            return errors.TransientInvokeError(f"{self.where}: no answer within {self.timeout} s")
+        if isinstance(reason, OSError | http.client.HTTPException):
+            detail = self._mask(str(reason)) or "connection closed"
+            return errors.TransientInvokeError(
+                f"{self.where} could not be reached: {type(reason).__name__}: {detail}"
+            )
+        return errors.InvokeFailed(f"{self.where} could not be reached: {self._mask(str(reason))}")
+
+    def _mask(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    reason: str
+    headers: Message
+    body: bytes
+
+    def media_type(self) -> str:
+        return self.headers.get_content_type() if self.headers.get("Content-Type") else ""
+
+    def is_json(self) -> bool:
+        media_type = self.media_type()
+        if media_type == "application/json" or media_type.endswith("+json"):
+            return True
+        return media_type in LENIENT_TYPES and self.parsed() is not None
+
+    def is_error_shaped(self) -> bool:
+        parsed = self.parsed()
+        return isinstance(parsed, dict) and "errorMessage" in parsed
+
+    def parsed(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:  # also UnicodeDecodeError
+            return None
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Re-sends the POST on 307/308 within one origin; other redirects reach `_judge`."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if code in (307, 308) and _origin(newurl) == _origin(req.full_url):
+            return urllib.request.Request(newurl, data=req.data, headers=req.headers, method="POST")
+        return None
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.hostname, parts.port
+
+
+def _without_query(url: str) -> str:
+    """The URL to show in a message: no credentials, query or fragment (Azure's `?code=`)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" if host else parts.path
+
+
+def _retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time()) if moment.tzinfo else None
+
+
+def _secret_parts(values: list[str]) -> list[str]:
+    """Values and their words ("Bearer <token>" → the token), longest first, to mask."""
+    parts = {p for v in values for p in (v, *v.split()) if len(p) >= MIN_LENGTH}
+    return sorted(parts, key=len, reverse=True)

@@ -21,12 +21,14 @@ process only; the worker's time shows up as waiting in the invoker).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from typing import Any
 CONNECTOR = "bench"
 TABLE = "customers"
 PHASES = {1: "insert", 2: "update"}
+WORKER_MODULE = b"connector_runtime.invokers._worker"  # what LocalPythonInvoker runs
 
 # The connector under test. Rows are pure functions of their id, built by a list
 # comprehension from the cursor, so the handler stays cheap beside the runtime.
@@ -50,14 +53,22 @@ UPDATES = ROWS // 10  # ids 10, 20, 30, ...
 DELETES = ROWS // 100  # ids 1, 101, 201, ... (never an updated id)
 
 
+# Precomputed texts keep the handler cheap; every value is still parsed by the runtime.
+STAMPS = {
+    v: [f"2026-{v:02d}-{n % 28 + 1:02d}T{n % 24:02d}:{n % 60:02d}:00Z" for n in range(1680)]
+    for v in (1, 2)
+}
+TAGS = {v: [[f"t{k}", f"v{v}"] for k in range(7)] for v in (1, 2)}
+
+
 def customer(i, version=1):
     return {
         "id": i,
         "name": f"customer {i} v{version}",
         "amount": i * 0.25 + (version - 1) * 1000.0,
         "active": (i + version) % 2 == 0,
-        "updated_at": f"2026-{version:02d}-{i % 28 + 1:02d}T{i % 24:02d}:{i % 60:02d}:{i // 60 % 60:02d}Z",
-        "tags": [f"t{i % 7}", f"v{version}"],
+        "updated_at": STAMPS[version][i % 1680],
+        "tags": TAGS[version][i % 7],
         "attrs": {"tier": i % 3, "version": version},
     }
 
@@ -132,12 +143,16 @@ def main() -> int:
     args = _parser().parse_args()
     if args.child:
         return run_child(Path(args.child), args.phase, profile=args.profile)
-    if args.rows < 100 or args.page_size < 1:
-        sys.exit("--rows must be at least 100 and --page-size at least 1")
+    if args.rows < 100 or args.page_size < 1 or args.repeat < 1:
+        sys.exit("--rows must be at least 100, --page-size and --repeat at least 1")
     with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
-        workdir = Path(args.workdir or tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        return run_benchmark(workdir, args.rows, args.page_size, profile=args.profile)
+        return run_benchmark(
+            Path(args.workdir or tmp),
+            args.rows,
+            args.page_size,
+            profile=args.profile,
+            repeat=args.repeat,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,7 +163,10 @@ def _parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="run the insert sync under cProfile, print top 25"
     )
     parser.add_argument(
-        "--workdir", help="write handler, config and warehouse here and keep them (must be empty)"
+        "--repeat", type=int, default=1, help="run both phases N times, report the median"
+    )
+    parser.add_argument(
+        "--workdir", help="keep handler, config and warehouse here (runN/ must not exist yet)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one phase here
     parser.add_argument("--phase", type=int, default=1, help=argparse.SUPPRESS)
@@ -158,25 +176,40 @@ def _parser() -> argparse.ArgumentParser:
 # -- the parent: set up, run each phase in a fresh process, check, report --------------
 
 
-def run_benchmark(workdir: Path, rows: int, page_size: int, *, profile: bool) -> int:
-    constants = f"ROWS = {rows}\nPAGE_SIZE = {page_size}\n\n"
-    (workdir / "handler.py").write_text(constants + HANDLER)
-    (workdir / "connectors.yaml").write_text(CONFIG)
-    handler = _load_handler(constants + HANDLER)
-    results, failed = [], False
-    for phase in PHASES:
-        result = _run_phase(workdir, phase, profile=profile and phase == 1)
-        problems = verify(workdir, phase, result, handler, page_size)
-        results.append(result)
+def run_benchmark(workdir: Path, rows: int, page_size: int, *, profile: bool, repeat: int) -> int:
+    """`repeat` runs of both phases, each in a fresh directory; returns the exit status."""
+    runs, failed = [], False
+    for number in range(1, repeat + 1):
+        results, problems = _run_once(
+            workdir / f"run{number}", rows, page_size, profile=profile and number == 1
+        )
+        runs.append(results)
         for problem in problems:
-            print(f"FAIL phase {phase} ({PHASES[phase]}): {problem}", file=sys.stderr)
+            print(f"FAIL run {number}, {problem}", file=sys.stderr)
         failed |= bool(problems)
-    _report(results, rows, page_size, profile=profile)
+    _report(runs, rows, page_size)
     if failed:
         print("benchmark FAILED: the warehouse does not hold what was sent", file=sys.stderr)
         return 1
     print("all checks passed: rows, columns, deletes, state and sync records")
     return 0
+
+
+def _run_once(
+    workdir: Path, rows: int, page_size: int, *, profile: bool
+) -> tuple[list[dict], list[str]]:
+    workdir.mkdir(parents=True)
+    constants = f"ROWS = {rows}\nPAGE_SIZE = {page_size}\n\n"
+    (workdir / "handler.py").write_text(constants + HANDLER)
+    (workdir / "connectors.yaml").write_text(CONFIG)
+    handler = _load_handler(constants + HANDLER)
+    results, problems = [], []
+    for phase in PHASES:
+        result = _run_phase(workdir, phase, profile=profile and phase == 1)
+        results.append(result)
+        found = verify(workdir, phase, result, handler, page_size)
+        problems += [f"phase {phase} ({PHASES[phase]}): {problem}" for problem in found]
+    return results, problems
 
 
 def _load_handler(source: str) -> dict[str, Any]:
@@ -191,35 +224,60 @@ def _run_phase(workdir: Path, phase: int, *, profile: bool) -> dict[str, Any]:
     return json.loads((workdir / f"phase{phase}.json").read_text())
 
 
-def _report(results: list[dict], rows: int, page_size: int, *, profile: bool) -> None:
+COLUMNS = (
+    "phase",
+    "rows",
+    "seconds",
+    "rows/s",
+    "peak RSS runtime MB",
+    "peak RSS worker MB",
+    "worker CPU s",
+)
+
+
+def _report(runs: list[list[dict]], rows: int, page_size: int) -> None:
+    """One line per phase: the median run (by seconds); the spread below when repeated."""
     from rich.console import Console
     from rich.table import Table
 
-    title = f"sync benchmark: {rows:,} rows, {page_size:,}-row pages, local process isolation → DuckDB"
-    table = Table(title=title)
-    for column in ("phase", "rows", "seconds", "rows/s", "peak RSS runtime MB", "peak RSS worker MB", "worker CPU s"):
-        table.add_column(column, justify="left" if column == "phase" else "right")
-    for result in results:
-        name = PHASES[result["phase"]] + (" (cProfile)" if result["profiled"] else "")
-        table.add_row(
-            f"{result['phase']} {name}",
-            f"{result['rows_sent']:,}",
-            f"{result['seconds']:.2f}",
-            f"{result['rows_sent'] / result['seconds']:,.0f}",
-            f"{result['rss_runtime_mb']:.0f}",
-            f"{result['rss_worker_mb']:.0f}",
-            f"{result['worker_cpu_s']:.2f}",
-        )
+    title = f"sync benchmark: {rows:,} rows, {page_size:,}-row pages, local process → DuckDB"
+    if len(runs) > 1:
+        title += f", median of {len(runs)} runs"
+    table = Table(*COLUMNS, title=title)
+    for column in table.columns[1:]:
+        column.justify = "right"
     console = Console()
+    for index, phase in enumerate(PHASES):
+        timed = sorted((run[index] for run in runs), key=lambda result: result["seconds"])
+        table.add_row(*_cells(phase, timed[len(timed) // 2]))
     console.print(table)
-    before = ", ".join(f"{r['rss_before_mb']:.0f}" for r in results)
+    for index, phase in enumerate(PHASES):
+        if len(runs) > 1:
+            seconds = ", ".join(f"{run[index]['seconds']:.2f}" for run in runs)
+            console.print(f"phase {phase} seconds by run: {seconds}", highlight=False)
+    before = max(result["rss_before_mb"] for run in runs for result in run)
     console.print(
-        f"runtime RSS after imports, before the sync: {before} MB; the worker is the "
-        "function's process (handler + JSON encoding)",
+        f"runtime RSS after imports, before the sync: {before:.0f} MB; the worker is the "
+        "function's own process (handler + JSON encoding)",
         highlight=False,
     )
-    if profile:
-        console.print("phase 1 ran under cProfile: its seconds are inflated", highlight=False)
+    if runs[0][0]["profiled"]:
+        console.print(
+            "run 1's phase 1 ran under cProfile: its seconds are inflated", highlight=False
+        )
+
+
+def _cells(phase: int, result: dict) -> list[str]:
+    name = PHASES[phase] + (" (cProfile)" if result["profiled"] else "")
+    return [
+        f"{phase} {name}",
+        f"{result['rows_sent']:,}",
+        f"{result['seconds']:.2f}",
+        f"{result['rows_sent'] / result['seconds']:,.0f}",
+        f"{result['rss_runtime_mb']:.0f}",
+        f"{result['rss_worker_mb']:.0f}" if result["rss_worker_mb"] else "n/a",
+        f"{result['worker_cpu_s']:.2f}",
+    ]
 
 
 # -- checks -----------------------------------------------------------------------------
@@ -290,44 +348,40 @@ def _check_types(con) -> list[str]:
 
 
 def _check_rows(con, handler, phase) -> list[str]:
-    """Every row, column by column, against the handler's own row function."""
-    columns = {name for name, *_ in con.execute(f"DESCRIBE {CONNECTOR}.{TABLE}").fetchall()}
-    deleted_sql = "_fivetran_deleted" if "_fivetran_deleted" in columns else "false"
-    stored = con.execute(
-        f"SELECT id, name, amount, active, strftime(updated_at, '%Y-%m-%dT%H:%M:%SZ'),"
-        f" CAST(tags AS VARCHAR), CAST(attrs AS VARCHAR), {deleted_sql}, _fivetran_synced IS NULL"
-        f" FROM {CONNECTOR}.{TABLE} ORDER BY id"
-    ).fetchall()
-    rows, customer = handler["ROWS"], handler["customer"]
-    problems = []
-    if len(stored) != rows:
-        problems.append(f"{len(stored):,} rows in {CONNECTOR}.{TABLE}, expected {rows:,}")
-    updated = {handler["updated_id"](op) for op in range(handler["UPDATES"])}
-    deleted = {handler["deleted_id"](op) for op in range(handler["UPDATES"], handler["UPDATES"] + handler["DELETES"])}
-    if phase == 1:
-        updated, deleted = set(), set()
+    """Every row, column by column, against the handler's own row function; also
+    `_fivetran_deleted` and `_fivetran_synced` (the start of the sync that last wrote it)."""
+    stored = _stored_rows(con)
+    syncs = [
+        r[0]
+        for r in con.execute(
+            "SELECT epoch_us(started_at) FROM connector_runtime.syncs WHERE connector = ?"
+            " ORDER BY started_at",
+            [CONNECTOR],
+        ).fetchall()
+    ]
+    rows, updates, deletes = handler["ROWS"], handler["UPDATES"], handler["DELETES"]
+    updated, deleted = set(), set()
+    if phase == 2:
+        updated = {handler["updated_id"](op) for op in range(updates)}
+        deleted = {handler["deleted_id"](op) for op in range(updates, updates + deletes)}
     wrong = []
     for got in stored:
         i = got[0]
-        want = customer(i, 2 if i in updated else 1)
+        want = handler["customer"](i, 2 if i in updated else 1)
         expected = (
-            i,
-            want["name"],
-            want["amount"],
-            want["active"],
-            want["updated_at"],
-            want["tags"],
-            want["attrs"],
+            *(want[c] for c in EXPECTED_TYPES),
             i in deleted,
-            False,
+            syncs[-1] if i in updated | deleted else syncs[0],
         )
-        actual = (*got[:5], json.loads(got[5]), json.loads(got[6]), bool(got[7]), got[8])
+        actual = (*got[:5], json.loads(got[5]), json.loads(got[6]), *got[7:])
         if actual != expected:
             wrong.append((actual, expected))
-    ids = [row[0] for row in stored]
-    if ids != list(range(1, rows + 1)):
+    problems = []
+    if len(stored) != rows:
+        problems.append(f"{len(stored):,} rows in {CONNECTOR}.{TABLE}, expected {rows:,}")
+    if [row[0] for row in stored] != list(range(1, rows + 1)):
         problems.append("ids are not exactly 1..ROWS once each (duplicates or gaps)")
-    marked = sum(1 for row in stored if row[7])
+    marked = sum(1 for row in stored if row[7] is True)
     if marked != len(deleted):
         problems.append(f"{marked:,} rows have _fivetran_deleted = true, expected {len(deleted):,}")
     if wrong:
@@ -336,17 +390,27 @@ def _check_rows(con, handler, phase) -> list[str]:
     return problems
 
 
+def _stored_rows(con) -> list[tuple]:
+    """The table in id order, as the handler's values plus deleted flag and synced time."""
+    columns = {name for name, *_ in con.execute(f"DESCRIBE {CONNECTOR}.{TABLE}").fetchall()}
+    deleted = "_fivetran_deleted" if "_fivetran_deleted" in columns else "false"
+    return con.execute(
+        "SELECT id, name, amount, active, strftime(updated_at, '%Y-%m-%dT%H:%M:%SZ'),"
+        f" CAST(tags AS VARCHAR), CAST(attrs AS VARCHAR), {deleted}, epoch_us(_fivetran_synced)"
+        f" FROM {CONNECTOR}.{TABLE} ORDER BY id"
+    ).fetchall()
+
+
 # -- the child: one sync in this process, measured ---------------------------------------
 
 
 def run_child(workdir: Path, phase: int, *, profile: bool) -> int:
     """Run one sync through `build_job(load_config(...))` + `run_sync`, as the CLI does."""
+    import destinations.duckdb  # noqa: F401  imported once per process, as `serve` would
     from connector_runtime.cli import configure_logging
     from connector_runtime.config import load_config
     from connector_runtime.jobs import build_job
     from connector_runtime.sync import run_sync
-
-    import destinations.duckdb  # noqa: F401  imported once per process, as `serve` would
 
     configure_logging()
     job = build_job(load_config(workdir / "connectors.yaml"), CONNECTOR)
@@ -357,10 +421,12 @@ def run_child(workdir: Path, phase: int, *, profile: bool) -> int:
         nonlocal rows_sent
         rows_sent += progress.rows
 
-    rss_before = _peak_rss_mb(resource.RUSAGE_SELF)
+    rss_before = _peak_rss_mb()
+    workers = _WorkerPeak()
     profiler = _start_profiler() if profile else None
     started = time.perf_counter()
-    outcome = run_sync(job, on_page=on_page)
+    with workers:
+        outcome = run_sync(job, on_page=on_page)
     seconds = time.perf_counter() - started
     if profiler is not None:
         _print_profile(profiler)
@@ -374,8 +440,8 @@ def run_child(workdir: Path, phase: int, *, profile: bool) -> int:
         "rows_sent": rows_sent,
         "seconds": seconds,
         "rss_before_mb": rss_before,
-        "rss_runtime_mb": _peak_rss_mb(resource.RUSAGE_SELF),
-        "rss_worker_mb": _peak_rss_mb(resource.RUSAGE_CHILDREN),
+        "rss_runtime_mb": _peak_rss_mb(),
+        "rss_worker_mb": workers.peak_mb,
         "worker_cpu_s": children.ru_utime + children.ru_stime,
         "first_state": first_state,
     }
@@ -390,9 +456,77 @@ def _saved_state(job) -> dict[str, Any]:
         return destination.load(job.connector).state
 
 
-def _peak_rss_mb(who: int) -> float:
-    peak = resource.getrusage(who).ru_maxrss  # KiB on Linux, bytes on macOS
+def _peak_rss_mb() -> float:
+    """This process's peak RSS since it was exec'd (VmHWM).
+
+    Not `getrusage(RUSAGE_SELF).ru_maxrss` on Linux: it keeps the high-water mark of
+    the process this one was forked from, so phase 2 would inherit the size of the
+    parent that just checked phase 1's 200,000 rows.
+    """
+    hwm = _vm_hwm_kib("self")
+    if hwm:
+        return hwm / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class _WorkerPeak:
+    """The worker's own peak RSS (VmHWM), sampled from /proc while the sync runs.
+
+    Not `RUSAGE_CHILDREN.ru_maxrss`: for the same reason as in `_peak_rss_mb`, it
+    would report the runtime's own size (~120 MB of pyarrow and duckdb), not the
+    function's. VmHWM only grows, so the last sample before the worker exits holds
+    its peak; the worker then idles while the runtime writes the last page.
+    """
+
+    INTERVAL = 0.01
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, int] = {}  # pid -> VmHWM in KiB
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def peak_mb(self) -> float:
+        return max(self.peaks.values(), default=0) / 1024
+
+    def __enter__(self) -> _WorkerPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.INTERVAL):
+            for pid in _worker_pids():
+                self.peaks[pid] = max(self.peaks.get(pid, 0), _vm_hwm_kib(pid))
+
+
+def _worker_pids() -> set[int]:
+    """Children that already run the worker module: between fork and exec a child
+    is still a copy of this process, and its VmHWM would be this process's."""
+    pids: set[int] = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids.update(int(pid) for pid in children.read_text().split())
+    return {pid for pid in pids if WORKER_MODULE in _command_line(pid)}
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _vm_hwm_kib(pid: int | str) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _start_profiler():

@@ -16,17 +16,18 @@ from collections.abc import Callable
 import orjson
 import structlog
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__, masking
 from .config import Config, load_config
-from .errors import ConfigError, SyncInProgress
+from .errors import ConfigError, DestinationError, SyncInProgress
 from .jobs import build_job
 from .sync import PageProgress, SyncOutcome, run_sync
 
 OK, FAILED, USAGE = 0, 1, 2
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no hard wraps: `file:line:` stays parseable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         return args.command(config, args)
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {masking.mask(str(exc))}", highlight=False)
+        console.print(f"[red]config error:[/red] {escape(masking.mask(str(exc)))}", highlight=False)
         return USAGE
+    except DestinationError as exc:
+        console.print(
+            f"[red]warehouse error:[/red] {escape(masking.mask(str(exc)))}", highlight=False
+        )
+        return FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +119,12 @@ def _run_one(job) -> bool:
         with _progress(job.connector) as on_page:
             outcome = run_sync(job, trigger="manual", on_page=on_page)
     except SyncInProgress as exc:
-        console.print(f"[yellow]{job.connector}:[/yellow] {exc}", highlight=False)
+        console.print(f"[yellow]{job.connector}:[/yellow] {escape(str(exc))}", highlight=False)
+        return False
+    except DestinationError as exc:  # the warehouse would not open: nothing was synced
+        console.print(
+            f"[red]{job.connector}:[/red] {escape(masking.mask(str(exc)))}", highlight=False
+        )
         return False
     _summary(outcome, time.monotonic() - started)
     return outcome.ok
@@ -166,13 +177,17 @@ def _summary(outcome: SyncOutcome, seconds: float) -> None:
         table = Table("table", "upserted", "deleted", "delete keys not found", box=None)
         for name, counts in sorted(outcome.tables.items()):
             table.add_row(
-                name, f"{counts['upserted']:,}", f"{counts['deleted']:,}", f"{counts['missing']:,}"
+                escape(name),
+                f"{counts['upserted']:,}",
+                f"{counts['deleted']:,}",
+                f"{counts['missing']:,}",
             )
         console.print(table)
     if outcome.alert is not None:
         alert = outcome.alert
         console.print(
-            f"[red]{alert.kind}[/red] ({alert.error_type}): {alert.message}", highlight=False
+            f"[red]{alert.kind}[/red] ({escape(str(alert.error_type))}): {escape(alert.message)}",
+            highlight=False,
         )
         if record.status == "failed":
             console.print(

@@ -315,11 +315,17 @@ class Config(_Model):
     )
 
     _path: Path = PrivateAttr(default_factory=lambda: Path(_DEFAULT_CONFIG_FILE))
+    _root: Any = PrivateAttr(default=None)  # the YAML node tree, for `where`
 
     @property
     def path(self) -> Path:
         """The config file; relative paths inside it are resolved against its directory."""
         return self._path
+
+    def where(self, *loc: str) -> str:
+        """`file:line: dotted.field` for a problem found after loading (a missing file, say)."""
+        line = _line_of(self._root, loc) if self._root is not None else 1
+        return f"{self.path}:{line}: {'.'.join(loc)}"
 
     def destination_url(self, name: str) -> str:
         """The connector's warehouse URL, a relative DuckDB/SQLite file made absolute."""
@@ -377,6 +383,7 @@ def load_config(path: str | Path | None = None) -> Config:
         # `from None`: pydantic's own message echoes input values, which may be secrets.
         raise ConfigError(_describe(exc, root, path)) from None
     config._path = path.absolute()
+    config._root = root
     return config
 
 

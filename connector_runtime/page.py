@@ -140,20 +140,16 @@ class PagePlanner:
                 f"delete: table {source!r} has no primary key; declare one in "
                 f'"schema": {{"{source}": {{"primary_key": [...]}}}}'
             )
-        rows = self._named_rows(source, name, inserts)
-        key_rows = self._named_rows(source, name, deletes)
-        self._check_keys(source, "insert", table, rows)
-        self._check_keys(source, "delete", table, key_rows)
-        page_columns = _columns_in_order(table.primary_key, rows)
-        table = self._typed(source, table, schema, rows, page_columns)
+        rows = self._columns(source, name, table, inserts, "insert")
+        keys = self._columns(source, name, table, deletes, "delete")
+        keys = {k: keys[k] for k in table.primary_key} if deletes else {}
+        table = self._typed(source, table, schema, rows, keys)
+        write = TableWrite(replace(table, deleted_column=True) if deletes else table, previous)
         if deletes:
-            table = replace(table, deleted_column=True)
-        write = TableWrite(table, previous)
-        if key_rows:
-            write = replace(write, deletes=self._key_arrow(source, table, key_rows))
-        if not rows:
+            write = replace(write, deletes=self._arrow(source, table, keys, len(deletes)))
+        if not inserts:
             return write
-        typed = self._arrow(source, table, rows, page_columns)
+        typed = self._arrow(source, table, rows, len(inserts))
         if table.primary_key:
             return replace(write, upserts=_dedupe(typed, table.primary_key))
         return replace(write, appends=typed)
@@ -174,47 +170,53 @@ class PagePlanner:
             )
         return previous
 
-    def _named_rows(self, source: str, table: str, rows: list[dict]) -> list[dict]:
-        if not rows:
-            return rows
-        columns = set().union(*rows)
-        mapping = {c: self.names.column(source, c) for c in columns}
+    def _columns(
+        self, source: str, table: str, info: TableInfo, rows: list[dict], field_name: str
+    ) -> dict[str, list]:
+        """Rows turned into warehouse-named columns once, in table order: key first, then
+        as first seen. Blocked columns are left out; key values are checked here."""
+        sources = dict.fromkeys(chain.from_iterable(rows))
         blocked = self.settings.blocked.get(table, frozenset())
-        if all(c == n for c, n in mapping.items()) and not blocked:
-            return rows
-        return [
-            {mapping[c]: v for c, v in row.items() if mapping[c] not in blocked} for row in rows
-        ]
-
-    def _check_keys(self, source: str, field_name: str, table: TableInfo, rows: list[dict]) -> None:
-        for key in table.primary_key:
-            for index, row in enumerate(rows):
-                if row.get(key) is None:
-                    problem = "is null" if key in row else "is missing"
-                    raise InvalidResponse(
-                        f"{field_name}: table {source!r}, row {index}: primary-key column {key!r} {problem}"
-                    )
+        named = {self.names.column(source, c): c for c in sources}
+        order = [*info.primary_key, *(n for n in named if n not in info.primary_key)]
+        columns = {
+            n: [row.get(named[n]) for row in rows] for n in order if n not in blocked and n in named
+        }
+        for key in info.primary_key:
+            values = columns.get(key) or [None] * len(rows)
+            if None in values:
+                index = values.index(None)
+                problem = "is null" if named.get(key) in rows[index] else "is missing"
+                raise InvalidResponse(
+                    f"{field_name}: table {source!r}, row {index}: "
+                    f"primary-key column {key!r} {problem}"
+                )
+        return columns
 
     def _typed(
         self,
         source: str,
         table: TableInfo,
         schema: TableSchema | None,
-        rows: list[dict],
-        page_columns: dict[str, None],
+        rows: dict[str, list],
+        keys: dict[str, list],
     ) -> TableInfo:
-        """Widen the table's columns by this page's values; declared types win."""
+        """Widen the table's columns by this page's values; declared types win. Delete
+        keys type only key columns no insert has typed yet."""
         declared = {
             self.names.column(source, c): t
             for c, t in (schema.declared() if schema else {}).items()
         }
         columns = dict(table.columns)
         columns.update(declared)
-        for column in page_columns:
+        hashed_columns = self.settings.hashed.get(table.name, ())
+        for column, values in [*rows.items(), *keys.items()]:
             if column in declared or column in table.declared:
                 continue
-            inferred = infer_column(row.get(column) for row in rows)
-            if column in self.settings.hashed.get(table.name, ()):
+            if column in keys and column not in rows and column in columns:
+                continue
+            inferred = infer_column(values)
+            if column in hashed_columns:
                 inferred = inferred and LogicalType("STRING")
             widened = widen(columns.get(column), inferred)
             if widened is not None:
@@ -228,36 +230,25 @@ class PagePlanner:
         return replace(table, columns=columns, declared=table.declared | frozenset(declared))
 
     def _arrow(
-        self, source: str, table: TableInfo, rows: list[dict], page_columns: dict[str, None]
+        self, source: str, table: TableInfo, columns: dict[str, list], count: int
     ) -> pa.Table:
-        """The page's rows as typed columns; columns the page lacks stay out (→ NULL)."""
-        present = [c for c in table.columns if c in page_columns]
+        """Typed Arrow columns plus `__row`, the row's position in the page; columns the
+        page lacks stay out (→ NULL) and so do columns no value has typed yet (all null)."""
         hashed_columns = self.settings.hashed.get(table.name, frozenset())
-        arrays = {"__row": pa.array(range(len(rows)), pa.int64())}
-        for column in present:
-            values = [row.get(column) for row in rows]
+        arrays = {"__row": pa.array(range(count), pa.int64())}
+        for column, values in columns.items():
+            if column not in table.columns:
+                continue
             if column in hashed_columns:
                 values = [hashed(v) for v in values]
             arrays[column] = self._column(source, column, values, table.columns[column])
         return pa.table(arrays)
-
-    def _key_arrow(self, source: str, table: TableInfo, rows: list[dict]) -> pa.Table:
-        keys = {
-            c: self._column(source, c, [r[c] for r in rows], table.columns[c])
-            for c in table.primary_key
-        }
-        return pa.table(keys)
 
     def _column(self, source: str, column: str, values: list, logical: LogicalType) -> pa.Array:
         try:
             return column_array(values, logical)
         except ValueRejected as exc:
             raise InvalidResponse(f"table {source!r}, column {column!r}, {exc}") from None
-
-
-def _columns_in_order(primary_key: tuple[str, ...], rows: list[dict]) -> dict[str, None]:
-    """The page's columns, key first, then as first seen: the order new columns get."""
-    return dict.fromkeys([*primary_key, *chain.from_iterable(rows)])
 
 
 def _tables_of(response: Response) -> list[str]:

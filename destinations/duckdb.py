@@ -9,6 +9,7 @@ The file is opened per sync and closed after it, so other processes can use it b
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -100,8 +101,8 @@ class DuckDBDestination(Destination):
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:" and not Path(self.path).exists():
+            self._create_file()
         deadline = time.monotonic() + OPEN_WAIT_SECONDS
         while True:
             try:
@@ -110,6 +111,23 @@ class DuckDBDestination(Destination):
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise DestinationError(f"cannot open {self.path}: {exc}") from exc
                 time.sleep(0.2)
+
+    def _create_file(self) -> None:
+        """Make a new warehouse under a temporary name, then rename it into place: a crash
+        while DuckDB writes its first blocks must not leave a file that never opens."""
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        draft.unlink(missing_ok=True)
+        con = duckdb.connect(str(draft))
+        con.execute(RUNTIME_TABLES)
+        con.close()
+        try:
+            os.link(draft, path)  # fails if another process created it meanwhile: keep theirs
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._con is not None:

@@ -18,6 +18,7 @@ import json
 import os
 import struct
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -265,6 +266,7 @@ def main(argv: list[str]) -> None:
     spec = FunctionSpec(**json.loads(argv[1]))
     channel = _Channel.take_over_stdio()
     faulthandler.enable()  # a segfault leaves a Python traceback in the log tail
+    _exit_with_parent()
     _limit_memory(spec.memory_mb)
     try:
         host = FunctionHost(spec)
@@ -276,6 +278,19 @@ def main(argv: list[str]) -> None:
         return
     while (request := channel.receive()) is not None:
         channel.send(ANSWER, host.call(request))
+
+
+def _exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """End this worker when the runtime that started it dies (even by `kill -9`): no
+    orphan keeps calling an API, and no hang outlives the timeout only the parent enforces."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _refuse(channel: _Channel, kind: bytes, payload: bytes) -> None:

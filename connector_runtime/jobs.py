@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
 
 import structlog
@@ -58,7 +59,7 @@ def _invoker_factory(config: Config, name: str, connector: ConnectorConfig):
         return partial(HttpInvoker, function.http, headers=headers, timeout=function.timeout)
     if function.kind == "lambda":
         raise ConfigError(
-            f"{config.path}: connectors.{name}.function.lambda: AWS Lambda "
+            f"{config.where('connectors', name, 'function', 'lambda')}: AWS Lambda "
             "functions are not supported by this version yet"
         )
     return _local_factory(config, name, connector)
@@ -68,12 +69,11 @@ def _local_factory(config: Config, name: str, connector: ConnectorConfig):
     function = connector.function
     path = config.function_path(name)
     if not path.is_file():
-        raise ConfigError(f"{config.path}: connectors.{name}.function.local: no such file {path}")
-    if path.suffix != ".py":
         raise ConfigError(
-            f"{config.path}: connectors.{name}.function.local: {path.suffix} "
-            "handlers are not supported by this version yet; use a .py file"
+            f"{config.where('connectors', name, 'function', 'local')}: no such file {path}"
         )
+    if path.suffix in (".js", ".mjs", ".cjs"):
+        return _node_factory(config, name, connector)
     from .invokers.local import LocalPythonInvoker
 
     return partial(
@@ -81,6 +81,33 @@ def _local_factory(config: Config, name: str, connector: ConnectorConfig):
         path,
         handler=function.handler,
         isolation=function.isolation,
+        timeout=function.timeout,
+        memory_mb=function.memory_mb,
+        function_name=name,
+    )
+
+
+def _node_factory(config: Config, name: str, connector: ConnectorConfig):
+    function = connector.function
+    path = config.function_path(name)
+    if function.isolation == "inline":
+        raise ConfigError(
+            f"{config.where('connectors', name, 'function', 'isolation')}: inline runs "
+            f"Python handlers only; {path.name} always runs in a node worker process, so "
+            "remove `isolation: inline`"
+        )
+    if shutil.which("node") is None:
+        raise ConfigError(
+            f"{config.where('connectors', name, 'function', 'local')}: {path.name} is "
+            "JavaScript, run by Node.js, and there is no `node` on PATH; install Node.js 18 "
+            "or later"
+        )
+    from .invokers.node import NodeInvoker
+
+    return partial(
+        NodeInvoker,
+        path,
+        handler=function.handler,
         timeout=function.timeout,
         memory_mb=function.memory_mb,
         function_name=name,
@@ -100,7 +127,7 @@ def _table_settings(config: Config, name: str, connector: ConnectorConfig) -> Ta
     for table, options in connector.tables.items():
         if options.history:
             raise ConfigError(
-                f"{config.path}: connectors.{name}.tables.{table}.history: history "
+                f"{config.where('connectors', name, 'tables', table, 'history')}: history "
                 "mode is not supported by this version yet"
             )
     tables = connector.tables.items()

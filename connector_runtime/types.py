@@ -1,6 +1,6 @@
 """Logical column types: inference from JSON values and widening (DESIGN.md §4).
 
-Pure functions: no database, no network. A column's type is the `widen` of the types of
+Pure functions: no database, no network (Arrow only to scan text columns in bulk). A column's type is the `widen` of the types of
 every value it has held; `widen` is commutative, associative and idempotent, so the
 order in which pages, rows or columns arrive never changes the result.
 """
@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import reduce
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_DECIMAL_DIGITS = 38
@@ -132,13 +135,19 @@ def _parses(parse, text: str) -> bool:
 def infer_column(values: Iterable[object]) -> LogicalType | None:
     """The type of a column holding `values`: the widening of each value's type.
 
-    Groups values by Python type first, so a column of ten thousand ints costs one
-    min/max instead of ten thousand calls.
+    Works per Python type rather than per value: a column of ten thousand ints costs
+    one min/max, and a column of text one vectorised look at whether any of it could
+    be a date at all.
     """
-    groups: dict[type, list] = {}
+    values = list(values)
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if len(kinds) == 1 and None not in values:
+        return _group_type(kinds.pop(), values)
+    groups: dict[type, list] = {kind: [] for kind in kinds}
     for value in values:
         if value is not None:
-            groups.setdefault(type(value), []).append(value)
+            groups[type(value)].append(value)
     return widen_all(_group_type(kind, group) for kind, group in groups.items())
 
 
@@ -146,8 +155,54 @@ def _group_type(kind: type, group: list) -> LogicalType | None:
     if kind is int:
         return widen(_integer_type(min(group)), _integer_type(max(group)))
     if kind is str:
-        return widen_all(set(map(string_type, group)))
+        return _text_type(group)
     return infer_value(group[0])
+
+
+_VECTOR_MIN = 64  # below this, Arrow's setup costs more than it saves
+
+
+def _text_type(group: list[str]) -> LogicalType | None:
+    """Most text columns hold no date at all: Arrow tells that in one pass; only columns
+    that might be temporal are classified value by value."""
+    if len(group) >= _VECTOR_MIN:
+        text = pa.array(group, pa.string())
+        if not pc.any(pc.match_substring_regex(text, _TEMPORAL_PREFIX)).as_py():
+            return STRING
+        bulk = _bulk_temporal_type(group, text)
+        if bulk is not None:
+            return bulk
+    found: LogicalType | None = None
+    for kind in set(map(string_type, group)):
+        found = widen(found, kind)
+        if found == STRING:
+            break
+    return found
+
+
+_TEMPORAL_PREFIX = r"^\d{4}-\d{2}-\d{2}"  # every date and date-time starts so
+_ZONED = r"[Tt ]\d{2}:\d{2}.*(Z|z|[+-]\d{2}(:?\d{2})?)$"
+
+
+def _bulk_temporal_type(group: list[str], text: pa.Array) -> LogicalType | None:
+    """A column that is all dates / date-times, classified and validated by Arrow; None
+    when it is not, or when Arrow cannot parse a value (then value by value decides)."""
+    dates = pc.match_substring_regex(text, f"^{_DATE_RE.pattern}$")
+    if pc.all(dates).as_py():
+        candidate = NAIVE_DATE
+    else:
+        times = pc.match_substring_regex(text, f"^(?:{_DATETIME_RE.pattern})$")
+        if not pc.all(pc.or_(dates, times)).as_py():
+            return None
+        zoned = pc.any(pc.match_substring_regex(text, _ZONED)).as_py()
+        candidate = UTC_DATETIME if zoned else NAIVE_DATETIME
+    from .batches import ValueRejected, column_array  # batches builds on this module
+
+    try:
+        column_array(group, candidate)
+    except ValueRejected:
+        return None
+    return candidate
 
 
 def widen_all(types: Iterable[LogicalType | None]) -> LogicalType | None:

@@ -155,3 +155,20 @@ def test_parse_declared_types(text, expected):
 def test_parse_rejects_unknown_types(text):
     with pytest.raises(ValueError):
         LogicalType.parse(text)
+
+
+temporal_texts = st.sampled_from([
+    "2024-01-01", "2024-02-29", "2023-02-29", "2024-01-01T10:00:00", "2024-01-01 10:00",
+    "2024-01-01T10:00:00.1234567", "2024-01-01T10:00:00Z", "2024-01-01T10:00:00+05:30",
+    "2024-01-01T10:00:00-0800", "2024-01-01T10:00:00+05", "2024-01-01T24:00:00", "2024-13-01",
+    "2024-01-01T10:00:60", "2024-01-01Tfoo", "plain",
+])
+
+
+@given(st.lists(temporal_texts, min_size=64, max_size=200))
+def test_bulk_text_inference_equals_folding_values(values):
+    """Columns long enough for the Arrow path classify exactly like value by value."""
+    expected = None
+    for value in values:
+        expected = widen(expected, infer_value(value))
+    assert infer_column(values) == expected

@@ -124,7 +124,7 @@ class LocalPythonInvoker(Invoker):
 
     def _invoke_in_worker(self, request: dict[str, Any]) -> bytes:
         if self._worker is None:
-            self._worker = _Worker(self.spec, self._log)
+            self._worker = _Worker(_python_command(self.spec), self.spec.function_name, self._log)
         try:
             kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
         except errors.FunctionError:
@@ -137,6 +137,10 @@ class LocalPythonInvoker(Invoker):
         return payload
 
 
+def _python_command(spec: FunctionSpec) -> list[str]:
+    return [sys.executable, "-m", "connector_runtime.invokers._worker", json.dumps(asdict(spec))]
+
+
 def _exit_status(code: object) -> int:
     """The process exit status `sys.exit(code)` would produce."""
     if code is None:
@@ -145,27 +149,30 @@ def _exit_status(code: object) -> int:
 
 
 class _Worker:
-    """One warm worker subprocess, and a thread that logs what it writes to stderr."""
+    """One warm worker subprocess, and a thread that logs what it writes to stderr.
 
-    def __init__(self, spec: FunctionSpec, log: Any) -> None:
-        command = [sys.executable, "-m", "connector_runtime.invokers._worker"]
+    `command` starts a program that reads request frames on its stdin and writes reply
+    frames to its stdout (`_worker.py`; `node_worker.mjs` behind `node.py`'s fd shuffle).
+    """
+
+    def __init__(self, command: list[str], function_name: str, log: Any) -> None:
         try:
             self._process = subprocess.Popen(
-                [*command, json.dumps(asdict(spec))],
+                command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # Ctrl-C reaches the runtime only; a kill takes its children
             )
         except OSError as exc:
-            raise errors.InvokeFailed(f"cannot start a Python worker: {exc}") from exc
+            raise errors.InvokeFailed(f"cannot start a worker ({command[0]}): {exc}") from exc
         os.set_blocking(self._process.stdin.fileno(), False)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._stderr_reader = threading.Thread(
-            target=self._log_output, args=(log, spec.function_name), daemon=True
+            target=self._log_output, args=(log, function_name), daemon=True
         )
         self._stderr_reader.start()
-        log.debug("function_worker_started", function=spec.function_name, pid=self._process.pid)
+        log.debug("function_worker_started", function=function_name, pid=self._process.pid)
 
     def exchange(self, request: bytes, timeout: float) -> tuple[bytes, bytes]:
         """Send one request; return the reply's kind and payload.

@@ -1,0 +1,102 @@
+"""Call a local JavaScript handler file the way AWS Lambda's Node.js runtime would.
+
+The file is loaded with `import()`: CommonJS (`.cjs`, or `.js`: `exports.handler = ...`)
+and ES modules (`.mjs`, or `.js` under a package.json saying `"type": "module"`:
+`export const handler = ...`). The handler is `handler` (default: `handler`, else
+`lambda_handler`), called as `handler(event, context, callback)` with a context shaped
+like Lambda's (`awsRequestId`, `functionName`, `getRemainingTimeInMillis()`, ...). Its
+answer is the first of: the promise it returns, `callback(err, result)` (or the legacy
+`context.succeed`, `fail`, `done`), or, if it declares fewer than three parameters, a
+return value other than `undefined`. An answer by callback waits for the event loop to
+empty unless `context.callbackWaitsForEmptyEventLoop = false`; if the loop empties
+before any answer, the answer is a `Runtime.NoAnswer` error shape.
+
+A thrown error or `callback(err)` becomes `{errorMessage, errorType, stackTrace}`,
+`errorType` the error's `name` and `stackTrace` its stack lines (Lambda's Node.js
+runtime calls that list `trace`). The worker, its timeout, crash and exit handling and
+output logging are those of the Python worker (`local._Worker`): a crash, an unhandled
+rejection or `process.exit(n)` raises `FunctionError` `Runtime.ExitError`, a call
+longer than `timeout` `Sandbox.Timedout`, and every output line, `console.log`
+included, is logged as `function_output`. `memory_mb` caps V8's heap
+(`--max-old-space-size`); a blow-up ends the worker, never the runtime. Buffers and
+other memory outside the heap are not capped.
+
+Numbers: the request is parsed with `JSON.parse`, so integers beyond 2**53 (a cursor,
+say) arrive rounded: send them as strings. An answer may hold `BigInt`s; they are
+written as exact JSON integers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from connector_runtime import errors
+from connector_runtime.invokers import Invoker
+from connector_runtime.invokers._worker import ANSWER, NOT_FOUND, FunctionSpec
+from connector_runtime.invokers.local import _Worker
+from connector_runtime.jsonio import encode_json
+
+NODE_WORKER = Path(__file__).with_name("node_worker.mjs")
+NODE_MISSING = "`node` was not found on PATH; install Node.js 18 or later to run .js functions"
+# `_Worker` speaks on the child's stdin and stdout. Node cannot move file descriptors
+# itself, so /bin/sh puts the protocol on fds 3 and 4 and fd 1 onto fd 2 (whatever the
+# function prints, its child processes included, is logged and never read as a frame),
+# then `exec` becomes node: same pid, same process group, so a kill reaches it.
+_PROTOCOL_ON_FDS_3_AND_4 = 'exec "$0" "$@" 3<&0 4>&1 </dev/null >&2'
+
+
+class NodeInvoker(Invoker):
+    """Calls a handler in a local `.js`, `.mjs` or `.cjs` file, in a warm node worker."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        handler: str | None = None,
+        timeout: float = 900.0,
+        memory_mb: int | None = 4096,
+        function_name: str = "connector",
+        log: Any = None,
+    ) -> None:
+        self.spec = FunctionSpec(
+            path=str(Path(path).resolve()),
+            handler=handler,
+            function_name=function_name,
+            timeout=timeout,
+            memory_mb=memory_mb,
+        )
+        self.node = shutil.which("node")
+        self._log = log if log is not None else structlog.get_logger()
+        self._worker: _Worker | None = None
+
+    def invoke(self, request: dict[str, Any]) -> bytes:
+        if self._worker is None:
+            self._worker = _Worker(self._command(), self.spec.function_name, self._log)
+        try:
+            kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
+        except errors.FunctionError:
+            self._worker = None  # it is dead; the next call starts a fresh one
+            raise
+        if kind != ANSWER:  # the module did not load: retire the worker so it re-imports
+            self.close()
+        if kind == NOT_FOUND:
+            raise errors.InvokeFailed(payload.decode())
+        return payload
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+    def _command(self) -> list[str]:
+        if self.node is None:
+            raise errors.InvokeFailed(NODE_MISSING)
+        heap = [f"--max-old-space-size={self.spec.memory_mb}"] if self.spec.memory_mb else []
+        spec = json.dumps(asdict(self.spec))
+        return ["/bin/sh", "-c", _PROTOCOL_ON_FDS_3_AND_4, self.node, *heap, str(NODE_WORKER), spec]

@@ -1,0 +1,247 @@
+// The function's side of a local JavaScript connector: load the handler, call it the way
+// AWS Lambda's Node.js runtime does, and answer with JSON.
+//
+// `node.py` runs this as `node [--max-old-space-size=N] node_worker.mjs SPEC_JSON` with the
+// protocol on fd 3 (requests in) and fd 4 (answers out), and fd 1 pointing at fd 2: what the
+// function prints, by console.log or any other way, is logged by the parent and never lands
+// inside a frame. The frames are those of `_worker.py`: a 4-byte big-endian length, then a
+// request's JSON from the parent, or one kind byte (A answer, I import failed, N not found)
+// and its payload from this worker. It serves requests until fd 3 closes.
+//
+// Between two calls the worker blocks reading fd 3, so timers and sockets the function
+// left behind wait for the next call, as on a frozen Lambda instance.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { types } from 'node:util';
+
+const REQUESTS = 3;
+const ANSWERS = 4;
+const ANSWER = 'A';
+const IMPORT_FAILED = 'I';
+const NOT_FOUND = 'N';
+const DEFAULT_HANDLERS = ['handler', 'lambda_handler'];
+const WORKER_LOCATIONS = [`${import.meta.url}:`, `${fileURLToPath(import.meta.url)}:`];
+const INTERNAL_FRAME = /^\s+at (.*\()?node:/;
+// JSON.stringify cannot write a BigInt; it is written as this marker, then unquoted.
+const BIGINT_MARK = `bigint:${randomUUID()}:`;
+const BIGINT_MARKED = new RegExp(`"${BIGINT_MARK}(-?\\d+)"`, 'g');
+
+class HandlerNotFound extends Error {}
+
+class HandlerImportError extends Error {
+  constructor(shape) {
+    super(shape.errorMessage);
+    this.shape = shape;
+  }
+}
+
+// -- the pipe to the parent ---------------------------------------------------------------
+
+function readExactly(size) {
+  const buffer = Buffer.alloc(size);
+  let filled = 0;
+  while (filled < size) {
+    const count = fs.readSync(REQUESTS, buffer, filled, size - filled, null);
+    if (count === 0) return null;
+    filled += count;
+  }
+  return buffer;
+}
+
+/** The next request, or null once the parent has closed the pipe. */
+function receive() {
+  const header = readExactly(4);
+  const body = header && readExactly(header.readUInt32BE(0));
+  return body && JSON.parse(body.toString('utf8'));
+}
+
+function send(kind, payload) {
+  const body = Buffer.from(payload, 'utf8');
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length + 1, 0);
+  frame.write(kind, 4, 'latin1');
+  body.copy(frame, 5);
+  for (let written = 0; written < frame.length; ) {
+    written += fs.writeSync(ANSWERS, frame, written);
+  }
+}
+
+// -- loading ------------------------------------------------------------------------------
+
+/** The handler of `spec.path`: `spec.handler`, else `handler`, else `lambda_handler`. */
+async function loadHandler(spec) {
+  if (!fs.statSync(spec.path, { throwIfNoEntry: false })?.isFile()) {
+    throw new HandlerNotFound(`function file ${spec.path} does not exist`);
+  }
+  let namespace;
+  try {
+    // import() reads ESM (.mjs, or .js under "type": "module") and CommonJS (.cjs, .js) alike.
+    namespace = await import(pathToFileURL(spec.path).href);
+  } catch (error) {
+    throw new HandlerImportError(importErrorShape(error, path.parse(spec.path).name));
+  }
+  const candidates = spec.handler ? [spec.handler] : DEFAULT_HANDLERS;
+  for (const name of candidates) {
+    // A CommonJS module arrives as {default: module.exports, ...the names node detected}.
+    const handler = namespace[name] ?? namespace.default?.[name];
+    if (typeof handler === 'function') return handler;
+  }
+  const wanted = candidates.map((name) => `'${name}'`).join(' or ');
+  throw new HandlerNotFound(`${spec.path} exports no function ${wanted} to use as the handler`);
+}
+
+/** Name import failures as Lambda does, so alerts read the same in both places. */
+function importErrorShape(error, module) {
+  if (error instanceof SyntaxError) {
+    const message = `Syntax error in module '${module}': ${error.message}`;
+    return errorShape(error, 'Runtime.UserCodeSyntaxError', message);
+  }
+  if (['ERR_MODULE_NOT_FOUND', 'MODULE_NOT_FOUND'].includes(error?.code)) {
+    const message = `Unable to import module '${module}': ${error.message}`;
+    return errorShape(error, 'Runtime.ImportModuleError', message);
+  }
+  return errorShape(error);
+}
+
+// -- calling ------------------------------------------------------------------------------
+
+/** Lambda's error answer; `stackTrace` is the stack's lines without this worker's frames. */
+function errorShape(error, errorType, errorMessage) {
+  const isError = types.isNativeError(error) || error instanceof Error;
+  const stack = isError && typeof error.stack === 'string' ? error.stack.split('\n') : [];
+  return {
+    errorMessage: errorMessage ?? (isError ? String(error.message) : String(error)),
+    // A thrown non-Error is named by its typeof, as Lambda names it.
+    errorType: errorType ?? (isError ? String(error.name) : typeof error),
+    stackTrace: stack.filter((line) => !INTERNAL_FRAME.test(line) && !isWorkerFrame(line)),
+  };
+}
+
+function isWorkerFrame(line) {
+  return WORKER_LOCATIONS.some((location) => line.includes(location));
+}
+
+/** The answer as JSON; a BigInt as its exact digits; what won't encode is a MarshalError. */
+function marshal(answer) {
+  try {
+    const text = JSON.stringify(answer ?? null, (_, value) =>
+      typeof value === 'bigint' ? `${BIGINT_MARK}${value}` : value,
+    );
+    return (text ?? 'null').replace(BIGINT_MARKED, '$1');
+  } catch (error) {
+    const message = `Unable to marshal response: ${error.message}`;
+    return JSON.stringify({ ...errorShape(error, 'Runtime.MarshalError', message), stackTrace: [] });
+  }
+}
+
+/** The `context` a handler receives, with the fields of Lambda's Node.js runtime. */
+function lambdaContext(spec, logStreamName, done) {
+  const deadline = performance.now() + spec.timeout * 1000;
+  return {
+    callbackWaitsForEmptyEventLoop: true,
+    awsRequestId: randomUUID(),
+    functionName: spec.function_name,
+    functionVersion: '$LATEST',
+    invokedFunctionArn: `arn:aws:lambda:local:000000000000:function:${spec.function_name}`,
+    memoryLimitInMB: spec.memory_mb ? String(spec.memory_mb) : undefined,
+    logGroupName: `/aws/lambda/${spec.function_name}`,
+    logStreamName,
+    identity: undefined,
+    clientContext: undefined,
+    getRemainingTimeInMillis: () => Math.max(0, Math.floor(deadline - performance.now())),
+    // Lambda's legacy ways to answer, still used by old functions.
+    done,
+    succeed: (result) => done(null, result),
+    fail: (error) => done(error ?? new Error('context.fail() called')),
+  };
+}
+
+/**
+ * Call the handler once; `settled({body, waitForEmptyLoop})` gets its answer as JSON.
+ *
+ * Its answer is the first of: the promise it returns, the callback (passed as the third
+ * argument; or `context.done`, `succeed`, `fail`), or, when it declares fewer than three
+ * parameters, the value it returns unless that is `undefined` (Lambda ignores it).
+ * An answer given through the callback waits for the event loop to empty while
+ * `context.callbackWaitsForEmptyEventLoop` is true, as on Lambda.
+ */
+function call(handler, request, spec, logStreamName, settled) {
+  let answered = false;
+  const finish = (body, viaCallback) => {
+    if (answered) return;
+    answered = true;
+    settled({ body, waitForEmptyLoop: viaCallback && context.callbackWaitsForEmptyEventLoop });
+  };
+  const answer = (result, viaCallback) => finish(marshal(result), viaCallback);
+  const fail = (error, viaCallback) => finish(JSON.stringify(errorShape(error)), viaCallback);
+  const callback = (error, result) => (error == null ? answer(result, true) : fail(error, true));
+  const context = lambdaContext(spec, logStreamName, callback);
+  let returned;
+  try {
+    returned = handler(request, context, callback);
+  } catch (error) {
+    fail(error, false);
+    return;
+  }
+  if (typeof returned?.then === 'function') {
+    returned.then(
+      (result) => answer(result, false),
+      (error) => fail(error, false),
+    );
+  } else if (handler.length < 3 && returned !== undefined) {
+    answer(returned, false);
+  }
+}
+
+const NO_ANSWER = JSON.stringify({
+  errorMessage:
+    'the handler never answered: it returned nothing, its promise did not settle or its ' +
+    'callback was not called, and nothing it started was still running',
+  errorType: 'Runtime.NoAnswer',
+  stackTrace: [],
+});
+
+/** Serve one request, then (on the next turn of the event loop) the next. */
+function serve(handler, spec, logStreamName) {
+  const request = receive(); // blocks: the instance is frozen between calls
+  if (request === null) process.exit(0);
+  let body = null;
+  const reply = () => {
+    process.removeListener('beforeExit', reply);
+    send(ANSWER, body ?? NO_ANSWER);
+    setImmediate(serve, handler, spec, logStreamName);
+  };
+  // The event loop empties when nothing the call started is pending any more.
+  process.once('beforeExit', reply);
+  call(handler, request, spec, logStreamName, (settled) => {
+    body = settled.body;
+    if (!settled.waitForEmptyLoop) reply();
+  });
+}
+
+async function main(argv) {
+  const spec = JSON.parse(argv[2]);
+  let handler;
+  try {
+    handler = await loadHandler(spec);
+  } catch (error) {
+    if (error instanceof HandlerNotFound) refuse(NOT_FOUND, error.message);
+    else if (error instanceof HandlerImportError) refuse(IMPORT_FAILED, JSON.stringify(error.shape));
+    else throw error;
+    return;
+  }
+  const day = new Date().toISOString().slice(0, 10).replaceAll('-', '/');
+  serve(handler, spec, `${day}/[$LATEST]${randomUUID().replaceAll('-', '')}`);
+}
+
+/** Answer the first request with why there is nothing to call, then end. */
+function refuse(kind, payload) {
+  if (receive() !== null) send(kind, payload);
+  process.exit(0);
+}
+
+await main(process.argv);

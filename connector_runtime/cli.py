@@ -32,7 +32,7 @@ console = Console(stderr=True, soft_wrap=True)  # no hard wraps: `file:line:` st
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(verbose=args.verbose)
+    configure_logging(verbose=args.verbose or getattr(args, "serving", False))
     try:
         config = load_config(args.config)
         return args.command(config, args)
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check the config and say what is wrong, where")
     validate.set_defaults(command=cmd_validate)
+
+    serve = commands.add_parser("serve", help="run every scheduled connector until SIGTERM/SIGINT")
+    serve.set_defaults(command=cmd_serve, serving=True)
 
     state = commands.add_parser("state", help="show the saved state of a connector")
     state_commands = state.add_subparsers(required=True, metavar="ACTION")
@@ -102,6 +105,12 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
         build_job(config, name)  # paths, handlers and secrets, not only the YAML's shape
     console.print(f"[green]{config.path}: {len(config.connectors)} connector(s), all valid[/green]")
     return OK
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from .scheduler import Server
+
+    return Server(config).serve()
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable
 
-import orjson
 import structlog
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +26,8 @@ from .jobs import build_job
 from .sync import PageProgress, SyncOutcome, run_sync
 
 OK, FAILED, USAGE = 0, 1, 2
-console = Console(stderr=True, soft_wrap=True)  # no hard wraps: `file:line:` stays parseable
+# no hard wraps: `file:line:` stays parseable; piped output gets room for whole tables
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +67,41 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run every scheduled connector until SIGTERM/SIGINT")
     serve.set_defaults(command=cmd_serve, serving=True)
 
-    state = commands.add_parser("state", help="show the saved state of a connector")
+    resync = commands.add_parser(
+        "resync", help="sync from state {}, then mark deleted what the function did not re-send"
+    )
+    resync.add_argument("name", metavar="NAME")
+    resync.set_defaults(command=cmd_resync)
+
+    status = commands.add_parser(
+        "status", help="one line per connector: last sync, next run, alerts"
+    )
+    status.set_defaults(command=_ops("cmd_status"))
+    alerts = commands.add_parser("alerts", help="open alerts (all with --all), with stack traces")
+    alerts.add_argument("name", nargs="?", metavar="NAME")
+    alerts.add_argument("--all", action="store_true", help="resolved alerts too")
+    alerts.set_defaults(command=_ops("cmd_alerts"))
+    syncs = commands.add_parser("syncs", help="recent syncs of a connector")
+    syncs.add_argument("name", metavar="NAME")
+    syncs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    syncs.set_defaults(command=_ops("cmd_syncs"))
+
+    state = commands.add_parser("state", help="show, set or reset a connector's saved state")
     state_commands = state.add_subparsers(required=True, metavar="ACTION")
     show = state_commands.add_parser("show", help="print the saved state as JSON on stdout")
     show.add_argument("name", metavar="NAME")
-    show.set_defaults(command=cmd_state_show)
+    show.set_defaults(command=_ops("cmd_state_show"))
+    set_ = state_commands.add_parser(
+        "set", help="replace the saved state; refused while a sync runs"
+    )
+    set_.add_argument("name", metavar="NAME")
+    set_.add_argument("json", metavar="JSON")
+    set_.set_defaults(command=_ops("cmd_state_set"))
+    reset = state_commands.add_parser(
+        "reset", help="clear the saved state; refused while a sync runs"
+    )
+    reset.add_argument("name", metavar="NAME")
+    reset.set_defaults(command=_ops("cmd_state_reset"))
     return parser
 
 
@@ -118,15 +148,19 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     jobs = [build_job(config, name) for name in names]  # every config error before any sync
     failed = False
     for job in jobs:
-        failed |= not _run_one(job)
+        failed |= not _run_one(job, "manual")
     return FAILED if failed else OK
 
 
-def _run_one(job) -> bool:
+def cmd_resync(config: Config, args: argparse.Namespace) -> int:
+    return OK if _run_one(build_job(config, args.name), "resync") else FAILED
+
+
+def _run_one(job, trigger: str) -> bool:
     started = time.monotonic()
     try:
         with _progress(job.connector) as on_page:
-            outcome = run_sync(job, trigger="manual", on_page=on_page)
+            outcome = run_sync(job, trigger=trigger, on_page=on_page)
     except SyncInProgress as exc:
         console.print(f"[yellow]{job.connector}:[/yellow] {escape(str(exc))}", highlight=False)
         return False
@@ -205,14 +239,15 @@ def _summary(outcome: SyncOutcome, seconds: float) -> None:
             )
 
 
-def cmd_state_show(config: Config, args: argparse.Namespace) -> int:
-    from .destination import open_destination
+def _ops(name: str):
+    """An operator command from `ops`, imported when it runs."""
 
-    job = build_job(config, args.name)
-    with open_destination(job.destination_url) as destination:
-        state = destination.load(job.connector).state
-    sys.stdout.write(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return OK
+    def command(config: Config, args: argparse.Namespace) -> int:
+        from . import ops
+
+        return getattr(ops, name)(config, args, console)
+
+    return command
 
 
 if __name__ == "__main__":

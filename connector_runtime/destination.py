@@ -122,6 +122,24 @@ class Destination(ABC):
     def record_alert(self, alert: Alert) -> None:
         """Write an alert in its own transaction (the page's has been rolled back)."""
 
+    # -- reading and steering, for the operator's commands ----------------------------
+    # Not abstract: a backend without them can still sync; the commands say so.
+
+    def recent_syncs(self, connector: str, limit: int = 20) -> list[SyncRecord]:
+        """The connector's latest syncs, newest first."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list syncs")
+
+    def list_alerts(
+        self, connector: str | None = None, *, include_resolved: bool = False
+    ) -> list[Alert]:
+        """Alerts, newest first: open ones only unless `include_resolved`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list alerts")
+
+    def save_state(self, connector: str, state: dict[str, Any]) -> None:
+        """Replace the saved state (the caller holds the connector's lock); `{}` resets it
+        and closes any open sync cycle, so the next sync starts afresh."""
+        raise NotImplementedError(f"{type(self).__name__} cannot set state")
+
     def close(self) -> None:
         """Release the connection. Idempotent."""
 
@@ -132,19 +150,21 @@ class Destination(ABC):
         self.close()
 
 
+_SQLALCHEMY = "destinations.sqlalchemy:SQLAlchemyDestination"
 _BACKENDS = {
     "duckdb": "destinations.duckdb:DuckDBDestination",
+    **dict.fromkeys(("postgresql", "postgres", "mysql", "mariadb", "sqlite"), _SQLALCHEMY),
 }
+# Any other scheme goes to SQLAlchemy, which refuses (ConfigError) one it has no dialect for.
+_FALLBACK = _SQLALCHEMY
 
 
 def open_destination(url: str) -> Destination:
     """The destination for `url`, chosen by its scheme; the backend is imported only now."""
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
-    target = _BACKENDS.get(scheme)
-    if target is None:
+    if ":" not in url or not scheme:
         known = ", ".join(sorted(_BACKENDS))
-        raise ConfigError(
-            f"destination {url.split(':', 1)[0]}: unsupported scheme; use one of {known}"
-        )
+        raise ConfigError(f"destination {url!r}: not a URL; use one of {known}")
+    target = _BACKENDS.get(scheme, _FALLBACK)
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)(url)

@@ -155,8 +155,7 @@ class DuckDBDestination(Destination):
     def load(self, connector: str) -> Snapshot:
         con = self.con
         row = con.execute(
-            # epoch_us: fetching TIMESTAMPTZ as Python objects would need pytz
-            f"SELECT state, epoch_us(cycle_started_at), cycle_trigger FROM {RUNTIME_SCHEMA}.state"
+            f"SELECT state, {_epoch('cycle_started_at')}, cycle_trigger FROM {RUNTIME_SCHEMA}.state"
             " WHERE connector = ?",
             [connector],
         ).fetchone()
@@ -178,8 +177,7 @@ class DuckDBDestination(Destination):
         }
         if row is None:
             return Snapshot({}, catalog, names)
-        started = None if row[1] is None else datetime.fromtimestamp(row[1] / 1e6, UTC)
-        return Snapshot(orjson.loads(row[0]), catalog, names, started, row[2])
+        return Snapshot(orjson.loads(row[0]), catalog, names, _time(row[1]), row[2])
 
     def begin_sync(self, record: SyncRecord, *, reset_state: bool = False) -> Snapshot:
         with self._transaction() as con:
@@ -254,6 +252,48 @@ class DuckDBDestination(Destination):
                     alert.message,
                     None if alert.stack_trace is None else orjson.dumps(alert.stack_trace).decode(),
                 ],
+            )
+
+    def recent_syncs(self, connector: str, limit: int = 20) -> list[SyncRecord]:
+        rows = self.con.execute(
+            f"SELECT sync_id, connector, trigger, {_epoch('started_at')}, {_epoch('finished_at')},"
+            " status, pages, rows_upserted, rows_deleted, error"
+            f" FROM {RUNTIME_SCHEMA}.syncs WHERE connector = ? ORDER BY started_at DESC LIMIT ?",
+            [connector, limit],
+        ).fetchall()
+        return [SyncRecord(r[0], r[1], r[2], _time(r[3]), _time(r[4]), *r[5:]) for r in rows]
+
+    def list_alerts(
+        self, connector: str | None = None, *, include_resolved: bool = False
+    ) -> list[Alert]:
+        where = ["(connector = ? OR ? IS NULL)"] + (
+            [] if include_resolved else ["resolved_at IS NULL"]
+        )
+        rows = self.con.execute(
+            f"SELECT alert_id, connector, sync_id, {_epoch('created_at')}, severity, kind, error_type,"
+            f" message, CAST(stack_trace AS VARCHAR), {_epoch('resolved_at')}"
+            f" FROM {RUNTIME_SCHEMA}.alerts WHERE {' AND '.join(where)} ORDER BY created_at DESC",
+            [connector, connector],
+        ).fetchall()
+        return [
+            Alert(
+                r[0],
+                r[1],
+                r[2],
+                _time(r[3]),
+                *r[4:8],
+                None if r[8] is None else orjson.loads(r[8]),
+                _time(r[9]),
+            )
+            for r in rows
+        ]
+
+    def save_state(self, connector: str, state: dict) -> None:
+        with self._transaction() as con:
+            con.execute(f"DELETE FROM {RUNTIME_SCHEMA}.state WHERE connector = ?", [connector])
+            con.execute(
+                f"INSERT INTO {RUNTIME_SCHEMA}.state VALUES (?, ?, NULL, now(), NULL, NULL)",
+                [connector, orjson.dumps(state).decode()],
             )
 
     # -- pages ------------------------------------------------------------------------
@@ -436,6 +476,15 @@ class DuckDBDestination(Destination):
             " WHERE _fivetran_synced < ? AND NOT _fivetran_deleted",
             [synced_at, cutoff],
         ).fetchone()[0]
+
+
+def _epoch(column: str) -> str:
+    """Fetching TIMESTAMPTZ as Python objects would need pytz: read microseconds instead."""
+    return f"epoch_us({column})"
+
+
+def _time(epoch_us: int | None) -> datetime | None:
+    return None if epoch_us is None else datetime.fromtimestamp(epoch_us / 1e6, UTC)
 
 
 def _table_info(name, source, primary_key, columns, declared, deleted_column) -> TableInfo:

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(verbose=args.verbose or getattr(args, "serving", False))
     try:
+        if getattr(args, "without_config", False):
+            return args.command(args)
         config = load_config(args.config)
         return args.command(config, args)
     except ConfigError as exc:
@@ -102,6 +104,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("name", metavar="NAME")
     reset.set_defaults(command=_ops("cmd_state_reset"))
+    secrets = commands.add_parser("secrets", help="the key and encrypted secret values")
+    secrets_commands = secrets.add_subparsers(required=True, metavar="ACTION")
+    init = secrets_commands.add_parser("init", help="create a key file if there is no key yet")
+    init.set_defaults(command=cmd_secrets_init, without_config=True)
+    encrypt = secrets_commands.add_parser(
+        "encrypt", help="read a value from stdin, print its enc:v1: token for connectors.yaml"
+    )
+    encrypt.add_argument("name", metavar="NAME", help="the connector the secret belongs to")
+    encrypt.add_argument(
+        "key", metavar="KEY", help="the secret's key under `secrets:` (or header name)"
+    )
+    encrypt.set_defaults(command=cmd_secrets_encrypt, without_config=True)
     return parser
 
 
@@ -237,6 +251,39 @@ def _summary(outcome: SyncOutcome, seconds: float) -> None:
                 "the state stays at the last committed page; the next sync resumes there",
                 highlight=False,
             )
+
+
+def cmd_secrets_init(args: argparse.Namespace) -> int:
+    from .secrets import init_key
+
+    path, created = init_key()
+    if created:
+        console.print(
+            f"created key file {path} (mode 0600); back it up: without it no "
+            "enc:v1: token can be read",
+            highlight=False,
+        )
+    elif path is None:
+        console.print("the key is in CONNECTOR_RUNTIME_KEY; nothing created")
+    else:
+        console.print(f"a key file already exists at {path}; nothing created", highlight=False)
+    return OK
+
+
+def cmd_secrets_encrypt(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .secrets import encrypt
+
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"value of {args.key} for {args.name} (not echoed): ")
+    else:
+        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not value:
+        console.print("[red]no value given on stdin[/red]")
+        return USAGE
+    sys.stdout.write(encrypt(value, args.name, args.key) + "\n")
+    return OK
 
 
 def _ops(name: str):

@@ -541,11 +541,14 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 def resolve_secrets(
     connector: ConnectorConfig,
     name: str,
-    decrypt: Callable[[str, str], str] | None = None,
+    decrypt: Callable[[str, str, str], str] | None = None,
 ) -> dict[str, str]:
-    """The connector's secrets with ${env:VAR} expanded and, given `decrypt`, tokens decrypted."""
+    """The connector's secrets with ${env:VAR} expanded and, given `decrypt`, tokens decrypted.
+
+    `decrypt(token, connector_name, key)`: a token is bound to its connector and its key.
+    """
     return {
-        key: _resolve(value, f"connectors.{name}.secrets.{key}", name, decrypt)
+        key: _resolve(value, f"connectors.{name}.secrets.{key}", name, key, decrypt)
         for key, value in connector.secrets.items()
     }
 
@@ -553,11 +556,11 @@ def resolve_secrets(
 def resolve_headers(
     connector: ConnectorConfig,
     name: str,
-    decrypt: Callable[[str, str], str] | None = None,
+    decrypt: Callable[[str, str, str], str] | None = None,
 ) -> dict[str, str]:
-    """The function's HTTP headers, expanded like `resolve_secrets`."""
+    """The function's HTTP headers, expanded like `resolve_secrets` (the header name is the key)."""
     return {
-        key: _resolve(value, f"connectors.{name}.function.headers.{key}", name, decrypt)
+        key: _resolve(value, f"connectors.{name}.function.headers.{key}", name, key, decrypt)
         for key, value in connector.function.headers.items()
     }
 
@@ -572,10 +575,14 @@ def plaintext_secret_keys(connector: ConnectorConfig) -> list[str]:
 
 
 def _resolve(
-    value: str, field: str, connector_name: str, decrypt: Callable[[str, str], str] | None
+    value: str,
+    field: str,
+    connector_name: str,
+    key: str,
+    decrypt: Callable[[str, str, str], str] | None,
 ) -> str:
     if value.startswith(_ENCRYPTED_PREFIX):
-        return decrypt(value, connector_name) if decrypt else value
+        return decrypt(value, connector_name, key) if decrypt else value
     return _ENV_REFERENCE.sub(lambda match: _environment_value(match[1], field), value)
 
 

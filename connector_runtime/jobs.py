@@ -18,6 +18,7 @@ from .config import (
 from .errors import ConfigError
 from .page import TableSettings
 from .retry import RetryPolicy
+from .secrets import make_decrypter
 from .sync import SyncJob
 
 
@@ -35,12 +36,13 @@ def build_job(config: Config, name: str) -> SyncJob:
             hint=f"encrypt it: connector secrets encrypt {name} {key}",
         )
     retry = connector.function.retry
+    decrypt = make_decrypter()
     return SyncJob(
         connector=name,
         schema=config.schema_name(name),
         destination_url=config.destination_url(name),
-        invoker=_invoker_factory(config, name, connector),
-        secrets=resolve_secrets(connector, name),
+        invoker=_invoker_factory(config, name, connector, decrypt),
+        secrets=resolve_secrets(connector, name, decrypt),
         naming=connector.naming,
         settings=_table_settings(config, name, connector),
         retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
@@ -48,13 +50,13 @@ def build_job(config: Config, name: str) -> SyncJob:
     )
 
 
-def _invoker_factory(config: Config, name: str, connector: ConnectorConfig):
+def _invoker_factory(config: Config, name: str, connector: ConnectorConfig, decrypt):
     """A callable making the connector's invoker; backends are imported only when used."""
     function = connector.function
     if function.kind == "http":
         from .invokers.http import HttpInvoker
 
-        headers = resolve_headers(connector, name)
+        headers = resolve_headers(connector, name, decrypt)
         masking.register(headers)
         return partial(HttpInvoker, function.http, headers=headers, timeout=function.timeout)
     if function.kind == "lambda":

@@ -540,11 +540,11 @@ def test_env_secrets_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
     }
 
 
-def test_decrypt_hook_gets_token_and_connector_name() -> None:
+def test_decrypt_hook_gets_token_connector_name_and_key() -> None:
     calls = []
 
-    def decrypt(token: str, connector: str) -> str:
-        calls.append((token, connector))
+    def decrypt(token: str, connector: str, key: str) -> str:
+        calls.append((token, connector, key))
         return "plain"
 
     connector = connector_with({"key": "enc:v1:abc", "other": "literal"})
@@ -552,7 +552,7 @@ def test_decrypt_hook_gets_token_and_connector_name() -> None:
         "key": "plain",
         "other": "literal",
     }
-    assert calls == [("enc:v1:abc", "orders")]
+    assert calls == [("enc:v1:abc", "orders", "key")]
 
 
 def test_missing_env_var_names_the_key_not_a_value(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from . import __version__, masking
 from .config import Config, load_config
-from .errors import ConfigError, DestinationError, SyncInProgress
+from .errors import ConfigError, DestinationError, SyncFailure, SyncInProgress
 from .jobs import build_job
 from .sync import PageProgress, SyncOutcome, run_sync
 
@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run every scheduled connector until SIGTERM/SIGINT")
     serve.set_defaults(command=cmd_serve, serving=True)
+
+    check = commands.add_parser(
+        "test", help="call the function once with setup_test: true; report if the answer is valid"
+    )
+    check.add_argument("name", metavar="NAME")
+    check.set_defaults(command=cmd_test)
 
     resync = commands.add_parser(
         "resync", help="sync from state {}, then mark deleted what the function did not re-send"
@@ -164,6 +170,28 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
     for job in jobs:
         failed |= not _run_one(job, "manual")
     return FAILED if failed else OK
+
+
+def cmd_test(config: Config, args: argparse.Namespace) -> int:
+    """One call, judged exactly as a sync would judge it, with nothing written anywhere."""
+    from .sync import check_function
+
+    job = build_job(config, args.name)
+    try:
+        summary = check_function(job)
+    except SyncFailure as failure:
+        console.print(
+            f"[red]{job.connector}: {failure.kind}[/red] ({escape(failure.error_type)}): "
+            f"{escape(masking.mask(failure.message))}",
+            highlight=False,
+        )
+        return FAILED
+    console.print(
+        f"[green]{job.connector}: the function answered with a valid response[/green] "
+        f"({escape(summary)})",
+        highlight=False,
+    )
+    return OK
 
 
 def cmd_resync(config: Config, args: argparse.Namespace) -> int:

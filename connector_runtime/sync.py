@@ -118,6 +118,31 @@ def internal_error(exc: Exception) -> SyncFailure:
     )
 
 
+def check_function(job: SyncJob) -> str:
+    """`connector test`: one request with `setup_test: true`, validated and planned as a
+    page would be (against empty tables), written nowhere. Raises SyncFailure."""
+    masking.register(job.secrets)
+    request = Request(
+        agent=f"connector-runtime/{__version__}/{job.connector}/{job.schema}",
+        state={},
+        secrets=job.secrets,
+        sync_id=str(uuid.uuid4()),
+        setup_test=True,
+    ).payload()
+    with job.invoker() as invoker:
+        try:
+            raw = with_retries(
+                lambda: invoker.invoke(request), job.retry, TransientInvokeError, what="invoke"
+            )
+        except TransientInvokeError as exc:
+            raise InvokeFailed(f"the function could not be reached: {exc}") from exc
+    response = parse_response(raw)
+    planner = PagePlanner(job.connector, job.schema, NameMap(job.naming), {}, job.settings)
+    page = planner.plan(response, sync_id=request["sync_id"], number=1, synced_at=datetime.now(UTC))
+    tables = ", ".join(f"{w.table.name}: {len(w.table.columns)} columns" for w in page.tables)
+    return f"{response.row_count} rows; {tables or 'no tables'}; hasMore {response.has_more}"
+
+
 class _Sync:
     def __init__(
         self,

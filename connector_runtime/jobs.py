@@ -60,11 +60,29 @@ def _invoker_factory(config: Config, name: str, connector: ConnectorConfig, decr
         masking.register(headers)
         return partial(HttpInvoker, function.http, headers=headers, timeout=function.timeout)
     if function.kind == "lambda":
-        raise ConfigError(
-            f"{config.where('connectors', name, 'function', 'lambda')}: AWS Lambda "
-            "functions are not supported by this version yet"
-        )
+        return _lambda_factory(config, name, function)
+
     return _local_factory(config, name, connector)
+
+
+def _lambda_factory(config: Config, name: str, function):
+    try:
+        from .invokers.aws_lambda import LambdaInvoker
+    except ImportError as exc:
+        raise ConfigError(
+            f"{config.where('connectors', name, 'function', 'lambda')}: AWS Lambda needs boto3: "
+            "pip install 'connector-runtime[lambda]'"
+        ) from exc
+    return partial(
+        LambdaInvoker,
+        function.lambda_,
+        region=function.region,
+        qualifier=function.qualifier,
+        endpoint_url=function.endpoint_url,
+        role_arn=function.role_arn,
+        external_id=function.external_id,
+        timeout=function.timeout,
+    )
 
 
 def _local_factory(config: Config, name: str, connector: ConnectorConfig):

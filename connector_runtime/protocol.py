@@ -138,12 +138,18 @@ def parse_response(raw: bytes) -> Response:
 
 def function_error(answer: dict[str, Any]) -> FunctionError:
     """The Lambda error shape (`errorMessage`, `errorType`, `stackTrace`) as an exception."""
-    trace = answer.get("stackTrace")
-    return FunctionError(
+    frames = answer.get("stackTrace")
+    frames = frames if isinstance(frames, list) else []
+    # `logTail`: the function's last log lines, added by invokers that have them (Lambda)
+    tail = answer.get("logTail")
+    tail = [line for line in tail if isinstance(line, str)] if isinstance(tail, list) else []
+    failure = FunctionError(
         str(answer.get("errorMessage")),
         error_type=str(answer.get("errorType") or "FunctionError"),
-        stack_trace=trace if isinstance(trace, list) else None,
+        stack_trace=(frames + tail) or None,
     )
+    failure.log_tail = tail
+    return failure
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -21,7 +21,13 @@ from rich.table import Table
 
 from . import __version__, masking
 from .config import Config, load_config
-from .errors import ConfigError, DestinationError, SyncFailure, SyncInProgress
+from .errors import (
+    ConfigError,
+    DestinationError,
+    SyncFailure,
+    SyncInProgress,
+    TransientDestinationError,
+)
 from .jobs import build_job
 from .sync import PageProgress, SyncOutcome, run_sync
 
@@ -206,7 +212,7 @@ def _run_one(job, trigger: str) -> bool:
     except SyncInProgress as exc:
         console.print(f"[yellow]{job.connector}:[/yellow] {escape(str(exc))}", highlight=False)
         return False
-    except DestinationError as exc:  # the warehouse would not open: nothing was synced
+    except (DestinationError, TransientDestinationError) as exc:  # before or after any page
         console.print(
             f"[red]{job.connector}:[/red] {escape(masking.mask(str(exc)))}", highlight=False
         )

@@ -89,6 +89,7 @@ class DuckDBDestination(Destination):
     def __init__(self, url: str) -> None:
         self.path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._catalog: str | None = None
 
     # -- connection -------------------------------------------------------------------
 
@@ -144,6 +145,13 @@ class DuckDBDestination(Destination):
             con.rollback()
             raise
         con.commit()
+
+    def _schema(self, schema: str) -> str:
+        """`"catalog"."schema"`: DuckDB names the database after its file, so a schema
+        called like the file (`transactions` in transactions.duckdb) would be ambiguous."""
+        if self._catalog is None:
+            self._catalog = self.con.execute("SELECT current_database()").fetchone()[0]
+        return f"{q(self._catalog)}.{q(schema)}"
 
     def lock(self, connector: str):
         if self.path == ":memory:":
@@ -302,7 +310,7 @@ class DuckDBDestination(Destination):
         result = PageResult()
         try:
             with self._transaction() as con:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {q(page.schema)}")
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema(page.schema)}")
                 for write in page.tables:
                     result.tables[write.table.name] = self._apply_table(con, page, write)
                 self._save_catalog(con, page)
@@ -311,7 +319,7 @@ class DuckDBDestination(Destination):
         return result
 
     def _apply_table(self, con, page: PageWrite, write: TableWrite) -> TableCounts:
-        target = f"{q(page.schema)}.{q(write.table.name)}"
+        target = f"{self._schema(page.schema)}.{q(write.table.name)}"
         self._evolve(con, target, write)
         counts = TableCounts()
         if write.upserts is not None:
@@ -467,7 +475,7 @@ class DuckDBDestination(Destination):
         cutoff: datetime,
         synced_at: datetime,
     ) -> int:
-        target = f"{q(schema)}.{q(table.name)}"
+        target = f"{self._schema(schema)}.{q(table.name)}"
         if not table.deleted_column:
             con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
             self._save_table(con, connector, replace(table, deleted_column=True))

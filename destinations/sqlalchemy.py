@@ -1,0 +1,581 @@
+"""Any SQLAlchemy URL as the warehouse; PostgreSQL, MySQL/MariaDB and SQLite tested for real.
+
+    postgresql://user@host/db   (psycopg 3)    pip install 'connector-runtime[postgres]'
+    mysql://user@host/db        (PyMySQL)      pip install 'connector-runtime[mysql]'
+    mariadb://user@host/db      (PyMySQL)      pip install 'connector-runtime[mysql]'
+    sqlite:///warehouse.sqlite                 pip install 'connector-runtime[sqlite]'
+    any other SQLAlchemy URL whose dialect is installed (generic SQL, see sql_dialects)
+
+Where tables live. PostgreSQL has schemas: data tables are `<schema>.<table>`, the
+runtime's tables `connector_runtime.state`, `.syncs`, `.alerts`, `.names`, `.tables`.
+MySQL and SQLite keep everything in the URL's database (a MySQL "schema" is a database the
+URL's user may not be allowed to create): data tables are `<schema>__<table>`, the
+runtime's `connector_runtime__state` and so on. Names longer than the database allows are
+cut and end in a hash of the whole name. The runtime tables have DuckDB's columns.
+
+Transactions. A page, its catalog and names and the new state commit together. On
+PostgreSQL and SQLite the DDL is part of that transaction. MySQL commits around each DDL
+statement, so there the page's DDL runs first, derived from the table as it is, and the
+rows, catalog and state follow in one transaction: a page replayed after a failure finds
+its columns in place and only writes its rows (see `sql_dialects.MySQL`).
+
+Errors. A lost or refused connection, a deadlock or lock timeout leaves as
+TransientDestinationError (nothing was committed: the sync retries the page on a new
+connection); anything else the database refuses as DestinationError.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from connector_runtime.destination import (
+    _BACKENDS,
+    Alert,
+    Destination,
+    PageResult,
+    Snapshot,
+    SyncRecord,
+    TableCounts,
+)
+from connector_runtime.errors import ConfigError, DestinationError, TransientDestinationError
+from connector_runtime.naming import NameEntry
+from connector_runtime.page import PageWrite, TableInfo, TableWrite
+from connector_runtime.types import LogicalType
+
+try:
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql, postgresql
+    from sqlalchemy.pool import NullPool
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ConfigError(
+        "destination: SQL warehouses need SQLAlchemy and a driver: pip install "
+        "'connector-runtime[postgres]' (or [mysql], [sqlite])"
+    ) from exc
+
+from .sql_dialects import MYSQL_NAMES, DataTable, UtcTimestamp, flavor_for
+
+DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
+CONNECT_ARGS = {
+    "psycopg": {"connect_timeout": 10, "application_name": "connector-runtime"},
+    "pymysql": {"connect_timeout": 10, "charset": "utf8mb4"},
+    "pysqlite": {"timeout": 30.0},
+}
+
+
+class JsonDocument(sa.types.TypeDecorator):
+    """A JSON value: jsonb on PostgreSQL, JSON on MySQL, its text elsewhere."""
+
+    impl = sa.Text()
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
+        if dialect.name in MYSQL_NAMES:
+            return dialect.type_descriptor(mysql.JSON(none_as_null=True))
+        return dialect.type_descriptor(sa.Text())
+
+    def process_bind_param(self, value, dialect):
+        if value is None or self._native(dialect):
+            return value
+        return orjson.dumps(value).decode()
+
+    def process_result_value(self, value, dialect):
+        return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+    def _native(self, dialect) -> bool:
+        return dialect.name == "postgresql" or dialect.name in MYSQL_NAMES
+
+
+def runtime_tables(flavor) -> dict[str, sa.Table]:
+    """`connector_runtime.*` (DESIGN §6), with DuckDB's columns, for this database."""
+    metadata = sa.MetaData()
+    key = sa.Text().with_variant(sa.String(255), *MYSQL_NAMES)  # MySQL keys need a length
+    text = sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL_NAMES)
+    when = UtcTimestamp
+
+    def table(name: str, *columns: sa.Column) -> sa.Table:
+        schema, physical = flavor.runtime_name(name)
+        return sa.Table(physical, metadata, *columns, schema=schema, quote=True)
+
+    return {
+        "state": table(
+            "state",
+            sa.Column("connector", key, primary_key=True),
+            sa.Column("state", JsonDocument()),
+            sa.Column("sync_id", key),
+            sa.Column("updated_at", when()),
+            sa.Column("cycle_started_at", when()),
+            sa.Column("cycle_trigger", key),
+        ),
+        "syncs": table(
+            "syncs",
+            sa.Column("sync_id", key, primary_key=True),
+            *(sa.Column(c, key) for c in ("connector", "trigger")),
+            sa.Column("started_at", when()),
+            sa.Column("finished_at", when()),
+            sa.Column("status", key),
+            *(sa.Column(c, sa.BigInteger()) for c in ("pages", "rows_upserted", "rows_deleted")),
+            sa.Column("error", text),
+        ),
+        "alerts": table(
+            "alerts",
+            sa.Column("alert_id", key, primary_key=True),
+            *(sa.Column(c, key) for c in ("connector", "sync_id")),
+            sa.Column("created_at", when()),
+            *(sa.Column(c, key) for c in ("severity", "kind")),
+            *(sa.Column(c, text) for c in ("error_type", "message")),
+            sa.Column("stack_trace", JsonDocument()),
+            sa.Column("resolved_at", when()),
+        ),
+        "names": table(
+            "names",
+            sa.Column("connector", key),
+            *(sa.Column(c, text) for c in ("source_table", "source_column", "name")),
+        ),
+        "tables": table(
+            "tables",
+            sa.Column("connector", key),
+            *(sa.Column(c, text) for c in ("name", "source")),
+            *(sa.Column(c, JsonDocument()) for c in ("primary_key", "columns", "declared")),
+            sa.Column("deleted_column", sa.Boolean()),
+        ),
+    }
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for `url` with this runtime's default driver; ConfigError names the extra."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"destination {url.split(':', 1)[0]}: not a database URL: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend in DEFAULT_DRIVERS and "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=DEFAULT_DRIVERS[backend])
+    elif backend == "postgres":
+        parsed = parsed.set(drivername=f"postgresql+{parsed.get_driver_name()}")
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        dialect = parsed.get_dialect()
+    except sa.exc.NoSuchModuleError as exc:
+        known = ", ".join(sorted(_BACKENDS))
+        raise ConfigError(
+            f"destination {backend}: unsupported scheme; use one of {known}, or a URL of an "
+            "installed SQLAlchemy dialect"
+        ) from exc
+    connect_args = {
+        k: v for k, v in CONNECT_ARGS.get(dialect.driver, {}).items() if k not in parsed.query
+    }
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return sa.create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
+    except ImportError as exc:
+        raise ConfigError(
+            f"destination {shown}: the driver {exc.name!r} is not installed; {_install(parsed)}"
+        ) from exc
+
+
+def _install(url: sa.engine.URL) -> str:
+    backend, extra = url.get_backend_name(), EXTRAS.get(url.get_backend_name())
+    default = DEFAULT_DRIVERS.get(backend, "").partition("+")[2]
+    if extra and (url.get_driver_name() == default or not default):
+        return f"pip install 'connector-runtime[{extra}]'"
+    if extra:
+        return (
+            f"install it, or write {backend}:// for the default driver "
+            f"(pip install 'connector-runtime[{extra}]')"
+        )
+    return "install the driver SQLAlchemy names for this URL"
+
+
+class SQLAlchemyDestination(Destination):
+    """A SQL database through SQLAlchemy Core; per-dialect parts live in `sql_dialects`."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        self.flavor = flavor_for(self.engine)
+        self.runtime = runtime_tables(self.flavor)
+        self._conn: sa.Connection | None = None
+        self._stages = itertools.count(1)
+
+    # -- connection -------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sa.Connection:
+        if self._conn is None:
+            conn = self.engine.connect()
+            try:
+                with conn.begin():
+                    if self.flavor.runtime_schema:
+                        schema = self.flavor.runtime_schema
+                        conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
+                    next(iter(self.runtime.values())).metadata.create_all(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.engine.dispose()
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sa.Connection]:
+        """One transaction; driver errors leave translated (see the module docstring)."""
+        try:
+            conn = self.conn
+            with conn.begin():
+                yield conn
+        except (sa.exc.DBAPIError, self.engine.dialect.loaded_dbapi.Error) as exc:
+            raise self._translated(exc, what) from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise DestinationError(f"{self.flavor.title} refused {what}: {exc}") from exc
+
+    def _translated(self, exc: Exception, what: str) -> Exception:
+        error = getattr(exc, "orig", None) or exc
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if getattr(exc, "connection_invalidated", False) or self.flavor.is_transient(error):
+            self._drop_connection()
+            return TransientDestinationError(
+                f"{self.flavor.title}: {what} failed before commit: {detail}"
+            )
+        return DestinationError(f"{self.flavor.title} refused {what}: {detail}")
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with suppress(sa.exc.SQLAlchemyError):  # it is broken already
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def lock(self, connector: str) -> Iterator[None]:
+        with ExitStack() as held:
+            try:
+                held.enter_context(self.flavor.lock(connector))
+            except (sa.exc.DBAPIError, self.engine.dialect.loaded_dbapi.Error) as exc:
+                raise self._translated(exc, "taking the sync lock") from exc
+            yield
+
+    # -- runtime tables ---------------------------------------------------------------
+
+    def load(self, connector: str) -> Snapshot:
+        state, names, tables = (self.runtime[t] for t in ("state", "names", "tables"))
+        with self._transaction("reading the saved state") as conn:
+            row = conn.execute(
+                sa.select(state.c.state, state.c.cycle_started_at, state.c.cycle_trigger).where(
+                    state.c.connector == connector
+                )
+            ).first()
+            stored_names = conn.execute(
+                sa.select(names.c.source_table, names.c.source_column, names.c.name).where(
+                    names.c.connector == connector
+                )
+            ).all()
+            catalog_rows = conn.execute(
+                sa.select(
+                    tables.c.name,
+                    tables.c.source,
+                    tables.c.primary_key,
+                    tables.c.columns,
+                    tables.c.declared,
+                    tables.c.deleted_column,
+                ).where(tables.c.connector == connector)
+            ).all()
+        names = [NameEntry(*r) for r in stored_names]
+        catalog = {r[0]: _table_info(*r) for r in catalog_rows}
+        if row is None:
+            return Snapshot({}, catalog, names)
+        return Snapshot(row.state or {}, catalog, names, row.cycle_started_at, row.cycle_trigger)
+
+    def begin_sync(self, record: SyncRecord, *, reset_state: bool = False) -> Snapshot:
+        syncs, state = self.runtime["syncs"], self.runtime["state"]
+        with self._transaction("recording the sync") as conn:
+            conn.execute(
+                sa.update(syncs)
+                .where(syncs.c.connector == record.connector, syncs.c.status == "running")
+                .values(
+                    status="failed",
+                    finished_at=record.started_at,
+                    error="the process running this sync died",
+                )
+            )
+            conn.execute(
+                sa.insert(syncs).values(
+                    sync_id=record.sync_id,
+                    connector=record.connector,
+                    trigger=record.trigger,
+                    started_at=record.started_at,
+                    status="running",
+                    pages=0,
+                    rows_upserted=0,
+                    rows_deleted=0,
+                )
+            )
+            mine = state.c.connector == record.connector
+            if conn.execute(sa.select(sa.func.count()).where(mine)).scalar() == 0:
+                conn.execute(
+                    sa.insert(state).values(
+                        connector=record.connector, state={}, updated_at=record.started_at
+                    )
+                )
+            if reset_state:
+                cycle = {
+                    "state": {},
+                    "cycle_started_at": record.started_at,
+                    "cycle_trigger": "resync",
+                }
+                conn.execute(sa.update(state).where(mine).values(cycle))
+            else:
+                conn.execute(
+                    sa.update(state)
+                    .where(mine, state.c.cycle_started_at.is_(None))
+                    .values(cycle_started_at=record.started_at, cycle_trigger=record.trigger)
+                )
+        return self.load(record.connector)
+
+    def end_sync(self, record: SyncRecord) -> None:
+        syncs, alerts = self.runtime["syncs"], self.runtime["alerts"]
+        with self._transaction("recording the sync's outcome") as conn:
+            conn.execute(
+                sa.update(syncs)
+                .where(syncs.c.sync_id == record.sync_id)
+                .values(
+                    finished_at=record.finished_at,
+                    status=record.status,
+                    pages=record.pages,
+                    rows_upserted=record.rows_upserted,
+                    rows_deleted=record.rows_deleted,
+                    error=record.error,
+                )
+            )
+            if record.status == "succeeded":
+                conn.execute(
+                    sa.update(alerts)
+                    .where(alerts.c.connector == record.connector, alerts.c.resolved_at.is_(None))
+                    .values(resolved_at=record.finished_at)
+                )
+
+    def record_alert(self, alert: Alert) -> None:
+        with self._transaction("recording an alert") as conn:
+            conn.execute(
+                sa.insert(self.runtime["alerts"]).values(
+                    alert_id=alert.alert_id,
+                    connector=alert.connector,
+                    sync_id=alert.sync_id,
+                    created_at=alert.created_at,
+                    severity=alert.severity,
+                    kind=alert.kind,
+                    error_type=alert.error_type,
+                    message=alert.message,
+                    stack_trace=alert.stack_trace,
+                )
+            )
+
+    def recent_syncs(self, connector: str, limit: int = 20) -> list[SyncRecord]:
+        syncs = self.runtime["syncs"]
+        with self._transaction("reading syncs") as conn:
+            rows = (
+                conn.execute(
+                    sa.select(syncs)
+                    .where(syncs.c.connector == connector)
+                    .order_by(syncs.c.started_at.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            SyncRecord(
+                **{
+                    **row,
+                    "started_at": _aware(row["started_at"]),
+                    "finished_at": _aware(row["finished_at"]),
+                }
+            )
+            for row in rows
+        ]
+
+    def list_alerts(
+        self, connector: str | None = None, *, include_resolved: bool = False
+    ) -> list[Alert]:
+        alerts = self.runtime["alerts"]
+        query = sa.select(alerts).order_by(alerts.c.created_at.desc())
+        if connector is not None:
+            query = query.where(alerts.c.connector == connector)
+        if not include_resolved:
+            query = query.where(alerts.c.resolved_at.is_(None))
+        with self._transaction("reading alerts") as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            Alert(
+                **{
+                    **row,
+                    "created_at": _aware(row["created_at"]),
+                    "resolved_at": _aware(row["resolved_at"]),
+                }
+            )
+            for row in rows
+        ]
+
+    def save_state(self, connector: str, state: dict) -> None:
+        table = self.runtime["state"]
+        with self._transaction("saving the state") as conn:
+            conn.execute(sa.delete(table).where(table.c.connector == connector))
+            conn.execute(
+                sa.insert(table).values(
+                    connector=connector, state=state, updated_at=datetime.now(UTC)
+                )
+            )
+
+    # -- pages ------------------------------------------------------------------------
+
+    def apply_page(self, page: PageWrite) -> PageResult:
+        writes = [(w, self.flavor.data_table(page.schema, w.table)) for w in page.tables]
+        changed = [(w, table) for w, table in writes if w.table != w.previous]
+        if changed and not self.flavor.transactional_ddl:
+            with self._transaction(f"the DDL of page {page.number}") as conn:
+                for write, table in changed:
+                    self.flavor.evolve(conn, table, write.previous)
+                # the catalog follows the committed DDL at once, so it never lags the tables
+                self._save_tables(conn, page)
+        result = PageResult()
+        with self._transaction(f"page {page.number}") as conn:
+            for write, table in writes:
+                if self.flavor.transactional_ddl and write.table != write.previous:
+                    self.flavor.evolve(conn, table, write.previous)
+                result.tables[write.table.name] = self._write(conn, page, write, table)
+            self._save_catalog(conn, page)
+        return result
+
+    def _write(self, conn, page: PageWrite, write: TableWrite, table: DataTable) -> TableCounts:
+        counts = TableCounts()
+        stage = f"_cr_stage_{next(self._stages)}"
+        if write.upserts is not None:
+            self.flavor.upsert(conn, table, write.upserts, page.synced_at, stage)
+            counts.upserted = write.upserts.num_rows
+        if write.appends is not None:
+            self.flavor.append(conn, table, write.appends, page.synced_at, page.batch, stage)
+            counts.upserted = write.appends.num_rows
+        if write.deletes is not None:
+            counts.deleted, counts.missing = self.flavor.mark_deleted(
+                conn, table, write.deletes, page.synced_at, f"{stage}_keys"
+            )
+        return counts
+
+    def _save_catalog(self, conn, page: PageWrite) -> None:
+        self._save_tables(conn, page)
+        state = self.runtime["state"]
+        conn.execute(
+            sa.update(state)
+            .where(state.c.connector == page.connector)
+            .values(state=page.state, sync_id=page.sync_id, updated_at=datetime.now(UTC))
+        )
+
+    def _save_tables(self, conn, page: PageWrite) -> None:
+        """The page's names and changed tables; saved twice over, they are still stored once."""
+        names = self.runtime["names"]
+        if page.names:
+            entries = [
+                {"c": page.connector, "t": e.table, "s": e.column, "name": e.name}
+                for e in page.names
+            ]
+            same = (
+                (names.c.connector == sa.bindparam("c"))
+                & (names.c.source_table == sa.bindparam("t"))
+                & (names.c.source_column == sa.bindparam("s"))
+            )
+            conn.execute(sa.delete(names).where(same), entries)
+            conn.execute(
+                sa.insert(names).values(
+                    connector=sa.bindparam("c"),
+                    source_table=sa.bindparam("t"),
+                    source_column=sa.bindparam("s"),
+                    name=sa.bindparam("name"),
+                ),
+                entries,
+            )
+        for write in page.tables:
+            if write.table != write.previous:
+                self._save_table(conn, page.connector, write.table)
+
+    def _save_table(self, conn, connector: str, table: TableInfo) -> None:
+        tables = self.runtime["tables"]
+        conn.execute(
+            sa.delete(tables).where(tables.c.connector == connector, tables.c.name == table.name)
+        )
+        conn.execute(
+            sa.insert(tables).values(
+                connector=connector,
+                name=table.name,
+                source=table.source,
+                primary_key=list(table.primary_key),
+                columns={c: str(t) for c, t in table.columns.items()},
+                declared=sorted(table.declared),
+                deleted_column=table.deleted_column,
+            )
+        )
+
+    def finish_cycle(
+        self, connector: str, schema: str, tables: list[str], cutoff: datetime, synced_at: datetime
+    ) -> dict[str, int]:
+        catalog = self.load(connector).catalog
+        marked_tables = [
+            (catalog[name], replace(catalog[name], deleted_column=True)) for name in tables
+        ]
+        targets = [(old, new, self.flavor.data_table(schema, new)) for old, new in marked_tables]
+        what = "the end-of-sync soft deletes"
+        if not self.flavor.transactional_ddl:
+            with self._transaction(what) as conn:
+                for old, _new, table in targets:
+                    self.flavor.evolve(conn, table, old)
+        marked = {}
+        with self._transaction(what) as conn:
+            for old, new, table in targets:
+                if self.flavor.transactional_ddl:
+                    self.flavor.evolve(conn, table, old)
+                if not old.deleted_column:
+                    self._save_table(conn, connector, new)
+                marked[new.name] = self.flavor.mark_unsent(conn, table, cutoff, synced_at)
+            state = self.runtime["state"]
+            conn.execute(
+                sa.update(state)
+                .where(state.c.connector == connector)
+                .values(cycle_started_at=None, cycle_trigger=None)
+            )
+        return marked
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Times are stored in UTC; drivers without zones (MySQL, SQLite) hand back naive ones."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _table_info(name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
+    return TableInfo(
+        name,
+        source,
+        tuple(primary_key),
+        {c: LogicalType.parse(t) for c, t in columns.items()},
+        frozenset(declared),
+        bool(deleted_column),
+    )

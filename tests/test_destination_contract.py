@@ -1,0 +1,571 @@
+"""The destination contract (DESIGN §3, §4, §6), one suite run against every backend.
+
+Each test drives the real sync loop with a scripted function into a fresh warehouse
+(`warehouses.destination_url`: DuckDB, SQLite, PostgreSQL, MariaDB) and reads back what
+was stored with `warehouses.Warehouse`, the same way for every backend.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from warehouses import SERVERS, Warehouse, _fresh_database, backend_of, canon, instant
+from warehouses import destination_url as destination_url  # fixtures
+from warehouses import postgres_url as postgres_url
+
+import connector_runtime.sync as sync_module
+from connector_runtime.destination import open_destination
+from connector_runtime.errors import ConfigError, SyncInProgress, TransientDestinationError
+from connector_runtime.retry import RetryPolicy
+from connector_runtime.sync import SyncJob, run_sync
+from connector_runtime.testing import ScriptedInvoker
+
+FAST_RETRY = RetryPolicy(attempts=3, base=0.01, cap=0.05)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def sync(url: str, pages: list, **job):
+    # as bytes: the function's JSON may hold integers beyond 64 bits, which orjson refuses
+    invoker = ScriptedInvoker([json.dumps(p).encode() if isinstance(p, dict) else p for p in pages])
+    outcome = run_sync(SyncJob("demo", "demo", url, lambda: invoker, retry=FAST_RETRY, **job))
+    return outcome, invoker
+
+
+def page(rows, state=None, more=False, key=("id",), table="t", **extra):
+    return {
+        "state": state if state is not None else {},
+        "insert": {table: rows},
+        "schema": {table: {"primary_key": list(key)}},
+        "hasMore": more,
+        **extra,
+    }
+
+
+def as_json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def catalog_type(url: str, table: str, column: str) -> str:
+    with open_destination(url) as destination:
+        return str(destination.load("demo").catalog[table].columns[column])
+
+
+# -- types and tables ---------------------------------------------------------------------
+
+# DESIGN §4, as each database reports the column's type
+STORED_TYPES = {
+    "BOOLEAN": ("boolean", "integer", "boolean", "tinyint(1)"),
+    "LONG": ("bigint", "integer", "bigint", "bigint(20)"),
+    "DECIMAL(38,0)": ("decimal(38,0)", "text", "numeric", "decimal(38,0)"),
+    "DOUBLE": ("double", "real", "double precision", "double"),
+    "NAIVE_DATE": ("date", "text", "date", "date"),
+    "NAIVE_DATETIME": ("timestamp", "text", "timestamp without time zone", "datetime(6)"),
+    "UTC_DATETIME": ("timestamp with time zone", "text", "timestamp with time zone", "datetime(6)"),
+    "STRING": ("varchar", "text", "text", "longtext"),
+    "JSON": ("json", "text", "jsonb", "longtext"),
+}
+BACKEND_INDEX = {"duckdb": 0, "sqlite": 1, "postgresql": 2, "mariadb": 3}
+
+
+def stored_type(url: str, logical: str) -> str:
+    return STORED_TYPES[logical][BACKEND_INDEX[backend_of(url)]]
+
+
+def test_first_page_creates_the_table_with_the_types_of_design_4(destination_url):
+    row = {
+        "id": 1,
+        "flag": True,
+        "n": 7,
+        "big": 2**70,
+        "x": 2.5,
+        "day": "2024-01-02",
+        "at": "2024-01-02T03:04:05.123456",
+        "instant": "2024-01-02T05:04:05+02:00",
+        "s": "00123",
+        "doc": {"a": [1, None]},
+    }
+    outcome, _ = sync(destination_url, [page([row])])
+    assert outcome.record.status == "succeeded", outcome.alert
+    wh = Warehouse(destination_url)
+    expected = {
+        "flag": "BOOLEAN",
+        "n": "LONG",
+        "big": "DECIMAL(38,0)",
+        "x": "DOUBLE",
+        "day": "NAIVE_DATE",
+        "at": "NAIVE_DATETIME",
+        "instant": "UTC_DATETIME",
+        "s": "STRING",
+        "doc": "JSON",
+    }
+    for column, logical in expected.items():
+        assert wh.column_type("t", column) == stored_type(destination_url, logical), column
+    [stored] = wh.rows("t", "flag, n, big, x, day, at, instant, s, doc")
+    assert stored[:6] == (True, 7, str(2**70), 2.5, "2024-01-02", "2024-01-02T03:04:05.123456")
+    assert instant(stored[6]) == "2024-01-02T03:04:05.000000"
+    assert stored[7] == "00123"
+    assert as_json(stored[8]) == {"a": [1, None]}
+
+
+def test_a_new_column_is_added_and_older_rows_hold_null(destination_url):
+    sync(destination_url, [page([{"id": 1, "a": "x"}], more=True), page([{"id": 2, "b": 5}])])
+    assert Warehouse(destination_url).rows("t", "id, a, b") == [(1, "x", None), (2, None, 5)]
+
+
+WIDENINGS = [
+    # first value, second value, type after, the first value as stored after
+    pytest.param(5, 2**70, "DECIMAL(38,0)", "5", id="long->decimal"),
+    pytest.param(5, 2.5, "DOUBLE", 5.0, id="long->double"),
+    pytest.param(2**70, 2.5, "DOUBLE", float(2**70), id="decimal->double"),
+    pytest.param(
+        "2024-01-02",
+        "2024-01-03T04:05:06",
+        "NAIVE_DATETIME",
+        "2024-01-02T00:00:00.000000",
+        id="date->datetime",
+    ),
+    pytest.param(
+        "2024-01-02T03:04:05",
+        "2024-01-03T00:00:00Z",
+        "UTC_DATETIME",
+        "2024-01-02T03:04:05.000000",
+        id="datetime->utc",
+    ),
+    pytest.param(
+        "2024-01-02",
+        "2024-01-03T00:00:00Z",
+        "UTC_DATETIME",
+        "2024-01-02T00:00:00.000000",
+        id="date->utc",
+    ),
+    pytest.param(5, {"a": 1}, "JSON", 5, id="long->json"),
+    pytest.param(True, [1], "JSON", True, id="boolean->json"),
+    pytest.param(2.5, {"a": 1}, "JSON", 2.5, id="double->json"),
+    pytest.param(True, "x", "STRING", "true", id="boolean->string"),
+    pytest.param(False, "x", "STRING", "false", id="false->string"),
+    pytest.param(5, "x", "STRING", "5", id="long->string"),
+    pytest.param(2.5, "x", "STRING", "2.5", id="double->string"),
+    pytest.param(1.0, "x", "STRING", "1.0", id="integral-double->string"),
+    pytest.param(2**70, "x", "STRING", str(2**70), id="decimal->string"),
+    pytest.param("2024-01-02", "x", "STRING", "2024-01-02", id="date->string"),
+    pytest.param(
+        "2024-01-02T03:04:05.5", "x", "STRING", "2024-01-02T03:04:05.500000", id="datetime->string"
+    ),
+    pytest.param(
+        "2024-01-02T03:04:05Z", "x", "STRING", "2024-01-02T03:04:05.000000Z", id="utc->string"
+    ),
+    pytest.param({"a": 1}, "x", "STRING", {"a": 1}, id="json->string"),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "after", "kept"), WIDENINGS)
+def test_widening_keeps_the_old_values_cast_per_design_4(
+    destination_url, first, second, after, kept
+):
+    outcome, _ = sync(
+        destination_url, [page([{"id": 1, "v": first}], more=True), page([{"id": 2, "v": second}])]
+    )
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert catalog_type(destination_url, "t", "v") == after
+    wh = Warehouse(destination_url)
+    assert wh.column_type("t", "v") == stored_type(destination_url, after)
+    old, new = (v for (v,) in wh.rows("t", "v"))
+    if after == "UTC_DATETIME":
+        assert (instant(old), instant(new)) == (kept, "2024-01-03T00:00:00.000000")
+    elif after == "JSON":
+        assert (as_json(old), as_json(new)) == (kept, second)
+    elif isinstance(kept, dict):
+        assert (as_json(old), new) == (kept, second)  # JSON's text, however it is spaced
+    elif after == "DOUBLE":
+        assert (old, new) == (pytest.approx(kept), second)
+    else:
+        assert old == kept
+
+
+def test_a_declared_decimal_rescales_the_integers_already_stored(destination_url):
+    declared = {"t": {"primary_key": ["id"], "columns": {"v": "DECIMAL(18,2)"}}}
+    sync(
+        destination_url,
+        [page([{"id": 1, "v": 5}], more=True), page([{"id": 2, "v": "1.25"}], schema=declared)],
+    )
+    assert Warehouse(destination_url).rows("t", "v") == [("5.00",), ("1.25",)]
+
+
+# -- upserts, appends, deletes ------------------------------------------------------------
+
+
+def test_upsert_by_compound_key_replaces_the_whole_row(destination_url):
+    key = ("account", "code")
+    sync(
+        destination_url,
+        [
+            page(
+                [
+                    {"account": 1, "code": "a", "v": 1, "note": "first"},
+                    {"account": 1, "code": "A", "v": 2, "note": "case differs"},
+                    {"account": 2, "code": "a", "v": 3, "note": "other account"},
+                ],
+                key=key,
+                more=True,
+            ),
+            page([{"account": 1, "code": "a", "v": 10}], key=key),
+        ],
+    )
+    assert Warehouse(destination_url).rows("t", "account, code, v, note", "account, v") == [
+        (1, "A", 2, "case differs"),  # keys compare exactly, case and all
+        (1, "a", 10, None),  # absent from the newer row: NULL
+        (2, "a", 3, "other account"),
+    ]
+
+
+def test_duplicate_keys_in_a_page_last_one_wins(destination_url):
+    rows = [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 1, "v": "c"}]
+    outcome, _ = sync(destination_url, [page(rows)])
+    assert Warehouse(destination_url).rows("t", "id, v") == [(1, "c"), (2, "b")]
+    assert outcome.tables["t"]["upserted"] == 2
+
+
+def test_append_without_a_key_records_batch_and_index(destination_url):
+    events = {"state": {}, "insert": {"events": [{"e": "x"}, {"e": "y"}]}, "hasMore": True}
+    outcome, _ = sync(destination_url, [events, {**events, "hasMore": False}])
+    sync_id = outcome.record.sync_id
+    assert Warehouse(destination_url).rows(
+        "events", "e, _fivetran_batch, _fivetran_index", "_fivetran_batch, _fivetran_index"
+    ) == [
+        ("x", f"{sync_id}:1", 0),
+        ("y", f"{sync_id}:1", 1),
+        ("x", f"{sync_id}:2", 0),
+        ("y", f"{sync_id}:2", 1),
+    ]
+
+
+def test_delete_marks_rows_counts_missing_keys_and_a_reinsert_undeletes(destination_url):
+    outcome, _ = sync(
+        destination_url,
+        [
+            page([{"id": 1, "v": "a"}, {"id": 2, "v": "b"}], more=True),
+            {"state": {}, "delete": {"t": [{"id": 1}, {"id": 9}, {"id": 1}]}, "hasMore": True},
+        ],
+    )
+    assert outcome.tables["t"] == {"upserted": 2, "deleted": 1, "missing": 1}
+    wh = Warehouse(destination_url)
+    assert wh.rows("t", "id, _fivetran_deleted") == [(1, True), (2, False)]
+    sync(destination_url, [page([{"id": 1, "v": "again"}])])
+    assert wh.rows("t", "id, v, _fivetran_deleted") == [(1, "again", False), (2, "b", False)]
+
+
+def test_soft_delete_tables_at_the_end_of_the_sync(destination_url):
+    sync(destination_url, [page([{"id": i} for i in range(1, 5)])])
+    outcome, _ = sync(destination_url, [page([{"id": 2}], softDelete=["t"])])
+    assert outcome.tables["t"]["deleted"] == 3
+    assert Warehouse(destination_url).rows("t", "id, _fivetran_deleted") == [
+        (1, True),
+        (2, False),
+        (3, True),
+        (4, True),
+    ]
+
+
+def test_hostile_names_stay_quoted(destination_url):
+    table, column = 'evil"`; DROP TABLE x; --', 'col`"%s:x\n;select 1'
+    pages = [
+        {
+            "state": {"ok": 1},
+            "insert": {table: [{"id": 1, column: "x"}]},
+            "schema": {table: {"primary_key": ["id"]}},
+        }
+    ]
+    outcome, _ = sync(destination_url, pages, naming="source")
+    assert outcome.record.status == "succeeded", outcome.alert
+    wh = Warehouse(destination_url)
+    assert wh.query(f"SELECT {wh.q(column)} FROM {wh.ref('demo', table)}") == [("x",)]
+
+
+# -- the runtime's tables -----------------------------------------------------------------
+
+
+def runtime_rows(wh: Warehouse, table: str, columns: str, order_by: str) -> list[tuple]:
+    sql = f"SELECT {columns} FROM {wh.runtime(table)} WHERE connector = 'demo' ORDER BY {order_by}"
+    return [tuple(canon(v) for v in row) for row in wh.query(sql)]
+
+
+def test_state_syncs_alerts_and_names_are_kept(destination_url):
+    wh = Warehouse(destination_url)
+    failing = [
+        page([{"userID": 1}], state={"p": 1}, more=True, key=["userID"]),
+        {"errorMessage": "upstream broke", "errorType": "Boom"},
+    ]
+    failed, _ = sync(destination_url, failing)
+    assert failed.record.status == "failed"
+    [(state,)] = runtime_rows(wh, "state", "state", "connector")
+    assert as_json(state) == {"p": 1}  # saved with the committed page, not the failed one
+    [alert] = runtime_rows(
+        wh, "alerts", "sync_id, kind, error_type, message, resolved_at", "created_at"
+    )
+    assert alert == (failed.record.sync_id, "function_error", "Boom", "upstream broke", None)
+
+    succeeded, invoker = sync(
+        destination_url, [page([{"userID": 2}], state={"p": 2}, key=["userID"])]
+    )
+    assert invoker.requests[0]["state"] == {"p": 1}
+    syncs = runtime_rows(wh, "syncs", "sync_id, status, pages, rows_upserted", "started_at")
+    assert syncs == [
+        (failed.record.sync_id, "failed", 1, 1),
+        (succeeded.record.sync_id, "succeeded", 1, 1),
+    ]
+    [(resolved,)] = runtime_rows(wh, "alerts", "resolved_at", "created_at")
+    assert resolved is not None
+    names = runtime_rows(wh, "names", "source_table, source_column, name", "source_column")
+    assert names == [("t", "", "t"), ("t", "userID", "user_id")]
+    assert wh.rows("t", "user_id", "user_id") == [(1,), (2,)]
+
+
+def test_a_running_sync_left_by_a_dead_process_is_marked_failed(destination_url):
+    from datetime import UTC, datetime
+
+    from connector_runtime.destination import SyncRecord
+
+    with open_destination(destination_url) as destination:
+        destination.begin_sync(SyncRecord("dead", "demo", "manual", datetime.now(UTC)))
+    sync(destination_url, [page([{"id": 1}])])
+    rows = runtime_rows(Warehouse(destination_url), "syncs", "sync_id, status", "started_at")
+    assert rows[0] == ("dead", "failed")
+
+
+# -- failures before commit ---------------------------------------------------------------
+
+
+class FailsOnce:
+    """Wraps a destination: the first page is written, then breaks before its commit."""
+
+    def __init__(self, inner, error):
+        self.inner, self.error, self.failed = inner, error, False
+
+    def apply_page(self, page):
+        if self.failed:
+            return self.inner.apply_page(page)
+        self.failed = True
+        unsaveable = replace(page, state={"cursor": object()})  # its state cannot be stored
+        try:
+            self.inner.apply_page(unsaveable)
+        except Exception as exc:
+            raise self.error from exc
+        raise AssertionError("a state that cannot be serialised was stored")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.inner.close()
+
+
+def breaking_page():
+    """A page with DDL (a new table, a widened column) and rows, on a table with rows."""
+    return {
+        "state": {"p": 2},
+        "insert": {"t": [{"id": 1, "v": "now text", "w": True}], "log": [{"e": 1}, {"e": 2}]},
+        "schema": {"t": {"primary_key": ["id"]}},
+    }
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["retried-in-sync", "next-sync"])
+def test_a_page_that_fails_before_commit_is_replayed_without_doubling(
+    destination_url, monkeypatch, retried
+):
+    sync(destination_url, [page([{"id": 1, "v": 1}, {"id": 2, "v": 2}], state={"p": 1})])
+    error = TransientDestinationError("lost") if retried else RuntimeError("broken")
+    real_open = sync_module.open_destination
+    monkeypatch.setattr(
+        sync_module, "open_destination", lambda url: FailsOnce(real_open(url), error)
+    )
+    outcome, _ = sync(destination_url, [breaking_page()])
+    monkeypatch.undo()
+    wh = Warehouse(destination_url)
+    if not retried:
+        assert outcome.record.status == "failed"
+        assert outcome.alert.kind == "destination_error"
+        # no row and no state of the page; on MySQL its DDL, which commits by itself, stays
+        mysql = backend_of(destination_url) == "mariadb"
+        assert wh.rows("t", "id, v") == ([(1, "1"), (2, "2")] if mysql else [(1, 1), (2, 2)])
+        [(state,)] = runtime_rows(wh, "state", "state", "connector")
+        assert as_json(state) == {"p": 1}
+        outcome, invoker = sync(destination_url, [breaking_page()])
+        assert invoker.requests[0]["state"] == {"p": 1}
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert wh.rows("t", "id, v, w") == [(1, "now text", True), (2, "2", None)]
+    assert wh.rows("log", "e", "e") == [(1,), (2,)]
+    assert catalog_type(destination_url, "t", "v") == "STRING"
+    [(state,)] = runtime_rows(wh, "state", "state", "connector")
+    assert as_json(state) == {"p": 2}
+
+
+def test_a_lost_connection_is_retried_on_a_new_one(postgres_url):
+    wh = Warehouse(postgres_url)
+    database = postgres_url.rsplit("/", 1)[1]
+
+    def kill_sessions_then_answer(_request):
+        wh_admin = Warehouse(SERVERS["postgresql"].admin_url)
+        wh_admin.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = :db AND application_name = 'connector-runtime'",
+            {"db": database},
+        )
+        return page([{"id": 2}], state={"p": 2})
+
+    outcome, _ = sync(postgres_url, [page([{"id": 1}], more=True), kill_sessions_then_answer])
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert wh.rows("t", "id") == [(1,), (2,)]
+
+
+# -- locks --------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys
+from connector_runtime.destination import open_destination
+with open_destination(sys.argv[1]) as destination, destination.lock("demo"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_sync_is_refused_while_another_process_holds_the_lock(destination_url):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, destination_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with (
+            pytest.raises(SyncInProgress),
+            open_destination(destination_url) as other,
+            other.lock("demo"),
+        ):
+            pass
+        with open_destination(destination_url) as other, other.lock("another"):
+            pass  # other connectors are not blocked
+    finally:
+        holder.kill()  # the lock dies with its process
+        holder.wait()
+    outcome, _ = sync(destination_url, [page([{"id": 1}])])
+    assert outcome.record.status == "succeeded"
+
+
+def test_postgres_lock_is_a_session_advisory_lock(postgres_url):
+    wh = Warehouse(postgres_url)
+    with open_destination(postgres_url) as first, first.lock("demo"):
+        held = wh.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        assert held == [(1,)]
+        with (
+            pytest.raises(SyncInProgress),
+            open_destination(postgres_url) as second,
+            second.lock("demo"),
+        ):
+            pass
+    assert wh.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+
+# -- URLs ---------------------------------------------------------------------------------
+
+
+def test_unknown_schemes_and_missing_drivers_are_config_errors():
+    with pytest.raises(ConfigError, match="unsupported scheme"):
+        open_destination("nosuchdb://host/x")
+    with pytest.raises(ConfigError, match=r"psycopg2.*pip install 'connector-runtime\[postgres\]'"):
+        open_destination("postgresql+psycopg2://postgres@127.0.0.1/test")
+
+
+# -- end to end through the CLI -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_transactions_example_syncs_into_a_server_through_the_cli(tmp_path, backend):
+    url, drop = _fresh_database(backend)
+    try:
+        for name in ("handler.py", "connectors.yaml"):
+            shutil.copy(EXAMPLES / "transactions" / name, tmp_path / name)
+        config = yaml.safe_load((tmp_path / "connectors.yaml").read_text())
+        config["connectors"]["transactions"]["destination"] = url
+        (tmp_path / "connectors.yaml").write_text(yaml.safe_dump(config))
+        cli = [
+            sys.executable,
+            "-m",
+            "connector_runtime.cli",
+            "-c",
+            str(tmp_path / "connectors.yaml"),
+        ]
+        for _ in range(2):  # the second run finds nothing new and changes nothing
+            done = subprocess.run([*cli, "run"], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+        wh = Warehouse(url)
+        assert wh.count("transactions", schema="transactions") == 2000
+        refunded = wh.query(
+            f"SELECT count(*) FROM {wh.ref('transactions', 'transactions')} WHERE status = 'refunded'"
+        )
+        assert refunded == [(70,)]
+        shown = subprocess.run(
+            [*cli, "state", "show", "transactions"], capture_output=True, text=True, timeout=60
+        )
+        assert json.loads(shown.stdout) == {"after_id": 2000}
+    finally:
+        drop()
+
+
+def test_the_generic_sql_path_works_on_a_dialect_without_a_flavor(tmp_path, monkeypatch):
+    """Any SQLAlchemy dialect gets portable SQL: staging, delete-and-insert, shadow columns."""
+    import destinations.sqlalchemy as backend
+    from destinations.sql_dialects import Flavor
+
+    monkeypatch.setattr(backend, "flavor_for", Flavor)
+    url = f"sqlite:///{tmp_path}/generic.sqlite"
+    outcome, _ = sync(
+        url,
+        [
+            page([{"id": 1, "v": 1, "b": True}, {"id": 2, "v": 2, "b": False}], more=True),
+            page([{"id": 2, "v": "two"}, {"id": 3, "v": 3.5}], more=True),
+            {"state": {}, "delete": {"t": [{"id": 1}, {"id": 9}]}, "insert": {"e": [{"x": 1}]}},
+        ],
+    )
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert outcome.tables["t"] == {"upserted": 4, "deleted": 1, "missing": 1}
+    wh = Warehouse(url)
+    assert wh.rows("t", "id, v, b, _fivetran_deleted") == [
+        (1, "1", 1, 1),
+        (2, "two", None, 0),
+        (3, "3.5", None, 0),
+    ]
+    assert wh.rows("e", "x, _fivetran_index", "x") == [(1, 0)]
+
+
+def test_operator_reads_and_state_replacement(destination_url):
+    """What `status`, `alerts`, `syncs` and `state set/reset` read and write, per backend."""
+    failed, _ = sync(destination_url, [{"errorMessage": "upstream broke", "errorType": "Boom"}])
+    succeeded, _ = sync(destination_url, [page([{"id": 1}], state={"p": 1})])
+    with open_destination(destination_url) as destination:
+        syncs = destination.recent_syncs("demo", 5)
+        assert [s.sync_id for s in syncs] == [succeeded.record.sync_id, failed.record.sync_id]
+        assert syncs[0].status == "succeeded" and syncs[0].started_at.tzinfo is not None
+        assert destination.list_alerts("demo") == []  # resolved by the success
+        [alert] = destination.list_alerts("demo", include_resolved=True)
+        assert (alert.kind, alert.error_type, alert.message) == (
+            "function_error",
+            "Boom",
+            "upstream broke",
+        )
+        assert alert.resolved_at is not None and alert.created_at.tzinfo is not None
+        with destination.lock("demo"):
+            destination.save_state("demo", {"cursor": 5})
+        assert destination.load("demo").state == {"cursor": 5}
+    _, invoker = sync(destination_url, [page([{"id": 2}], state={"cursor": 6})])
+    assert invoker.requests[0]["state"] == {"cursor": 5}

@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -88,19 +89,17 @@ class LocalPythonInvoker(Invoker):
             memory_mb=memory_mb,
         )
         self.isolation = isolation
-        self._log = log if log is not None else structlog.get_logger()
-        self._worker: _Worker | None = None
+        log = log if log is not None else structlog.get_logger()
+        self._worker = WarmWorker(lambda: _python_command(self.spec), self.spec, log)
         self._host: FunctionHost | None = None
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         if self.isolation == "inline":
             return self._invoke_inline(request)
-        return self._invoke_in_worker(request)
+        return self._worker.call(request)
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        self._worker.close()
         if self._host is not None:
             self._host.close()
             self._host = None
@@ -122,9 +121,18 @@ class LocalPythonInvoker(Invoker):
                 f"Runtime exited with error: exit status {status}", error_type="Runtime.ExitError"
             ) from exc
 
-    def _invoke_in_worker(self, request: dict[str, Any]) -> bytes:
+
+class WarmWorker:
+    """The worker behind a process-isolated invoker: started on the first call, kept warm
+    between calls, replaced after it dies or when the function's module failed to load."""
+
+    def __init__(self, command: Callable[[], list[str]], spec: FunctionSpec, log: Any) -> None:
+        self.command, self.spec, self.log = command, spec, log
+        self._worker: _Worker | None = None
+
+    def call(self, request: dict[str, Any]) -> bytes:
         if self._worker is None:
-            self._worker = _Worker(_python_command(self.spec), self.spec.function_name, self._log)
+            self._worker = _Worker(self.command(), self.spec.function_name, self.log)
         try:
             kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
         except errors.FunctionError:
@@ -135,6 +143,11 @@ class LocalPythonInvoker(Invoker):
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
         return payload
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
 
 def _python_command(spec: FunctionSpec) -> list[str]:

@@ -38,9 +38,8 @@ import structlog
 
 from connector_runtime import errors
 from connector_runtime.invokers import Invoker
-from connector_runtime.invokers._worker import ANSWER, NOT_FOUND, FunctionSpec
-from connector_runtime.invokers.local import _Worker
-from connector_runtime.jsonio import encode_json
+from connector_runtime.invokers._worker import FunctionSpec
+from connector_runtime.invokers.local import WarmWorker
 
 NODE_WORKER = Path(__file__).with_name("node_worker.mjs")
 NODE_MISSING = "`node` was not found on PATH; install Node.js 18 or later to run .js functions"
@@ -72,27 +71,15 @@ class NodeInvoker(Invoker):
             memory_mb=memory_mb,
         )
         self.node = shutil.which("node")
-        self._log = log if log is not None else structlog.get_logger()
-        self._worker: _Worker | None = None
+        self._worker = WarmWorker(
+            self._command, self.spec, log if log is not None else structlog.get_logger()
+        )
 
     def invoke(self, request: dict[str, Any]) -> bytes:
-        if self._worker is None:
-            self._worker = _Worker(self._command(), self.spec.function_name, self._log)
-        try:
-            kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
-        except errors.FunctionError:
-            self._worker = None  # it is dead; the next call starts a fresh one
-            raise
-        if kind != ANSWER:  # the module did not load: retire the worker so it re-imports
-            self.close()
-        if kind == NOT_FOUND:
-            raise errors.InvokeFailed(payload.decode())
-        return payload
+        return self._worker.call(request)
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        self._worker.close()
 
     def _command(self) -> list[str]:
         if self.node is None:

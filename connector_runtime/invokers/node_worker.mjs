@@ -223,8 +223,19 @@ function serve(handler, spec, logStreamName) {
   });
 }
 
+/** End this worker when the runtime that started it dies, even by `kill -9`: no orphan
+ * keeps calling an API past the timeout only the parent enforces. (Between calls the
+ * worker waits in a blocking read, which ends by itself when the parent's pipe closes.) */
+function exitWithParent() {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.exit(70);
+  }, 500).unref();
+}
+
 async function main(argv) {
   const spec = JSON.parse(argv[2]);
+  exitWithParent();
   let handler;
   try {
     handler = await loadHandler(spec);

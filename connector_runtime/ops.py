@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .config import Config, CronSchedule
 from .destination import Destination, SyncRecord, open_destination
-from .errors import ConfigError
+from .errors import ConfigError, SyncInProgress
 
 FAILED, OK = 1, 0
 
@@ -110,11 +110,15 @@ def cmd_state_reset(config: Config, args: argparse.Namespace, console: Console) 
 
 
 def _replace_state(config: Config, name: str, state: dict, console: Console) -> int:
-    with (
-        _destination(config, name) as destination,
-        destination.lock(name),
-    ):  # refused while a sync runs
-        destination.save_state(name, state)
+    try:
+        with (
+            _destination(config, name) as destination,
+            destination.lock(name),
+        ):  # refused while a sync runs
+            destination.save_state(name, state)
+    except SyncInProgress as exc:
+        console.print(f"[yellow]{escape(str(exc))}; the state is unchanged[/yellow]")
+        return FAILED
     console.print(f"state of {name} set to {escape(orjson.dumps(state).decode())}", highlight=False)
     return OK
 

@@ -12,6 +12,7 @@ and a sync row left `running` is marked `failed` by the connector's next sync.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -48,6 +50,7 @@ class Server:
         self.config = config
         self.stopping = threading.Event()
         self.log = structlog.get_logger()
+        self.jobs: dict[str, Job] = {}
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(config.max_concurrent_syncs)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
@@ -61,7 +64,7 @@ class Server:
             build_job(self.config, name)  # config errors before anything runs
             schedule = self.config.connectors[name].schedule
             first = None if isinstance(schedule, CronSchedule) else _soon(len(names))
-            self.scheduler.add_job(
+            self.jobs[name] = self.scheduler.add_job(
                 self.sync,
                 trigger_for(schedule),
                 args=[name],
@@ -83,17 +86,18 @@ class Server:
         except ConnectorRuntimeError as exc:
             self.log.error("sync_not_started", connector=name, error=str(exc))
             return
+        # not `scheduler.get_job`: it waits for the lock `shutdown(wait=True)` holds while
+        # it waits for this very thread, a deadlock when a sync ends during shutdown
         self.log.info(
             "scheduled_sync_done",
             connector=name,
             status=outcome.record.status,
-            next_run=str(
-                self.scheduler.get_job(name).next_run_time if self.scheduler.get_job(name) else None
-            ),
+            next_run=str(self.jobs[name].next_run_time),
         )
 
     def serve(self) -> int:
         names = self.schedule_all()
+        _log_apscheduler_through_structlog()
         if not names:
             raise ConfigError(
                 f"{self.config.path}: no connector has a `schedule`; nothing to serve"
@@ -125,6 +129,28 @@ class Server:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+
+class _StructlogHandler(logging.Handler):
+    """Passes APScheduler's `logging` records to structlog, so they come out as our lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exception = (
+            logging.Formatter().formatException(record.exc_info) if record.exc_info else None
+        )
+        structlog.get_logger().log(
+            record.levelno, "scheduler_message", message=record.getMessage(), exception=exception
+        )
+
+
+def _log_apscheduler_through_structlog() -> None:
+    """Without this, APScheduler's warnings (a run skipped while the last one still runs)
+    would be bare text among the JSON lines that `serve` writes off a terminal."""
+    logger = logging.getLogger("apscheduler")
+    logger.setLevel(logging.WARNING)  # its INFO lines repeat our sync_started/sync_finished
+    logger.propagate = False
+    if not any(isinstance(h, _StructlogHandler) for h in logger.handlers):
+        logger.addHandler(_StructlogHandler())
 
 
 def _soon(count: int) -> datetime:

@@ -476,7 +476,11 @@ def test_postgres_lock_is_a_session_advisory_lock(postgres_url):
             second.lock("demo"),
         ):
             pass
-    assert wh.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    released = wh.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    assert released == [(0,)]
 
 
 # -- URLs ---------------------------------------------------------------------------------

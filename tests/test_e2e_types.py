@@ -100,3 +100,36 @@ def test_source_naming_keeps_names_as_sent(project):
     demo = replaying(project, [page(1, [{"id": 1, "userName": "x"}], more=False)], naming="source")
     assert demo.run().returncode == 0
     assert "userName" in column_types(demo)
+
+
+def test_table_options_hash_block_and_skip(project):
+    import hashlib
+
+    pages = [
+        {
+            "state": {"page": 1},
+            "hasMore": False,
+            "insert": {
+                "customers": [{"id": 1, "email": "a@example.com", "notes": "private", "n": 5}],
+                "audit": [{"event": "login"}],
+            },
+            "schema": {"customers": {"primary_key": ["id"]}},
+        }
+    ]
+    demo = replaying(
+        project,
+        pages,
+        tables={
+            "customers": {"columns": {"email": "hash", "notes": "block"}},
+            "audit": {"sync": False},
+        },
+    )
+    assert demo.run().returncode == 0
+    assert demo.tables() == ["customers"]
+    columns = demo.query(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_name = 'customers' ORDER BY ordinal_position"
+    )
+    assert ("notes",) not in columns
+    digest = hashlib.sha256(b"a@example.com").hexdigest()
+    assert demo.query("SELECT id, email, n FROM demo.customers") == [(1, digest, 5)]

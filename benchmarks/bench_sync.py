@@ -4,32 +4,41 @@ Run it:  make bench        (or .venv/bin/python benchmarks/bench_sync.py --rows 
 
 A handler file and a connectors.yaml are written into a temporary directory; the
 connector runs under the local runner's default `process` isolation (a real worker
-subprocess) into a real DuckDB file. Two syncs of the same connector, each in a fresh
-runtime process so its peak memory is its own:
+subprocess) into each warehouse of `--warehouse` (default all): a real DuckDB file, and
+a PostgreSQL server (`--postgres-url`) in a fresh schema per run, dropped afterwards.
+An unreachable PostgreSQL is skipped with the reason, or fails the run under CI=true.
+Two syncs of the same connector, each in a fresh runtime process so its peak memory is
+its own:
 
 1. insert: ROWS rows of 7 columns (int key, string, float, bool, UTC timestamp text,
    list, object) in PAGE_SIZE-row pages;
 2. update: the handler sees `phase` in its state, re-sends 10% of the keys with new
    values and deletes 1%.
 
-After each sync the warehouse is read back and compared with what the handler sent:
-every row and column, `_fivetran_deleted`, the saved state, the `syncs` row. Any
-difference exits 1. `--profile` runs the insert sync under cProfile (the runtime
-process only; the worker's time shows up as waiting in the invoker).
+After each sync the warehouse is read back (duckdb; SQLAlchemy for PostgreSQL) and
+compared with what the handler sent: every row and column, `_fivetran_deleted`, the
+saved state, the `syncs` row. Any difference exits 1. `--profile` runs each insert sync
+under cProfile (the runtime process only; the worker's time shows up as waiting in the
+invoker, the database server's as waiting in its driver).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
+import os
 import resource
+import secrets
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,39 +128,66 @@ def update_page(start):
     return page
 '''
 
-CONFIG = f"""\
-warehouse: duckdb:///warehouse.duckdb
+CONFIG = """\
+warehouse: {url}
 connectors:
-  {CONNECTOR}:
+  {connector}:
     function:
       local: handler.py
       timeout: 10m
 """
 
+WAREHOUSES = ("duckdb", "postgresql")
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# imported by the child before it is measured, as `connector serve` would have them
+BACKEND_MODULES = {"duckdb": "destinations.duckdb", "postgresql": "destinations.sqlalchemy"}
+
+# the data columns as each warehouse reports their types
 EXPECTED_TYPES = {
-    "id": "BIGINT",
-    "name": "VARCHAR",
-    "amount": "DOUBLE",
-    "active": "BOOLEAN",
-    "updated_at": "TIMESTAMP WITH TIME ZONE",
-    "tags": "JSON",
-    "attrs": "JSON",
+    "duckdb": {
+        "id": "BIGINT",
+        "name": "VARCHAR",
+        "amount": "DOUBLE",
+        "active": "BOOLEAN",
+        "updated_at": "TIMESTAMP WITH TIME ZONE",
+        "tags": "JSON",
+        "attrs": "JSON",
+    },
+    "postgresql": {  # information_schema.columns.data_type
+        "id": "bigint",
+        "name": "text",
+        "amount": "double precision",
+        "active": "boolean",
+        "updated_at": "timestamp with time zone",
+        "tags": "jsonb",
+        "attrs": "jsonb",
+    },
 }
+DATA_COLUMNS = tuple(EXPECTED_TYPES["duckdb"])
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def main() -> int:
     args = _parser().parse_args()
     if args.child:
-        return run_child(Path(args.child), args.phase, profile=args.profile)
+        return run_child(
+            Path(args.child), args.phase, args.connector, args.warehouse, profile=args.profile
+        )
     if args.rows < 100 or args.page_size < 1 or args.repeat < 1:
         sys.exit("--rows must be at least 100, --page-size and --repeat at least 1")
+    targets = [
+        _target(name, args.postgres_url)
+        for name in (WAREHOUSES if args.warehouse == "all" else (args.warehouse,))
+    ]
     with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
         return run_benchmark(
             Path(args.workdir or tmp),
             args.rows,
             args.page_size,
+            targets,
             profile=args.profile,
             repeat=args.repeat,
+            required=args.warehouse != "all" or os.environ.get("CI") == "true",
         )
 
 
@@ -160,55 +196,346 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the first sync")
     parser.add_argument("--page-size", type=int, default=10_000, help="rows per page")
     parser.add_argument(
-        "--profile", action="store_true", help="run the insert sync under cProfile, print top 25"
+        "--warehouse",
+        choices=(*WAREHOUSES, "all"),
+        default="all",
+        help="where to sync (default all: DuckDB, then PostgreSQL if it is reachable)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help=f"PostgreSQL server to sync into, in a fresh schema (default {DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each warehouse's insert sync under cProfile, print top 25",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="run both phases N times, report the median"
     )
     parser.add_argument(
-        "--workdir", help="keep handler, config and warehouse here (runN/ must not exist yet)"
+        "--workdir",
+        help="keep handler, config and DuckDB file here (WAREHOUSE/runN/ must not exist yet)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one phase here
     parser.add_argument("--phase", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--connector", default=CONNECTOR, help=argparse.SUPPRESS)
     return parser
+
+
+# -- the warehouses: where a run writes, how it is read back, how it is cleaned up ----
+
+
+class DuckDBTarget:
+    """A DuckDB file in the run's directory: fresh by construction, nothing to clean up."""
+
+    name = "duckdb"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def new_connector(self) -> str:
+        return CONNECTOR
+
+    def url(self, workdir: Path) -> str:
+        return "duckdb:///warehouse.duckdb"  # relative to connectors.yaml
+
+    @contextlib.contextmanager
+    def reader(self, workdir: Path, connector: str) -> Iterator[DuckDBReader]:
+        import duckdb
+
+        con = duckdb.connect(str(workdir / "warehouse.duckdb"), read_only=True)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            yield DuckDBReader(con, connector)
+        finally:
+            con.close()
+
+    def cleanup(self, connector: str) -> str | None:
+        return None
+
+
+class PostgresTarget:
+    """A PostgreSQL server: each run is a connector `bench_<random>`, so its tables live
+    in a schema of their own and its runtime rows (`connector_runtime.*`) are its own.
+    Both are dropped after the run's checks."""
+
+    name = "postgresql"
+    RUNTIME_TABLES = ("state", "syncs", "alerts", "names", "tables")
+
+    def __init__(self, url: str) -> None:
+        self.postgres_url = url
+
+    @property
+    def shown(self) -> str:
+        """The URL without its password, for messages."""
+        import sqlalchemy as sa
+
+        with contextlib.suppress(sa.exc.ArgumentError):
+            return sa.engine.make_url(self.postgres_url).render_as_string(hide_password=True)
+        return self.postgres_url.split("@")[-1]
+
+    def _engine(self):
+        from destinations.sqlalchemy import create_engine  # the runtime's driver and options
+
+        return create_engine(self.postgres_url)
+
+    def unavailable(self) -> str | None:
+        """Why the server cannot be used, or None: one connection and a query."""
+        import sqlalchemy as sa
+
+        try:
+            engine = self._engine()
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+            finally:
+                engine.dispose()
+        except Exception as exc:  # a missing driver (ConfigError) or a refused connection
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return (
+                f"PostgreSQL at {self.shown} cannot be used ({detail}); start it, or point "
+                "--postgres-url at a server where this user may create schemas"
+            )
+        return None
+
+    def new_connector(self) -> str:
+        return f"{CONNECTOR}_{secrets.token_hex(4)}"
+
+    def url(self, workdir: Path) -> str:
+        return self.postgres_url
+
+    @contextlib.contextmanager
+    def reader(self, workdir: Path, connector: str) -> Iterator[PostgresReader]:
+        engine = self._engine()
+        try:
+            with engine.connect() as conn:
+                yield PostgresReader(conn, connector)
+        finally:
+            engine.dispose()
+
+    def cleanup(self, connector: str) -> str | None:
+        """Drop the run's schema and its rows in the runtime tables; a problem, or None."""
+        import sqlalchemy as sa
+
+        engine = self._engine()
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{connector}" CASCADE'))
+                for table in self.RUNTIME_TABLES:
+                    name = f"connector_runtime.{table}"
+                    if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": name}).scalar():
+                        conn.execute(
+                            sa.text(f"DELETE FROM {name} WHERE connector = :c"), {"c": connector}
+                        )
+        except Exception as exc:
+            return f"could not drop schema {connector} on {self.shown}: {exc}"
+        finally:
+            engine.dispose()
+        return None
+
+
+def _target(name: str, postgres_url: str) -> DuckDBTarget | PostgresTarget:
+    return DuckDBTarget() if name == "duckdb" else PostgresTarget(postgres_url)
+
+
+# Readers: the warehouse as the checks compare it, the same shape from each backend.
+# Instants are integer microseconds since the epoch and JSON values are parsed, so the
+# comparison is exact (no text formatting that could hide a fraction of a second).
+
+
+class DuckDBReader:
+    def __init__(self, con, connector: str) -> None:
+        self.con, self.connector = con, connector
+
+    def sync_record(self, sync_id: str) -> tuple | None:
+        return self.con.execute(
+            "SELECT status, pages, rows_upserted, rows_deleted FROM connector_runtime.syncs"
+            " WHERE sync_id = ?",
+            [sync_id],
+        ).fetchone()
+
+    def saved_state(self) -> str | None:
+        saved = self.con.execute(
+            "SELECT CAST(state AS VARCHAR) FROM connector_runtime.state WHERE connector = ?",
+            [self.connector],
+        ).fetchone()
+        return saved[0] if saved else None
+
+    def sync_starts(self) -> list[int]:
+        return [
+            r[0]
+            for r in self.con.execute(
+                "SELECT epoch_us(started_at) FROM connector_runtime.syncs WHERE connector = ?"
+                " ORDER BY started_at",
+                [self.connector],
+            ).fetchall()
+        ]
+
+    def column_types(self) -> dict[str, str]:
+        described = self.con.execute(f"DESCRIBE {self.connector}.{TABLE}").fetchall()
+        return {name: kind for name, kind, *_ in described}
+
+    def rows(self) -> list[tuple]:
+        deleted = "_fivetran_deleted" if "_fivetran_deleted" in self.column_types() else "false"
+        stored = self.con.execute(
+            "SELECT id, name, amount, active, epoch_us(updated_at),"
+            f" CAST(tags AS VARCHAR), CAST(attrs AS VARCHAR), {deleted}, epoch_us(_fivetran_synced)"
+            f" FROM {self.connector}.{TABLE} ORDER BY id"
+        ).fetchall()
+        return [(*r[:4], _iso(r[4]), json.loads(r[5]), json.loads(r[6]), *r[7:]) for r in stored]
+
+
+class PostgresReader:
+    """Through SQLAlchemy (the runtime's own engine settings), as tests/warehouses.py reads."""
+
+    def __init__(self, conn, connector: str) -> None:
+        self.conn, self.connector = conn, connector
+
+    def _query(self, sql: str, **params: Any) -> list[tuple]:
+        import sqlalchemy as sa
+
+        return [tuple(r) for r in self.conn.execute(sa.text(sql), params)]
+
+    def sync_record(self, sync_id: str) -> tuple | None:
+        found = self._query(
+            "SELECT status, pages, rows_upserted, rows_deleted FROM connector_runtime.syncs"
+            " WHERE sync_id = :id",
+            id=sync_id,
+        )
+        return found[0] if found else None
+
+    def saved_state(self) -> str | None:
+        found = self._query(
+            "SELECT CAST(state AS text) FROM connector_runtime.state WHERE connector = :c",
+            c=self.connector,
+        )
+        return found[0][0] if found else None
+
+    def sync_starts(self) -> list[int]:
+        found = self._query(
+            "SELECT started_at FROM connector_runtime.syncs WHERE connector = :c"
+            " ORDER BY started_at",
+            c=self.connector,
+        )
+        return [_epoch_us(r[0]) for r in found]
+
+    def column_types(self) -> dict[str, str]:
+        found = self._query(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = :s AND table_name = :t",
+            s=self.connector,
+            t=TABLE,
+        )
+        return dict(found)
+
+    def rows(self) -> list[tuple]:
+        deleted = "_fivetran_deleted" if "_fivetran_deleted" in self.column_types() else "false"
+        stored = self._query(
+            "SELECT id, name, amount, active, updated_at, CAST(tags AS text),"
+            f' CAST(attrs AS text), {deleted}, _fivetran_synced FROM "{self.connector}".{TABLE}'
+            " ORDER BY id"
+        )
+        return [
+            (
+                *r[:4],
+                _iso(_epoch_us(r[4])),
+                json.loads(r[5]),
+                json.loads(r[6]),
+                r[7],
+                _epoch_us(r[8]),
+            )
+            for r in stored
+        ]
+
+
+def _epoch_us(moment: datetime | None) -> int | None:
+    """An aware datetime as integer microseconds since the epoch (exact)."""
+    return None if moment is None else (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _iso(micros: int | None) -> str | None:
+    """Microseconds since the epoch as the handler writes instants; a fraction only if any."""
+    if micros is None:
+        return None
+    moment = EPOCH + timedelta(microseconds=micros)
+    fraction = f".{moment.microsecond:06d}" if moment.microsecond else ""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
 
 
 # -- the parent: set up, run each phase in a fresh process, check, report --------------
 
 
-def run_benchmark(workdir: Path, rows: int, page_size: int, *, profile: bool, repeat: int) -> int:
-    """`repeat` runs of both phases, each in a fresh directory; returns the exit status."""
-    runs, failed = [], False
-    for number in range(1, repeat + 1):
-        results, problems = _run_once(
-            workdir / f"run{number}", rows, page_size, profile=profile and number == 1
-        )
-        runs.append(results)
-        for problem in problems:
-            print(f"FAIL run {number}, {problem}", file=sys.stderr)
-        failed |= bool(problems)
-    _report(runs, rows, page_size)
+def run_benchmark(
+    workdir: Path,
+    rows: int,
+    page_size: int,
+    targets: list,
+    *,
+    profile: bool,
+    repeat: int,
+    required: bool,
+) -> int:
+    """`repeat` runs of both phases per warehouse, each in a fresh directory (and, on
+    PostgreSQL, a fresh schema); returns the exit status. `required`: a warehouse that
+    cannot be reached fails the benchmark instead of being skipped."""
+    by_warehouse: dict[str, list[list[dict]]] = {}
+    skipped: dict[str, str] = {}
+    failed = False
+    for target in targets:
+        reason = target.unavailable()
+        if reason:
+            skipped[target.name] = reason
+            continue
+        runs = by_warehouse.setdefault(target.name, [])
+        for number in range(1, repeat + 1):
+            results, problems = _run_once(
+                target,
+                workdir / target.name / f"run{number}",
+                rows,
+                page_size,
+                profile=profile and number == 1,
+            )
+            runs.append(results)
+            for problem in problems:
+                print(f"FAIL {target.name} run {number}, {problem}", file=sys.stderr)
+            failed |= bool(problems)
+    _report(by_warehouse, skipped, rows, page_size, required=required)
     if failed:
         print("benchmark FAILED: the warehouse does not hold what was sent", file=sys.stderr)
         return 1
-    print("all checks passed: rows, columns, deletes, state and sync records")
+    if skipped and required:
+        return 1
+    if by_warehouse:
+        checked = ", ".join(by_warehouse)
+        print(f"all checks passed ({checked}): rows, columns, deletes, state and sync records")
     return 0
 
 
 def _run_once(
-    workdir: Path, rows: int, page_size: int, *, profile: bool
+    target, workdir: Path, rows: int, page_size: int, *, profile: bool
 ) -> tuple[list[dict], list[str]]:
     workdir.mkdir(parents=True)
+    connector = target.new_connector()
     constants = f"ROWS = {rows}\nPAGE_SIZE = {page_size}\n\n"
     (workdir / "handler.py").write_text(constants + HANDLER)
-    (workdir / "connectors.yaml").write_text(CONFIG)
+    url = json.dumps(target.url(workdir))  # a JSON string is a YAML double-quoted scalar
+    (workdir / "connectors.yaml").write_text(CONFIG.format(url=url, connector=connector))
     handler = _load_handler(constants + HANDLER)
     results, problems = [], []
-    for phase in PHASES:
-        result = _run_phase(workdir, phase, profile=profile and phase == 1)
-        results.append(result)
-        found = verify(workdir, phase, result, handler, page_size)
-        problems += [f"phase {phase} ({PHASES[phase]}): {problem}" for problem in found]
+    try:
+        for phase in PHASES:
+            result = _run_phase(
+                workdir, phase, connector, target.name, profile=profile and phase == 1
+            )
+            results.append(result)
+            found = verify(target, workdir, connector, phase, result, handler, page_size)
+            problems += [f"phase {phase} ({PHASES[phase]}): {problem}" for problem in found]
+    finally:
+        trouble = target.cleanup(connector)
+        if trouble:
+            print(f"warning: {trouble}", file=sys.stderr)
     return results, problems
 
 
@@ -218,13 +545,17 @@ def _load_handler(source: str) -> dict[str, Any]:
     return namespace
 
 
-def _run_phase(workdir: Path, phase: int, *, profile: bool) -> dict[str, Any]:
+def _run_phase(
+    workdir: Path, phase: int, connector: str, warehouse: str, *, profile: bool
+) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", str(workdir), "--phase", str(phase)]
+    command += ["--connector", connector, "--warehouse", warehouse]
     subprocess.run(command + (["--profile"] if profile else []), check=True)
     return json.loads((workdir / f"phase{phase}.json").read_text())
 
 
 COLUMNS = (
+    "warehouse",
     "phase",
     "rows",
     "seconds",
@@ -235,36 +566,67 @@ COLUMNS = (
 )
 
 
-def _report(runs: list[list[dict]], rows: int, page_size: int) -> None:
-    """One line per phase: the median run (by seconds); the spread below when repeated."""
+def _report(
+    by_warehouse: dict[str, list[list[dict]]],
+    skipped: dict[str, str],
+    rows: int,
+    page_size: int,
+    *,
+    required: bool,
+) -> None:
+    """One line per warehouse and phase: the median run (by seconds); the spread below
+    when repeated; then why a warehouse was not run."""
     from rich.console import Console
     from rich.table import Table
 
-    title = f"sync benchmark: {rows:,} rows, {page_size:,}-row pages, local process → DuckDB"
-    if len(runs) > 1:
-        title += f", median of {len(runs)} runs"
+    repeats = max((len(runs) for runs in by_warehouse.values()), default=1)
+    title = f"sync benchmark: {rows:,} rows, {page_size:,}-row pages, local process → warehouse"
+    if repeats > 1:
+        title += f", median of {repeats} runs"
     table = Table(*COLUMNS, title=title)
-    for column in table.columns[1:]:
+    for column in table.columns[:2]:
+        column.no_wrap = True  # "postgresql", "1 insert": the numbers' headers wrap instead
+    for column in table.columns[2:]:
         column.justify = "right"
     console = Console()
-    for index, phase in enumerate(PHASES):
-        timed = sorted((run[index] for run in runs), key=lambda result: result["seconds"])
-        table.add_row(*_cells(phase, timed[len(timed) // 2]))
+    if not console.is_terminal:  # a log or a pipe: rich would assume 80 columns
+        console = Console(width=100)
+    for warehouse, runs in by_warehouse.items():
+        for index, phase in enumerate(PHASES):
+            timed = sorted((run[index] for run in runs), key=lambda result: result["seconds"])
+            last = index == len(PHASES) - 1
+            table.add_row(warehouse, *_cells(phase, timed[len(timed) // 2]), end_section=last)
+    for warehouse in skipped:
+        table.add_row(warehouse, "NOT RUN" if required else "skipped", *["-"] * (len(COLUMNS) - 2))
     console.print(table)
-    for index, phase in enumerate(PHASES):
-        if len(runs) > 1:
-            seconds = ", ".join(f"{run[index]['seconds']:.2f}" for run in runs)
-            console.print(f"phase {phase} seconds by run: {seconds}", highlight=False)
-    before = max(result["rss_before_mb"] for run in runs for result in run)
-    console.print(
-        f"runtime RSS after imports, before the sync: {before:.0f} MB; the worker is the "
-        "function's own process (handler + JSON encoding)",
-        highlight=False,
-    )
-    if runs[0][0]["profiled"]:
+    for warehouse, runs in by_warehouse.items():
+        for index, phase in enumerate(PHASES):
+            if len(runs) > 1:
+                seconds = ", ".join(f"{run[index]['seconds']:.2f}" for run in runs)
+                console.print(
+                    f"{warehouse} phase {phase} seconds by run: {seconds}", highlight=False
+                )
+    if by_warehouse:
+        before = ", ".join(
+            f"{warehouse} {max(r['rss_before_mb'] for run in runs for r in run):.0f} MB"
+            for warehouse, runs in by_warehouse.items()
+        )
+        console.print(
+            f"runtime RSS after imports, before the sync: {before}; the worker is the "
+            "function's own process (handler + JSON encoding); a database server's own "
+            "memory and CPU are not counted",
+            highlight=False,
+        )
+    if any(runs[0][0]["profiled"] for runs in by_warehouse.values()):
         console.print(
             "run 1's phase 1 ran under cProfile: its seconds are inflated", highlight=False
         )
+    for warehouse, reason in skipped.items():
+        if required:
+            why = "CI=true" if os.environ.get("CI") == "true" else f"--warehouse {warehouse}"
+            print(f"FAIL {warehouse} not run ({why} requires it): {reason}", file=sys.stderr)
+        else:
+            print(f"{warehouse} row SKIPPED: {reason} (under CI=true this fails the benchmark)")
 
 
 def _cells(phase: int, result: dict) -> list[str]:
@@ -284,50 +646,44 @@ def _cells(phase: int, result: dict) -> list[str]:
 
 
 def verify(
-    workdir: Path, phase: int, result: dict, handler: dict[str, Any], page_size: int
+    target,
+    workdir: Path,
+    connector: str,
+    phase: int,
+    result: dict,
+    handler: dict[str, Any],
+    page_size: int,
 ) -> list[str]:
     """Every way the warehouse could differ from what the handler sent, as messages."""
     if result["status"] != "succeeded":
         return [f"sync {result['status']}: {result['error']}"]
-    import duckdb
-
     rows, updates, deletes = handler["ROWS"], handler["UPDATES"], handler["DELETES"]
     sent = rows if phase == 1 else updates + deletes
-    con = duckdb.connect(str(workdir / "warehouse.duckdb"), read_only=True)
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        problems = _check_sync_record(con, result, sent, page_size, phase, updates, deletes)
-        problems += _check_state(con, handler, result, phase)
-        problems += _check_types(con)
-        problems += _check_rows(con, handler, phase)
-    finally:
-        con.close()
+    with target.reader(workdir, connector) as reader:
+        problems = _check_sync_record(reader, result, sent, page_size, phase, updates, deletes)
+        problems += _check_state(reader, handler, result, phase)
+        problems += _check_types(reader, target.name)
+        problems += _check_rows(reader, handler, phase)
     if result["rows_sent"] != sent:
         problems.append(f"the function sent {result['rows_sent']:,} rows, expected {sent:,}")
     return problems
 
 
-def _check_sync_record(con, result, sent, page_size, phase, updates, deletes) -> list[str]:
+def _check_sync_record(reader, result, sent, page_size, phase, updates, deletes) -> list[str]:
     pages = math.ceil(sent / page_size)
     upserted, deleted = (sent, 0) if phase == 1 else (updates, deletes)
     expected = ("succeeded", pages, upserted, deleted)
-    record = con.execute(
-        "SELECT status, pages, rows_upserted, rows_deleted FROM connector_runtime.syncs"
-        " WHERE sync_id = ?",
-        [result["sync_id"]],
-    ).fetchone()
+    record = reader.sync_record(result["sync_id"])
+    record = tuple(record) if record is not None else None
     if record != expected:
         return [f"syncs row (status, pages, upserted, deleted) is {record}, expected {expected}"]
     return []
 
 
-def _check_state(con, handler, result, phase) -> list[str]:
+def _check_state(reader, handler, result, phase) -> list[str]:
     """The saved state is the state of the sync's last page (replayed from the handler)."""
-    saved = con.execute(
-        "SELECT CAST(state AS VARCHAR) FROM connector_runtime.state WHERE connector = ?",
-        [CONNECTOR],
-    ).fetchone()
-    saved = json.loads(saved[0]) if saved else None
+    saved = reader.saved_state()
+    saved = json.loads(saved) if saved else None
     page = handler["handler"]({"state": result["first_state"]})
     while page["hasMore"]:
         page = handler["handler"]({"state": page["state"]})
@@ -339,46 +695,41 @@ def _check_state(con, handler, result, phase) -> list[str]:
     return []
 
 
-def _check_types(con) -> list[str]:
-    described = con.execute(f"DESCRIBE {CONNECTOR}.{TABLE}").fetchall()
-    types = {name: kind for name, kind, *_ in described if name in EXPECTED_TYPES}
-    if types != EXPECTED_TYPES:
-        return [f"column types {types}, expected {EXPECTED_TYPES}"]
+def _check_types(reader, warehouse: str) -> list[str]:
+    expected = EXPECTED_TYPES[warehouse]
+    types = {name: kind for name, kind in reader.column_types().items() if name in expected}
+    if types != expected:
+        return [f"column types {types}, expected {expected}"]
     return []
 
 
-def _check_rows(con, handler, phase) -> list[str]:
+def _check_rows(reader, handler, phase) -> list[str]:
     """Every row, column by column, against the handler's own row function; also
     `_fivetran_deleted` and `_fivetran_synced` (the start of the sync that last wrote it)."""
-    stored = _stored_rows(con)
-    syncs = [
-        r[0]
-        for r in con.execute(
-            "SELECT epoch_us(started_at) FROM connector_runtime.syncs WHERE connector = ?"
-            " ORDER BY started_at",
-            [CONNECTOR],
-        ).fetchall()
-    ]
+    stored = reader.rows()
+    syncs = reader.sync_starts()
+    if len(syncs) != phase:
+        return [f"{len(syncs)} syncs recorded for {reader.connector}, expected {phase}"]
     rows, updates, deletes = handler["ROWS"], handler["UPDATES"], handler["DELETES"]
     updated, deleted = set(), set()
     if phase == 2:
         updated = {handler["updated_id"](op) for op in range(updates)}
         deleted = {handler["deleted_id"](op) for op in range(updates, updates + deletes)}
+    touched = updated | deleted
     wrong = []
     for got in stored:
         i = got[0]
         want = handler["customer"](i, 2 if i in updated else 1)
         expected = (
-            *(want[c] for c in EXPECTED_TYPES),
+            *(want[c] for c in DATA_COLUMNS),
             i in deleted,
-            syncs[-1] if i in updated | deleted else syncs[0],
+            syncs[-1] if i in touched else syncs[0],
         )
-        actual = (*got[:5], json.loads(got[5]), json.loads(got[6]), *got[7:])
-        if actual != expected:
-            wrong.append((actual, expected))
+        if got != expected:
+            wrong.append((got, expected))
     problems = []
     if len(stored) != rows:
-        problems.append(f"{len(stored):,} rows in {CONNECTOR}.{TABLE}, expected {rows:,}")
+        problems.append(f"{len(stored):,} rows in {reader.connector}.{TABLE}, expected {rows:,}")
     if [row[0] for row in stored] != list(range(1, rows + 1)):
         problems.append("ids are not exactly 1..ROWS once each (duplicates or gaps)")
     marked = sum(1 for row in stored if row[7] is True)
@@ -390,30 +741,19 @@ def _check_rows(con, handler, phase) -> list[str]:
     return problems
 
 
-def _stored_rows(con) -> list[tuple]:
-    """The table in id order, as the handler's values plus deleted flag and synced time."""
-    columns = {name for name, *_ in con.execute(f"DESCRIBE {CONNECTOR}.{TABLE}").fetchall()}
-    deleted = "_fivetran_deleted" if "_fivetran_deleted" in columns else "false"
-    return con.execute(
-        "SELECT id, name, amount, active, strftime(updated_at, '%Y-%m-%dT%H:%M:%SZ'),"
-        f" CAST(tags AS VARCHAR), CAST(attrs AS VARCHAR), {deleted}, epoch_us(_fivetran_synced)"
-        f" FROM {CONNECTOR}.{TABLE} ORDER BY id"
-    ).fetchall()
-
-
 # -- the child: one sync in this process, measured ---------------------------------------
 
 
-def run_child(workdir: Path, phase: int, *, profile: bool) -> int:
+def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, profile: bool) -> int:
     """Run one sync through `build_job(load_config(...))` + `run_sync`, as the CLI does."""
-    import destinations.duckdb  # noqa: F401  imported once per process, as `serve` would
     from connector_runtime.cli import configure_logging
     from connector_runtime.config import load_config
     from connector_runtime.jobs import build_job
     from connector_runtime.sync import run_sync
 
+    importlib.import_module(BACKEND_MODULES[warehouse])  # once per process, as `serve` would
     configure_logging()
-    job = build_job(load_config(workdir / "connectors.yaml"), CONNECTOR)
+    job = build_job(load_config(workdir / "connectors.yaml"), connector)
     first_state = _saved_state(job)
     rows_sent = 0
 
@@ -429,7 +769,7 @@ def run_child(workdir: Path, phase: int, *, profile: bool) -> int:
         outcome = run_sync(job, on_page=on_page)
     seconds = time.perf_counter() - started
     if profiler is not None:
-        _print_profile(profiler)
+        _print_profile(profiler, warehouse)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = {
         "phase": phase,
@@ -537,11 +877,13 @@ def _start_profiler():
     return profiler
 
 
-def _print_profile(profiler) -> None:
+def _print_profile(profiler, warehouse: str) -> None:
     import pstats
 
     profiler.disable()
-    print("\n== cProfile of phase 1 (runtime process), top 25 by cumulative time ==")
+    print(
+        f"\n== cProfile of phase 1 into {warehouse} (runtime process), top 25 by cumulative time =="
+    )
     pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
 
 

@@ -4,7 +4,7 @@
     mysql://user@host/db        (PyMySQL)      pip install 'connector-runtime[mysql]'
     mariadb://user@host/db      (PyMySQL)      pip install 'connector-runtime[mysql]'
     sqlite:///warehouse.sqlite                 pip install 'connector-runtime[sqlite]'
-    any other SQLAlchemy URL whose dialect is installed (generic SQL, see sql_dialects)
+    any other SQLAlchemy URL whose dialect is installed (generic SQL, see sql/base.py)
 
 Where tables live. PostgreSQL has schemas: data tables are `<schema>.<table>`, the
 runtime's tables `connector_runtime.state`, `.syncs`, `.alerts`, `.names`, `.tables`.
@@ -17,7 +17,7 @@ Transactions. A page, its catalog and names and the new state commit together. O
 PostgreSQL and SQLite the DDL is part of that transaction. MySQL commits around each DDL
 statement, so there the page's DDL runs first, derived from the table as it is, and the
 rows, catalog and state follow in one transaction: a page replayed after a failure finds
-its columns in place and only writes its rows (see `sql_dialects.MySQL`).
+its columns in place and only writes its rows (see `sql/mysql.py`).
 
 Errors. A lost or refused connection, a deadlock or lock timeout leaves as
 TransientDestinationError (nothing was committed: the sync retries the page on a new
@@ -59,7 +59,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         "'connector-runtime[postgres]' (or [mysql], [sqlite])"
     ) from exc
 
-from .sql_dialects import MYSQL_NAMES, DataTable, UtcTimestamp, flavor_for
+from .sql import MYSQL_NAMES, DataTable, UtcTimestamp, flavor_for
 
 DEFAULT_DRIVERS = {
     "postgresql": "postgresql+psycopg",
@@ -203,7 +203,7 @@ def _install(url: sa.engine.URL) -> str:
 
 
 class SQLAlchemyDestination(Destination):
-    """A SQL database through SQLAlchemy Core; per-dialect parts live in `sql_dialects`."""
+    """A SQL database through SQLAlchemy Core; per-dialect parts live in `sql/`."""
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)

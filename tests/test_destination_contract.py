@@ -532,7 +532,7 @@ def test_transactions_example_syncs_into_a_server_through_the_cli(tmp_path, back
 def test_the_generic_sql_path_works_on_a_dialect_without_a_flavor(tmp_path, monkeypatch):
     """Any SQLAlchemy dialect gets portable SQL: staging, delete-and-insert, shadow columns."""
     import destinations.sqlalchemy as backend
-    from destinations.sql_dialects import Flavor
+    from destinations.sql import Flavor
 
     monkeypatch.setattr(backend, "flavor_for", Flavor)
     url = f"sqlite:///{tmp_path}/generic.sqlite"

@@ -1,0 +1,261 @@
+"""MySQL and MariaDB: DDL that commits by itself runs first, then the page's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from connector_runtime.errors import SyncInProgress
+from connector_runtime.page import TableInfo
+from connector_runtime.types import BOOLEAN, JSON, LONG, STRING, LogicalType, decimal
+
+from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit
+
+MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031}
+
+
+class MySQL(Flavor):
+    """MySQL and MariaDB: DDL first, idempotent, then the page in one transaction.
+
+    MySQL commits before and after every DDL statement, so a page's schema changes cannot
+    share its transaction. They run first, each one derived from what the table holds now
+    (information_schema), not from the catalog: after a failure between the DDL and the
+    page's commit, the replayed page finds its columns there and only writes the rows.
+    Conversions that rewrite values (booleans and date-times to text, anything to JSON)
+    build a new table and swap it in with one atomic RENAME TABLE; the others are one
+    ALTER TABLE ... MODIFY. Key columns of type STRING are VARCHAR with a binary collation,
+    so keys compare exactly as elsewhere ('a' is not 'A').
+    """
+
+    title = "MySQL"
+    transactional_ddl = False
+    table_options = " DEFAULT CHARSET=utf8mb4"
+    TYPES = {
+        "BOOLEAN": "BOOLEAN",
+        "LONG": "BIGINT",
+        "DOUBLE": "DOUBLE",
+        "NAIVE_DATE": "DATE",
+        "NAIVE_DATETIME": "DATETIME(6)",
+        "UTC_DATETIME": "DATETIME(6)",
+        "STRING": "LONGTEXT",
+        "JSON": "JSON",
+    }
+    # information_schema DATA_TYPE of each stored type
+    STORED = {
+        "BOOLEAN": {"tinyint"},
+        "LONG": {"bigint"},
+        "DOUBLE": {"double"},
+        "NAIVE_DATE": {"date"},
+        "NAIVE_DATETIME": {"datetime"},
+        "UTC_DATETIME": {"datetime"},
+        "STRING": {"longtext", "varchar"},
+        "JSON": {"json"},
+    }
+    READ_BACK = {"tinyint": BOOLEAN, "bigint": LONG, "json": JSON}
+
+    def configure(self, engine: sa.Engine) -> None:
+        @sa.event.listens_for(engine, "connect")
+        def session(dbapi_connection, _record) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET time_zone = '+00:00'")
+                cursor.execute(
+                    "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'STRICT_ALL_TABLES')"
+                )
+
+    def is_transient(self, error: BaseException) -> bool:
+        code = error.args[0] if error.args else None
+        return code in MYSQL_TRANSIENT
+
+    @contextmanager
+    def lock(self, connector: str) -> Iterator[None]:
+        """GET_LOCK on its own connection: server-wide, so the name carries the database."""
+        name = fit(f"connector-runtime/{self.engine.url.database}/{connector}", 64)
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if conn.execute(sa.text("SELECT GET_LOCK(:n, 0)"), {"n": name}).scalar() != 1:
+                raise SyncInProgress(f"a sync of {connector!r} is already in progress")
+            try:
+                yield
+            finally:
+                with suppress(sa.exc.DBAPIError):  # gone with its connection, or released
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+
+    @property
+    def binary_collation(self) -> str:
+        if self.dialect.is_mariadb:
+            return "utf8mb4_nopad_bin"
+        return "utf8mb4_0900_bin" if self.dialect.server_version_info >= (8,) else "utf8mb4_bin"
+
+    def sql_type(self, logical: LogicalType, *, key: int = 0) -> str:
+        if logical.name == "DECIMAL":
+            return f"DECIMAL({logical.precision},{logical.scale})"
+        if key and logical.name == "STRING":
+            # InnoDB keys hold 3072 bytes: 768 four-byte characters across the key
+            length = min(255, 768 // key)
+            return f"VARCHAR({length}) CHARACTER SET utf8mb4 COLLATE {self.binary_collation}"
+        return self.TYPES[logical.name]
+
+    def values(self, column: pa.ChunkedArray, logical: LogicalType) -> list:
+        if logical.name == "UTC_DATETIME":
+            column = column.cast(pa.timestamp("us"))  # the UTC wall clock, as stored
+        return column.to_pylist()
+
+    def convert(self, old: LogicalType, new: LogicalType, column: str) -> str:
+        return self.as_text(old, column) if new.name in ("STRING", "JSON") else column
+
+    def as_text(self, old: LogicalType, column: str) -> str:
+        p = self.pct
+        formats = {
+            "NAIVE_DATE": f"{p}Y-{p}m-{p}d",
+            "NAIVE_DATETIME": f"{p}Y-{p}m-{p}dT{p}H:{p}i:{p}s.{p}f",
+            "UTC_DATETIME": f"{p}Y-{p}m-{p}dT{p}H:{p}i:{p}s.{p}fZ",
+        }
+        if old.name in formats:
+            return f"DATE_FORMAT({column}, '{formats[old.name]}')"
+        if old == BOOLEAN:
+            return super().as_text(old, column)
+        if old.name == "DOUBLE":  # integral values as Python and DuckDB write them: 1.0
+            return (
+                f"CASE WHEN {column} = TRUNCATE({column}, 0) AND ABS({column}) < 1e16"
+                f" THEN CONCAT(CAST({column} AS SIGNED), '.0') ELSE CAST({column} AS CHAR) END"
+            )
+        return f"CAST({column} AS CHAR)"
+
+    def rewrites_values(self, old: LogicalType, new: LogicalType) -> bool:
+        """Conversions MODIFY would get wrong: 1/0 for booleans, no ISO `T`, JSON parsing."""
+        rewritten = ("BOOLEAN", "DOUBLE", "NAIVE_DATETIME", "UTC_DATETIME")
+        return new == JSON or (new == STRING and old.name in rewritten)
+
+    def evolve(self, conn, dt: DataTable, previous: TableInfo | None) -> None:
+        name = dt.name
+        old_copy = fit(f"{name}__cr_old", self.limit)
+        stored = self.stored(conn, [name, old_copy])
+        if old_copy in stored:  # a swap that stopped before its last step
+            self.ddl(conn, f"DROP TABLE IF EXISTS {self.q(old_copy)}")
+        actual = stored.get(name)
+        if actual is None:
+            self.ddl(conn, self.create_sql(dt))
+            return
+        info = dt.info
+        keys = info.primary_key
+        physical = {c: fit(c, self.limit) for c in info.columns}
+        added = [c for c in info.columns if physical[c] not in actual]
+        changed = {
+            c: (self.read_back(actual[physical[c]], previous, c), new)
+            for c, new in info.columns.items()
+            if physical[c] in actual and not self.holds(actual[physical[c]], new, bool(c in keys))
+        }
+        add_deleted = info.deleted_column and DELETED not in actual
+        if any(self.rewrites_values(old, new) for old, new in changed.values()):
+            self.swap(conn, dt, name, actual, changed)
+            return
+        actions = [f"ADD COLUMN {dt.q(c)} {self.column_type(info, c)}" for c in added]
+        actions += [
+            f"MODIFY COLUMN {dt.q(c)} {self.column_type(info, c)}{' NOT NULL' if c in keys else ''}"
+            for c in changed
+        ]
+        if add_deleted:
+            actions.append(f"ADD COLUMN {self.deleted_column()}")
+        if actions:
+            self.ddl(conn, f"ALTER TABLE {dt.ref} {', '.join(actions)}")
+
+    def stored(self, conn, tables: list[str]) -> dict[str, dict[str, tuple]]:
+        """Columns of `tables` as they are now: {table: {column: (type, precision, scale)}}."""
+        rows = conn.execute(
+            sa.text(
+                "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE"
+                " FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN :tables"
+            ).bindparams(sa.bindparam("tables", expanding=True)),
+            {"tables": tables},
+        )
+        found: dict[str, dict[str, tuple]] = {}
+        for table, column, kind, precision, scale in rows:
+            found.setdefault(table, {})[column] = (kind.lower(), precision, scale)
+        if self.dialect.is_mariadb:  # its JSON is a LONGTEXT with a json_valid() check
+            checked = conn.execute(
+                sa.text(
+                    "SELECT TABLE_NAME, CONSTRAINT_NAME FROM information_schema.CHECK_CONSTRAINTS"
+                    " WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME IN :tables"
+                    " AND LEVEL = 'Column' AND CHECK_CLAUSE LIKE 'json\\_valid(%'"
+                ).bindparams(sa.bindparam("tables", expanding=True)),
+                {"tables": tables},
+            )
+            for table, column in checked:
+                if column in found.get(table, {}):
+                    found[table][column] = ("json", None, None)
+        return found
+
+    def holds(self, stored: tuple, logical: LogicalType, key: bool) -> bool:
+        kind, precision, scale = stored
+        if logical.name == "DECIMAL":
+            return kind == "decimal" and (precision, scale) == (logical.precision, logical.scale)
+        if logical.name == "STRING" and key:
+            return kind == "varchar"
+        return kind in self.STORED[logical.name]
+
+    def read_back(self, stored: tuple, previous: TableInfo | None, column: str) -> LogicalType:
+        """The logical type a stored column holds: the catalog's if it agrees, else its own."""
+        known = previous.columns.get(column) if previous else None
+        if known is not None and self.holds(stored, known, False):
+            return known
+        kind, precision, scale = stored
+        if kind == "decimal":
+            return decimal(precision, scale)
+        if kind in ("date", "datetime", "double"):
+            return LogicalType(
+                {"date": "NAIVE_DATE", "datetime": "NAIVE_DATETIME"}.get(kind, "DOUBLE")
+            )
+        return self.READ_BACK.get(kind, STRING)
+
+    def swap(self, conn, dt: DataTable, name: str, actual: dict, changed: dict) -> None:
+        """Copy into a new table with the new types, then swap names in one RENAME TABLE."""
+        new_name = fit(f"{name}__cr_new", self.limit)
+        old_name = fit(f"{name}__cr_old", self.limit)
+        self.ddl(conn, f"DROP TABLE IF EXISTS {self.q(new_name)}")
+        self.ddl(conn, self.create_sql(dt, self.q(new_name)))
+        kept = [c for c in dt.info.columns if fit(c, self.limit) in actual]
+        meta = [m for m in (SYNCED, BATCH, INDEX, DELETED) if m in actual and m in dt.core.c]
+        targets = [dt.q(c) for c in kept] + [self.q(m) for m in meta]
+        sources = [
+            self.convert(*changed[c], dt.q(c)) if c in changed else dt.q(c) for c in kept
+        ] + [self.q(m) for m in meta]
+        self.ddl(
+            conn,
+            f"INSERT INTO {self.q(new_name)} ({', '.join(targets)})"
+            f" SELECT {', '.join(sources)} FROM {dt.ref}",
+        )
+        self.ddl(
+            conn,
+            f"RENAME TABLE {dt.ref} TO {self.q(old_name)}, {self.q(new_name)} TO {dt.ref}",
+        )
+        self.ddl(conn, f"DROP TABLE {self.q(old_name)}")
+
+    def stage(self, conn, dt, rows, name):
+        # a TEMPORARY table neither commits the transaction nor goes away on rollback
+        self.ddl(conn, f"DROP TEMPORARY TABLE IF EXISTS {self.q(name)}")
+        return super().stage(conn, dt, rows, name)
+
+    def drop_stage(self, conn, name: str) -> None:
+        self.ddl(conn, f"DROP TEMPORARY TABLE IF EXISTS {name}")
+
+    def upsert(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime, name: str) -> None:
+        with self.stage(conn, dt, rows, name) as staged:
+            insert = self.insert_select(dt, staged, self.upserted(dt, synced_at), mysql.insert)
+            names = [c.key for c in staged.c if c.key != "__row"]
+            conn.execute(
+                insert.on_duplicate_key_update(self.replacement(dt, names, self.new_values(dt)))
+            )
+
+    def new_values(self, dt: DataTable) -> dict:
+        """`VALUES(col)` of every column. Not `insert.inserted`: SQLAlchemy escapes `%` in a
+        quoted name twice there. literal_column escapes it once, so the name goes in raw."""
+        physical = {c: fit(c, self.limit) for c in dt.info.columns} | {SYNCED: SYNCED}
+        return {
+            c: sa.literal_column("VALUES(`" + name.replace("`", "``") + "`)")
+            for c, name in physical.items()
+        }

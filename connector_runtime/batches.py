@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import re
 from decimal import Decimal, InvalidOperation
+from functools import partial
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pydantic_core
 
 from .jsonio import encode_json
 from .types import LogicalType
@@ -132,12 +133,11 @@ def _reason(exc: Exception) -> str:
 
 
 def _json_array(values: list) -> pa.Array:
-    """JSON text of each value; bytes straight from orjson, decoded by Arrow in bulk."""
-    dumps = orjson.dumps
-    try:
-        encoded = [None if v is None else dumps(v) for v in values]
-    except TypeError:  # integers beyond 64 bits: the exact, slower encoder
-        encoded = [None if v is None else encode_json(v) for v in values]
+    """JSON text of each value, as bytes decoded by Arrow in bulk. pydantic's encoder, not
+    orjson: per small value it is several times faster here, and it keeps integers
+    beyond 64 bits exact. (Values come from parsed JSON, so nothing exotic reaches it.)"""
+    dumps = partial(pydantic_core.to_json, inf_nan_mode="null")
+    encoded = [None if v is None else dumps(v) for v in values]
     return pa.array(encoded, pa.binary()).cast(pa.string())
 
 

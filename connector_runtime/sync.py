@@ -54,6 +54,18 @@ class SyncJob:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_sync_duration: float = 6 * 3600.0
 
+    def request(
+        self, state: dict[str, Any], sync_id: str, *, setup_test: bool | None = None
+    ) -> dict:
+        """The request the function gets (DESIGN.md §2)."""
+        return Request(
+            agent=f"connector-runtime/{__version__}/{self.connector}/{self.schema}",
+            state=state,
+            secrets=self.secrets,
+            sync_id=sync_id,
+            setup_test=setup_test,
+        ).payload()
+
 
 @dataclass(frozen=True)
 class PageProgress:
@@ -122,13 +134,7 @@ def check_function(job: SyncJob) -> str:
     """`connector test`: one request with `setup_test: true`, validated and planned as a
     page would be (against empty tables), written nowhere. Raises SyncFailure."""
     masking.register(job.secrets)
-    request = Request(
-        agent=f"connector-runtime/{__version__}/{job.connector}/{job.schema}",
-        state={},
-        secrets=job.secrets,
-        sync_id=str(uuid.uuid4()),
-        setup_test=True,
-    ).payload()
+    request = job.request({}, str(uuid.uuid4()), setup_test=True)
     with job.invoker() as invoker:
         try:
             raw = with_retries(
@@ -224,12 +230,7 @@ class _Sync:
                     return "rescheduled"
 
     def invoke(self, invoker: Invoker, state: dict[str, Any]) -> Response:
-        request = Request(
-            agent=f"connector-runtime/{__version__}/{self.job.connector}/{self.job.schema}",
-            state=state,
-            secrets=self.job.secrets,
-            sync_id=self.record.sync_id,
-        ).payload()
+        request = self.job.request(state, self.record.sync_id)
 
         def call() -> bytes:
             try:

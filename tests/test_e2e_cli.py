@@ -646,7 +646,7 @@ BROKEN_CONFIGS = [
         "  second:\n    function:\n      local: missing.py\n",
         7,
         "connectors.second.function.local",
-        id="missing-handler-file"
+        id="missing-handler-file",
     ),
 ]
 

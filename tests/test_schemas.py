@@ -29,7 +29,9 @@ def test_every_field_has_a_description(filename):
     assert not missing
 
 
-@pytest.mark.parametrize("example", sorted(ROOT.glob("examples/*/connectors.yaml")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize(
+    "example", sorted(ROOT.glob("examples/*/connectors.yaml")), ids=lambda p: p.parent.name
+)
 def test_examples_validate_against_the_config_schema(example):
     schema = orjson.loads(render("connectors.schema.json"))
     jsonschema.validate(yaml.safe_load(example.read_text()), schema)

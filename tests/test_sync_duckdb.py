@@ -192,11 +192,20 @@ def test_every_value_round_trips_into_its_inferred_column(tmp_path_factory, valu
 def test_hostile_names_are_harmless(tmp_path, naming):
     table = 'evil"; DROP TABLE connector_runtime.state; --\n'
     column = 'col"\n;select 1'
-    invoker_pages = [{"state": {"ok": 1}, "insert": {table: [{"id": 1, column: "x", "select": 2}]},
-                      "schema": {table: {"primary_key": ["id"]}}}]
+    invoker_pages = [
+        {
+            "state": {"ok": 1},
+            "insert": {table: [{"id": 1, column: "x", "select": 2}]},
+            "schema": {table: {"primary_key": ["id"]}},
+        }
+    ]
     outcome, _ = sync(tmp_path, invoker_pages, naming=naming)
     assert outcome.record.status == "succeeded", outcome.alert
-    tables = query(tmp_path, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'demo'")
+    tables = query(
+        tmp_path, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'demo'"
+    )
     expected = table if naming == "source" else "evil_drop_table_connector_runtime_state_"
     assert tables == [(expected,)]
-    assert query(tmp_path, "SELECT CAST(state AS VARCHAR) FROM connector_runtime.state") == [('{"ok":1}',)]
+    assert query(tmp_path, "SELECT CAST(state AS VARCHAR) FROM connector_runtime.state") == [
+        ('{"ok":1}',)
+    ]

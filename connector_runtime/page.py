@@ -20,7 +20,7 @@ from .batches import ValueRejected, column_array, hashed
 from .errors import InvalidResponse
 from .naming import NameEntry, NameMap
 from .protocol import Response, TableSchema
-from .types import JSON, LogicalType, infer_column, widen
+from .types import JSON, STRING, LogicalType, infer_column, widen
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ class PagePlanner:
                 continue
             inferred = infer_column(values)
             if column in hashed_columns:
-                inferred = inferred and LogicalType("STRING")
+                inferred = inferred and STRING  # a hash is text, whatever it hashed
             widened = widen(columns.get(column), inferred)
             if widened is not None:
                 columns[column] = widened

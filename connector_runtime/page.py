@@ -34,6 +34,27 @@ class TableInfo:
     declared: frozenset[str] = frozenset()
     deleted_column: bool = False  # has `_fivetran_deleted`
 
+    def stored(self) -> dict:
+        """The catalog row's values (`connector_runtime.tables`), as JSON-ready data."""
+        return {
+            "primary_key": list(self.primary_key),
+            "columns": {c: str(t) for c, t in self.columns.items()},
+            "declared": sorted(self.declared),
+            "deleted_column": self.deleted_column,
+        }
+
+    @classmethod
+    def from_stored(cls, name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
+        """A catalog row read back: the inverse of `stored`."""
+        return cls(
+            name,
+            source,
+            tuple(primary_key),
+            {c: LogicalType.parse(t) for c, t in columns.items()},
+            frozenset(declared),
+            bool(deleted_column),
+        )
+
 
 @dataclass(frozen=True)
 class TableWrite:

@@ -176,7 +176,7 @@ class DuckDBDestination(Destination):
             ).fetchall()
         ]
         catalog = {
-            r[0]: _table_info(*r)
+            r[0]: TableInfo.from_stored(r[0], r[1], *map(orjson.loads, r[2:5]), r[5])
             for r in con.execute(
                 f"SELECT name, source, primary_key, columns, declared, deleted_column"
                 f" FROM {RUNTIME_SCHEMA}.tables WHERE connector = ?",
@@ -429,6 +429,7 @@ class DuckDBDestination(Destination):
         )
 
     def _save_table(self, con, connector: str, table: TableInfo) -> None:
+        stored = table.stored()
         con.execute(
             f"DELETE FROM {RUNTIME_SCHEMA}.tables WHERE connector = ? AND name = ?",
             [connector, table.name],
@@ -439,10 +440,8 @@ class DuckDBDestination(Destination):
                 connector,
                 table.name,
                 table.source,
-                orjson.dumps(list(table.primary_key)).decode(),
-                orjson.dumps({c: str(t) for c, t in table.columns.items()}).decode(),
-                orjson.dumps(sorted(table.declared)).decode(),
-                table.deleted_column,
+                *(orjson.dumps(stored[k]).decode() for k in ("primary_key", "columns", "declared")),
+                stored["deleted_column"],
             ],
         )
 
@@ -493,14 +492,3 @@ def _epoch(column: str) -> str:
 
 def _time(epoch_us: int | None) -> datetime | None:
     return None if epoch_us is None else datetime.fromtimestamp(epoch_us / 1e6, UTC)
-
-
-def _table_info(name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
-    return TableInfo(
-        name,
-        source,
-        tuple(orjson.loads(primary_key)),
-        {c: LogicalType.parse(t) for c, t in orjson.loads(columns).items()},
-        frozenset(orjson.loads(declared)),
-        bool(deleted_column),
-    )

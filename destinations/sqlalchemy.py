@@ -47,7 +47,6 @@ from connector_runtime.destination import (
 from connector_runtime.errors import ConfigError, DestinationError, TransientDestinationError
 from connector_runtime.naming import NameEntry
 from connector_runtime.page import PageWrite, TableInfo, TableWrite
-from connector_runtime.types import LogicalType
 
 try:
     import sqlalchemy as sa
@@ -300,7 +299,7 @@ class SQLAlchemyDestination(Destination):
                 ).where(tables.c.connector == connector)
             ).all()
         names = [NameEntry(*r) for r in stored_names]
-        catalog = {r[0]: _table_info(*r) for r in catalog_rows}
+        catalog = {r[0]: TableInfo.from_stored(*r) for r in catalog_rows}
         if row is None:
             return Snapshot({}, catalog, names)
         return Snapshot(row.state or {}, catalog, names, row.cycle_started_at, row.cycle_trigger)
@@ -526,10 +525,7 @@ class SQLAlchemyDestination(Destination):
                 connector=connector,
                 name=table.name,
                 source=table.source,
-                primary_key=list(table.primary_key),
-                columns={c: str(t) for c, t in table.columns.items()},
-                declared=sorted(table.declared),
-                deleted_column=table.deleted_column,
+                **table.stored(),
             )
         )
 
@@ -568,14 +564,3 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
-
-
-def _table_info(name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
-    return TableInfo(
-        name,
-        source,
-        tuple(primary_key),
-        {c: LogicalType.parse(t) for c, t in columns.items()},
-        frozenset(declared),
-        bool(deleted_column),
-    )

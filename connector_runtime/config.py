@@ -330,21 +330,22 @@ class Config(_Model):
 
     def destination_url(self, name: str) -> str:
         """The connector's warehouse URL, a relative DuckDB/SQLite file made absolute."""
-        url = self._connector(name).destination or self.warehouse
+        url = self.connector(name).destination or self.warehouse
         return _resolve_file_url(url, self._directory())
 
     def function_path(self, name: str) -> Path:
         """The connector's `local` function file, resolved against the config's directory."""
-        local = self._connector(name).function.local
+        local = self.connector(name).function.local
         if local is None:
             raise ConfigError(f"{self.path}: connectors.{name}.function: not a local function")
         return self._directory() / Path(local).expanduser()
 
     def schema_name(self, name: str) -> str:
         """The warehouse schema of the connector's tables."""
-        return self._connector(name).schema_ or name
+        return self.connector(name).schema_ or name
 
-    def _connector(self, name: str) -> ConnectorConfig:
+    def connector(self, name: str) -> ConnectorConfig:
+        """The connector called `name`; ConfigError naming the configured ones if none is."""
         if name not in self.connectors:
             known = ", ".join(sorted(self.connectors)) or "none"
             raise ConfigError(f"{self.path}: no connector named {name!r} (configured: {known})")

@@ -24,10 +24,7 @@ from .sync import SyncJob
 
 def build_job(config: Config, name: str) -> SyncJob:
     """The `SyncJob` of connector `name`; ConfigError if it cannot run as configured."""
-    connector = config.connectors.get(name)
-    if connector is None:
-        known = ", ".join(sorted(config.connectors)) or "none"
-        raise ConfigError(f"{config.path}: no connector named {name!r} (configured: {known})")
+    connector = config.connector(name)
     for key in plaintext_secret_keys(connector):
         structlog.get_logger().warning(
             "plaintext_secret",

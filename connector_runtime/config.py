@@ -267,6 +267,40 @@ class TableConfig(_Model):
     )
 
 
+class NotifyConfig(_Model):
+    """Where alert notifications go: a webhook that gets a JSON POST per alert event."""
+
+    webhook: _Expandable = Field(
+        repr=False,
+        description="URL POSTed on alert.opened and alert.resolved (Slack, Teams, ...); "
+        "may use ${env:VAR}.",
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, url: str) -> str:
+        if not _ENV_REFERENCE.search(url):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise _problem("the webhook is not an http(s) URL")
+        return url
+
+
+def _check_listen(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise _problem("listen {listen} is not host:port (e.g. 127.0.0.1:8765)", listen=listen)
+    return listen
+
+
+class ServerConfig(_Model):
+    """`connector serve`'s HTTP API and dashboard."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] = Field(
+        "127.0.0.1:8765", description="host:port to listen on; port 0 picks a free port."
+    )
+
+
 class ConnectorConfig(_Model):
     """One connector: its function, where its tables go and when it runs."""
 
@@ -299,6 +333,9 @@ class ConnectorConfig(_Model):
         validate_default=True,
         description="Longest a sync runs; it then stops after a page and resumes next time.",
     )
+    notify: list[NotifyConfig] = Field(
+        [], description="Webhooks for this connector's alerts, besides the top-level ones."
+    )
 
 
 class Config(_Model):
@@ -313,6 +350,12 @@ class Config(_Model):
     )
     max_concurrent_syncs: int = Field(
         4, ge=1, strict=True, description="Most syncs `connector serve` runs at once."
+    )
+    server: ServerConfig = Field(
+        ServerConfig(), description="`connector serve`'s HTTP API and dashboard."
+    )
+    notify: list[NotifyConfig] = Field(
+        [], description="Webhooks for every connector's alerts (alert.opened, alert.resolved)."
     )
 
     _path: Path = PrivateAttr(default_factory=lambda: Path(_DEFAULT_CONFIG_FILE))

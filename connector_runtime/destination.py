@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ConfigError
@@ -35,6 +35,10 @@ class SyncRecord:
     rows_deleted: int = 0
     error: str | None = None
 
+    def document(self) -> dict[str, Any]:
+        """The sync as JSON-ready data (times as ISO 8601 UTC), for the API and `--json`."""
+        return _document(self)
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -50,6 +54,10 @@ class Alert:
     message: str
     stack_trace: list | None = None
     resolved_at: datetime | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The alert as JSON-ready data (times as ISO 8601 UTC), for the API and `--json`."""
+        return _document(self)
 
 
 @dataclass(frozen=True)
@@ -168,3 +176,14 @@ def open_destination(url: str) -> Destination:
     target = _BACKENDS.get(scheme, _FALLBACK)
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)(url)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """`2026-12-01T10:00:00.123456Z`: how every time leaves the runtime as text."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _document(record: Any) -> dict[str, Any]:
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in asdict(record).items()}

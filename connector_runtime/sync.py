@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from . import __version__, masking
+from .events import bus
 from .destination import Alert, Destination, PageResult, SyncRecord, open_destination
 from .errors import (
     DestinationError,
@@ -176,6 +177,7 @@ class _Sync:
             self.job.settings,
         )
         self.log.info("sync_started", trigger=self.record.trigger)
+        bus.publish("sync.started", {"sync": self.record.document()})
         try:
             status = self.pages(snapshot.state)
             if status == "succeeded":
@@ -196,8 +198,13 @@ class _Sync:
             self.destination.end_sync(self.record)
             raise
         self.record = replace(self.record, status=status, finished_at=datetime.now(UTC))
+        resolved = self.destination.list_alerts(self.job.connector) if status == "succeeded" else []
         self.destination.end_sync(self.record)
         self.outcome.record = self.record
+        bus.publish("sync.finished", {"sync": self.record.document()})
+        for alert in resolved:
+            alert = replace(alert, resolved_at=self.record.finished_at)
+            bus.publish("alert.resolved", {"alert": alert.document()})
         self.log.info(
             "sync_finished",
             status=status,
@@ -270,6 +277,19 @@ class _Sync:
         self.soft_delete.update(self.planner.names.table(t) for t in response.soft_delete)
         self.count(number, result)
         self.on_page(PageProgress(number, response.row_count, result, response.has_more))
+        bus.publish("sync.progress", {"sync": self.progress()})
+
+    def progress(self) -> dict[str, Any]:
+        """The running sync's document with its live numbers (page, rows, rows/s, elapsed)."""
+        elapsed = (datetime.now(UTC) - self.record.started_at).total_seconds()
+        rows = self.record.rows_upserted + self.record.rows_deleted
+        return {
+            **self.record.document(),
+            "page": self.record.pages,
+            "rows": rows,
+            "rows_per_s": round(rows / elapsed, 1) if elapsed > 0 else None,
+            "elapsed_s": round(elapsed, 3),
+        }
 
     def count(self, number: int, result: PageResult) -> None:
         upserted = sum(c.upserted for c in result.tables.values())
@@ -333,5 +353,6 @@ class _Sync:
             self.destination.record_alert(alert)
         except Exception as exc:  # the warehouse may be what failed; the log still has it
             self.log.error("alert_not_saved", error=str(exc))
+        bus.publish("alert.opened", {"alert": alert.document()})
         self.record = replace(self.record, error=f"{failure.kind}: {message}")
         self.outcome.alert = alert

@@ -238,9 +238,13 @@ class CronSchedule(_Model):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, cron: str) -> str:
-        if len(cron.split()) != 5:
-            message = "invalid cron {cron} (need 5 fields: minute hour day month weekday)"
-            raise _problem(message, cron=cron)
+        from connector_runtime.schedules import cron_trigger
+
+        try:
+            cron_trigger(cron)
+        except ValueError as exc:
+            reason = str(exc).replace("{", "(").replace("}", ")")
+            raise _problem("invalid cron {cron}: " + reason, cron=cron) from None
         return cron
 
 

@@ -133,15 +133,49 @@ class Destination(ABC):
     # -- reading and steering, for the operator's commands ----------------------------
     # Not abstract: a backend without them can still sync; the commands say so.
 
-    def recent_syncs(self, connector: str, limit: int = 20) -> list[SyncRecord]:
-        """The connector's latest syncs, newest first."""
+    def recent_syncs(
+        self, connector: str, limit: int = 20, *, before: datetime | None = None
+    ) -> list[SyncRecord]:
+        """The connector's latest syncs, newest first; only those started before `before`."""
         raise NotImplementedError(f"{type(self).__name__} cannot list syncs")
 
+    def get_sync(self, sync_id: str) -> SyncRecord | None:
+        """One sync by its id."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read syncs")
+
     def list_alerts(
-        self, connector: str | None = None, *, include_resolved: bool = False
+        self,
+        connector: str | None = None,
+        *,
+        include_resolved: bool = False,
+        limit: int | None = None,
     ) -> list[Alert]:
         """Alerts, newest first: open ones only unless `include_resolved`."""
         raise NotImplementedError(f"{type(self).__name__} cannot list alerts")
+
+    def resolve_alert(self, alert_id: str, at: datetime) -> Alert | None:
+        """Resolve one open alert; the alert as now resolved, None if none was open."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resolve alerts")
+
+    def set_paused(self, connector: str, paused: bool) -> None:
+        """Pause or resume a connector's schedule; kept in `connector_runtime.state`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot pause connectors")
+
+    def paused(self) -> set[str]:
+        """The paused connectors."""
+        raise NotImplementedError(f"{type(self).__name__} cannot pause connectors")
+
+    def row_counts(self, schema: str, tables: list[TableInfo]) -> dict[str, int]:
+        """Rows per data table of `schema` (soft-deleted rows included)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count rows")
+
+    def save_function_output(self, sync_id: str, output: str) -> None:
+        """Keep the tail of what the function printed during a sync (already masked)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep function output")
+
+    def function_output(self, sync_id: str) -> str | None:
+        """The function output kept for a sync, if any."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep function output")
 
     def save_state(self, connector: str, state: dict[str, Any]) -> None:
         """Replace the saved state (the caller holds the connector's lock); `{}` resets it

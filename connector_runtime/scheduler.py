@@ -23,24 +23,14 @@ import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config, CronSchedule
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
 from .jobs import build_job
+from .schedules import trigger_for
 from .sync import run_sync
 
-MAX_JITTER_SECONDS = 60.0
 EXIT_AT_ONCE = 130  # the second signal: what shells report for an interrupted command
-
-
-def trigger_for(schedule: float | CronSchedule):
-    """An APScheduler trigger; jitter is a tenth of the interval, at most a minute."""
-    if isinstance(schedule, CronSchedule):
-        return CronTrigger.from_crontab(schedule.cron, timezone=UTC, jitter=MAX_JITTER_SECONDS)
-    jitter = min(schedule / 10, MAX_JITTER_SECONDS)
-    return IntervalTrigger(seconds=schedule, timezone=UTC, jitter=int(jitter) or None)
 
 
 class Server:

@@ -22,7 +22,6 @@ from typing import Any
 import structlog
 
 from . import __version__, masking
-from .events import bus
 from .destination import Alert, Destination, PageResult, SyncRecord, open_destination
 from .errors import (
     DestinationError,
@@ -32,6 +31,7 @@ from .errors import (
     TransientDestinationError,
     TransientInvokeError,
 )
+from .events import bus
 from .invokers import Invoker
 from .naming import NameMap
 from .page import PagePlanner, TableSettings

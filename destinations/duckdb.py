@@ -68,7 +68,17 @@ CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.names (
 CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.tables (
   connector VARCHAR, name VARCHAR, source VARCHAR, primary_key JSON, columns JSON,
   declared JSON, deleted_column BOOLEAN);
+ALTER TABLE {RUNTIME_SCHEMA}.state ADD COLUMN IF NOT EXISTS paused BOOLEAN DEFAULT false;
+ALTER TABLE {RUNTIME_SCHEMA}.syncs ADD COLUMN IF NOT EXISTS function_output VARCHAR;
 """
+_SYNC_COLUMNS = (
+    "sync_id, connector, trigger, {started}, {finished}, status, pages, rows_upserted,"
+    " rows_deleted, error"
+).format(started="epoch_us(started_at)", finished="epoch_us(finished_at)")
+_ALERT_COLUMNS = (
+    "alert_id, connector, sync_id, epoch_us(created_at), severity, kind, error_type, message,"
+    " CAST(stack_trace AS VARCHAR), epoch_us(resolved_at)"
+)
 OPEN_WAIT_SECONDS = 60.0  # another process may hold the file for one of its syncs
 
 
@@ -195,21 +205,15 @@ class DuckDBDestination(Destination):
                 [record.started_at, record.connector],
             )
             con.execute(
-                f"INSERT INTO {RUNTIME_SCHEMA}.syncs VALUES (?, ?, ?, ?, NULL, 'running', 0, 0, 0, NULL)",
+                f"INSERT INTO {RUNTIME_SCHEMA}.syncs (sync_id, connector, trigger, started_at, status,"
+                " pages, rows_upserted, rows_deleted) VALUES (?, ?, ?, ?, 'running', 0, 0, 0)",
                 [record.sync_id, record.connector, record.trigger, record.started_at],
             )
             self._open_cycle(con, record, reset_state)
         return self.load(record.connector)
 
     def _open_cycle(self, con, record: SyncRecord, reset_state: bool) -> None:
-        exists = con.execute(
-            f"SELECT count(*) FROM {RUNTIME_SCHEMA}.state WHERE connector = ?", [record.connector]
-        ).fetchone()[0]
-        if not exists:
-            con.execute(
-                f"INSERT INTO {RUNTIME_SCHEMA}.state VALUES (?, '{{}}', NULL, ?, NULL, NULL)",
-                [record.connector, record.started_at],
-            )
+        self._ensure_state_row(con, record.connector)
         if reset_state:
             con.execute(
                 f"UPDATE {RUNTIME_SCHEMA}.state SET state = '{{}}', cycle_started_at = ?,"
@@ -248,7 +252,8 @@ class DuckDBDestination(Destination):
     def record_alert(self, alert: Alert) -> None:
         with self._transaction() as con:
             con.execute(
-                f"INSERT INTO {RUNTIME_SCHEMA}.alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                f"INSERT INTO {RUNTIME_SCHEMA}.alerts (alert_id, connector, sync_id, created_at, severity,"
+                " kind, error_type, message, stack_trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     alert.alert_id,
                     alert.connector,
@@ -262,47 +267,107 @@ class DuckDBDestination(Destination):
                 ],
             )
 
-    def recent_syncs(self, connector: str, limit: int = 20) -> list[SyncRecord]:
+    def recent_syncs(
+        self, connector: str, limit: int = 20, *, before: datetime | None = None
+    ) -> list[SyncRecord]:
         rows = self.con.execute(
-            f"SELECT sync_id, connector, trigger, {_epoch('started_at')}, {_epoch('finished_at')},"
-            " status, pages, rows_upserted, rows_deleted, error"
-            f" FROM {RUNTIME_SCHEMA}.syncs WHERE connector = ? ORDER BY started_at DESC LIMIT ?",
-            [connector, limit],
+            f"SELECT {_SYNC_COLUMNS} FROM {RUNTIME_SCHEMA}.syncs WHERE connector = ?"
+            " AND (CAST(? AS TIMESTAMPTZ) IS NULL OR started_at < ?)"
+            " ORDER BY started_at DESC LIMIT ?",
+            [connector, before, before, limit],
         ).fetchall()
-        return [SyncRecord(r[0], r[1], r[2], _time(r[3]), _time(r[4]), *r[5:]) for r in rows]
+        return [_sync(r) for r in rows]
+
+    def get_sync(self, sync_id: str) -> SyncRecord | None:
+        row = self.con.execute(
+            f"SELECT {_SYNC_COLUMNS} FROM {RUNTIME_SCHEMA}.syncs WHERE sync_id = ?", [sync_id]
+        ).fetchone()
+        return None if row is None else _sync(row)
 
     def list_alerts(
-        self, connector: str | None = None, *, include_resolved: bool = False
+        self,
+        connector: str | None = None,
+        *,
+        include_resolved: bool = False,
+        limit: int | None = None,
     ) -> list[Alert]:
         where = ["(connector = ? OR ? IS NULL)"] + (
             [] if include_resolved else ["resolved_at IS NULL"]
         )
         rows = self.con.execute(
-            f"SELECT alert_id, connector, sync_id, {_epoch('created_at')}, severity, kind, error_type,"
-            f" message, CAST(stack_trace AS VARCHAR), {_epoch('resolved_at')}"
-            f" FROM {RUNTIME_SCHEMA}.alerts WHERE {' AND '.join(where)} ORDER BY created_at DESC",
-            [connector, connector],
+            f"SELECT {_ALERT_COLUMNS} FROM {RUNTIME_SCHEMA}.alerts WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC LIMIT ?",
+            [connector, connector, limit],
         ).fetchall()
-        return [
-            Alert(
-                r[0],
-                r[1],
-                r[2],
-                _time(r[3]),
-                *r[4:8],
-                None if r[8] is None else orjson.loads(r[8]),
-                _time(r[9]),
+        return [_alert(r) for r in rows]
+
+    def resolve_alert(self, alert_id: str, at: datetime) -> Alert | None:
+        with self._transaction() as con:
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.alerts SET resolved_at = ?"
+                " WHERE alert_id = ? AND resolved_at IS NULL",
+                [at, alert_id],
             )
-            for r in rows
-        ]
+            resolved = con.execute(
+                f"SELECT {_ALERT_COLUMNS} FROM {RUNTIME_SCHEMA}.alerts"
+                " WHERE alert_id = ? AND resolved_at = ?",
+                [alert_id, at],
+            ).fetchone()
+        return None if resolved is None else _alert(resolved)
 
     def save_state(self, connector: str, state: dict) -> None:
         with self._transaction() as con:
-            con.execute(f"DELETE FROM {RUNTIME_SCHEMA}.state WHERE connector = ?", [connector])
+            self._ensure_state_row(con, connector)
             con.execute(
-                f"INSERT INTO {RUNTIME_SCHEMA}.state VALUES (?, ?, NULL, now(), NULL, NULL)",
-                [connector, orjson.dumps(state).decode()],
+                f"UPDATE {RUNTIME_SCHEMA}.state SET state = ?, sync_id = NULL, updated_at = now(),"
+                " cycle_started_at = NULL, cycle_trigger = NULL WHERE connector = ?",
+                [orjson.dumps(state).decode(), connector],
             )
+
+    def set_paused(self, connector: str, paused: bool) -> None:
+        with self._transaction() as con:
+            self._ensure_state_row(con, connector)
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.state SET paused = ? WHERE connector = ?",
+                [paused, connector],
+            )
+
+    def paused(self) -> set[str]:
+        rows = self.con.execute(f"SELECT connector FROM {RUNTIME_SCHEMA}.state WHERE paused")
+        return {r[0] for r in rows.fetchall()}
+
+    def _ensure_state_row(self, con, connector: str) -> None:
+        con.execute(
+            f"INSERT INTO {RUNTIME_SCHEMA}.state (connector, state, updated_at)"
+            f" SELECT ?, '{{}}', now() WHERE NOT EXISTS"
+            f" (SELECT 1 FROM {RUNTIME_SCHEMA}.state WHERE connector = ?)",
+            [connector, connector],
+        )
+
+    def row_counts(self, schema: str, tables: list[TableInfo]) -> dict[str, int]:
+        counts = {}
+        for table in tables:
+            target = f"{self._schema(schema)}.{q(table.name)}"
+            try:
+                counts[table.name] = self.con.execute(f"SELECT count(*) FROM {target}").fetchone()[
+                    0
+                ]
+            except duckdb.CatalogException:  # in the catalog but dropped by hand
+                continue
+        return counts
+
+    def save_function_output(self, sync_id: str, output: str) -> None:
+        with self._transaction() as con:
+            con.execute(
+                f"UPDATE {RUNTIME_SCHEMA}.syncs SET function_output = ? WHERE sync_id = ?",
+                [output, sync_id],
+            )
+
+    def function_output(self, sync_id: str) -> str | None:
+        row = self.con.execute(
+            f"SELECT function_output FROM {RUNTIME_SCHEMA}.syncs WHERE sync_id = ?", [sync_id]
+        ).fetchone()
+        return None if row is None else row[0]
 
     # -- pages ------------------------------------------------------------------------
 
@@ -416,7 +481,8 @@ class DuckDBDestination(Destination):
     def _save_catalog(self, con, page: PageWrite) -> None:
         for entry in page.names:
             con.execute(
-                f"INSERT INTO {RUNTIME_SCHEMA}.names VALUES (?, ?, ?, ?)",
+                f"INSERT INTO {RUNTIME_SCHEMA}.names (connector, source_table, source_column, name)"
+                " VALUES (?, ?, ?, ?)",
                 [page.connector, entry.table, entry.column, entry.name],
             )
         for write in page.tables:
@@ -492,3 +558,12 @@ def _epoch(column: str) -> str:
 
 def _time(epoch_us: int | None) -> datetime | None:
     return None if epoch_us is None else datetime.fromtimestamp(epoch_us / 1e6, UTC)
+
+
+def _sync(row: tuple) -> SyncRecord:
+    return SyncRecord(row[0], row[1], row[2], _time(row[3]), _time(row[4]), *row[5:])
+
+
+def _alert(row: tuple) -> Alert:
+    trace = None if row[8] is None else orjson.loads(row[8])
+    return Alert(*row[0:3], _time(row[3]), *row[4:8], trace, _time(row[9]))

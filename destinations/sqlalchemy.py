@@ -119,6 +119,7 @@ def runtime_tables(flavor) -> dict[str, sa.Table]:
             sa.Column("updated_at", when()),
             sa.Column("cycle_started_at", when()),
             sa.Column("cycle_trigger", key),
+            sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
         ),
         "syncs": table(
             "syncs",
@@ -129,6 +130,7 @@ def runtime_tables(flavor) -> dict[str, sa.Table]:
             sa.Column("status", key),
             *(sa.Column(c, sa.BigInteger()) for c in ("pages", "rows_upserted", "rows_deleted")),
             sa.Column("error", text),
+            sa.Column("function_output", text),
         ),
         "alerts": table(
             "alerts",
@@ -223,11 +225,23 @@ class SQLAlchemyDestination(Destination):
                         schema = self.flavor.runtime_schema
                         conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
                     next(iter(self.runtime.values())).metadata.create_all(conn)
+                    self._add_missing_columns(conn)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
+
+    def _add_missing_columns(self, conn: sa.Connection) -> None:
+        """Runtime tables made by an earlier version get the columns added since."""
+        inspector = sa.inspect(conn)
+        for table in self.runtime.values():
+            present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+            for column in table.columns:
+                if column.name not in present:
+                    ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                    target = self.engine.dialect.identifier_preparer.format_table(table)
+                    conn.execute(sa.text(f"ALTER TABLE {target} ADD COLUMN {ddl}"))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -329,12 +343,7 @@ class SQLAlchemyDestination(Destination):
                 )
             )
             mine = state.c.connector == record.connector
-            if conn.execute(sa.select(sa.func.count()).where(mine)).scalar() == 0:
-                conn.execute(
-                    sa.insert(state).values(
-                        connector=record.connector, state={}, updated_at=record.started_at
-                    )
-                )
+            self._ensure_state_row(conn, record.connector)
             if reset_state:
                 cycle = {
                     "state": {},
@@ -388,61 +397,118 @@ class SQLAlchemyDestination(Destination):
                 )
             )
 
-    def recent_syncs(self, connector: str, limit: int = 20) -> list[SyncRecord]:
+    def recent_syncs(
+        self, connector: str, limit: int = 20, *, before: datetime | None = None
+    ) -> list[SyncRecord]:
         syncs = self.runtime["syncs"]
+        query = sa.select(*self._sync_columns()).where(syncs.c.connector == connector)
+        if before is not None:
+            query = query.where(syncs.c.started_at < before)
         with self._transaction("reading syncs") as conn:
-            rows = (
-                conn.execute(
-                    sa.select(syncs)
-                    .where(syncs.c.connector == connector)
-                    .order_by(syncs.c.started_at.desc())
-                    .limit(limit)
-                )
-                .mappings()
-                .all()
-            )
-        return [
-            SyncRecord(
-                **{
-                    **row,
-                    "started_at": _aware(row["started_at"]),
-                    "finished_at": _aware(row["finished_at"]),
-                }
-            )
-            for row in rows
-        ]
+            rows = conn.execute(query.order_by(syncs.c.started_at.desc()).limit(limit)).mappings()
+            return [_sync(row) for row in rows.all()]
+
+    def get_sync(self, sync_id: str) -> SyncRecord | None:
+        syncs = self.runtime["syncs"]
+        query = sa.select(*self._sync_columns()).where(syncs.c.sync_id == sync_id)
+        with self._transaction("reading a sync") as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _sync(row)
+
+    def _sync_columns(self) -> list[sa.Column]:
+        return [c for c in self.runtime["syncs"].c if c.name != "function_output"]
 
     def list_alerts(
-        self, connector: str | None = None, *, include_resolved: bool = False
+        self,
+        connector: str | None = None,
+        *,
+        include_resolved: bool = False,
+        limit: int | None = None,
     ) -> list[Alert]:
         alerts = self.runtime["alerts"]
-        query = sa.select(alerts).order_by(alerts.c.created_at.desc())
+        query = sa.select(alerts).order_by(alerts.c.created_at.desc()).limit(limit)
         if connector is not None:
             query = query.where(alerts.c.connector == connector)
         if not include_resolved:
             query = query.where(alerts.c.resolved_at.is_(None))
         with self._transaction("reading alerts") as conn:
-            rows = conn.execute(query).mappings().all()
-        return [
-            Alert(
-                **{
-                    **row,
-                    "created_at": _aware(row["created_at"]),
-                    "resolved_at": _aware(row["resolved_at"]),
-                }
-            )
-            for row in rows
-        ]
+            return [_alert(row) for row in conn.execute(query).mappings().all()]
+
+    def resolve_alert(self, alert_id: str, at: datetime) -> Alert | None:
+        alerts = self.runtime["alerts"]
+        mine = alerts.c.alert_id == alert_id
+        with self._transaction("resolving an alert") as conn:
+            updated = conn.execute(
+                sa.update(alerts).where(mine, alerts.c.resolved_at.is_(None)).values(resolved_at=at)
+            ).rowcount
+            row = conn.execute(sa.select(alerts).where(mine)).mappings().first()
+        return _alert(row) if updated and row is not None else None
 
     def save_state(self, connector: str, state: dict) -> None:
         table = self.runtime["state"]
         with self._transaction("saving the state") as conn:
-            conn.execute(sa.delete(table).where(table.c.connector == connector))
+            self._ensure_state_row(conn, connector)
             conn.execute(
-                sa.insert(table).values(
-                    connector=connector, state=state, updated_at=datetime.now(UTC)
+                sa.update(table)
+                .where(table.c.connector == connector)
+                .values(
+                    state=state,
+                    sync_id=None,
+                    updated_at=datetime.now(UTC),
+                    cycle_started_at=None,
+                    cycle_trigger=None,
                 )
             )
+
+    def set_paused(self, connector: str, paused: bool) -> None:
+        table = self.runtime["state"]
+        with self._transaction("pausing a connector") as conn:
+            self._ensure_state_row(conn, connector)
+            conn.execute(
+                sa.update(table).where(table.c.connector == connector).values(paused=paused)
+            )
+
+    def paused(self) -> set[str]:
+        table = self.runtime["state"]
+        with self._transaction("reading paused connectors") as conn:
+            rows = conn.execute(sa.select(table.c.connector).where(table.c.paused.is_(True)))
+            return {r[0] for r in rows}
+
+    def _ensure_state_row(self, conn: sa.Connection, connector: str) -> None:
+        state = self.runtime["state"]
+        mine = state.c.connector == connector
+        if conn.execute(sa.select(sa.func.count()).where(mine)).scalar() == 0:
+            conn.execute(
+                sa.insert(state).values(connector=connector, state={}, updated_at=datetime.now(UTC))
+            )
+
+    def row_counts(self, schema: str, tables: list[TableInfo]) -> dict[str, int]:
+        counts = {}
+        with self._transaction("counting rows") as conn:
+            for info in tables:
+                table = self.flavor.data_table(schema, info).core
+                try:
+                    with conn.begin_nested():
+                        counts[info.name] = conn.execute(
+                            sa.select(sa.func.count()).select_from(table)
+                        ).scalar()
+                except sa.exc.DBAPIError:  # in the catalog but dropped by hand
+                    continue
+        return counts
+
+    def save_function_output(self, sync_id: str, output: str) -> None:
+        syncs = self.runtime["syncs"]
+        with self._transaction("keeping the function output") as conn:
+            conn.execute(
+                sa.update(syncs).where(syncs.c.sync_id == sync_id).values(function_output=output)
+            )
+
+    def function_output(self, sync_id: str) -> str | None:
+        syncs = self.runtime["syncs"]
+        with self._transaction("reading the function output") as conn:
+            return conn.execute(
+                sa.select(syncs.c.function_output).where(syncs.c.sync_id == sync_id)
+            ).scalar()
 
     # -- pages ------------------------------------------------------------------------
 
@@ -557,6 +623,26 @@ class SQLAlchemyDestination(Destination):
                 .values(cycle_started_at=None, cycle_trigger=None)
             )
         return marked
+
+
+def _sync(row) -> SyncRecord:
+    return SyncRecord(
+        **{
+            **row,
+            "started_at": _aware(row["started_at"]),
+            "finished_at": _aware(row["finished_at"]),
+        }
+    )
+
+
+def _alert(row) -> Alert:
+    return Alert(
+        **{
+            **row,
+            "created_at": _aware(row["created_at"]),
+            "resolved_at": _aware(row["resolved_at"]),
+        }
+    )
 
 
 def _aware(moment: datetime | None) -> datetime | None:

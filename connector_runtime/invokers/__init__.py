@@ -3,12 +3,88 @@
 An invoker knows how to reach one kind of function (a local Python or JavaScript file,
 AWS Lambda, an HTTP URL). It does not interpret the answer beyond transport: the sync
 loop parses and validates it (`connector_runtime.protocol`).
+
+Each invoker also keeps the tail of what its function printed (`Invoker.output`), for
+`connector test` and for the record of a failed sync.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Any
+
+from connector_runtime.masking import mask
+
+OUTPUT_TAIL_BYTES = 64 * 1024
+
+
+class OutputTail:
+    """The last lines a function printed: at most `limit` bytes of UTF-8, oldest dropped first.
+
+    `append` takes one line, without its newline (a string holding newlines counts as
+    several lines). `text()` returns the lines joined with "\\n", dropping whole lines
+    from the oldest end until the text fits in `limit` bytes; a single line longer than
+    `limit` keeps its last `limit` bytes, cut at a character boundary (so the text may be
+    a few bytes shorter). Text that won't encode as UTF-8 (lone surrogates) is stored with
+    "?" in its place.
+
+    `text()` is masked: every secret registered with `connector_runtime.masking` is `***`
+    in it (masking only ever shortens the text, so the bound holds; masking it again is
+    harmless). An over-long line is masked before it is cut, so no secret is left half
+    shown at the cut. Safe to use from several threads at once.
+    """
+
+    def __init__(self, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1 byte, not {limit}")
+        self.limit = limit
+        self._lines: deque[tuple[str, int]] = deque()  # (line, its size in bytes)
+        self._size = 0  # bytes of all lines plus one newline each
+        self._lock = threading.Lock()
+
+    def append(self, line: str) -> None:
+        """Add one line (several if it holds newlines); drop the oldest that no longer fit."""
+        if line.endswith("\n"):
+            line = line[:-1]
+        with self._lock:
+            for part in line.split("\n"):
+                self._add(*self._fitted(part))
+
+    def text(self) -> str:
+        """The lines kept, oldest first, joined with "\\n" and masked."""
+        with self._lock:
+            joined = "\n".join(line for line, _ in self._lines)
+        return mask(joined)
+
+    def clear(self) -> None:
+        """Forget every line."""
+        with self._lock:
+            self._lines.clear()
+            self._size = 0
+
+    def _fitted(self, line: str) -> tuple[str, int]:
+        """`line` as valid UTF-8 of at most `limit` bytes, and its size."""
+        try:
+            data = line.encode()
+        except UnicodeEncodeError:
+            data = line.encode(errors="replace")
+            line = data.decode()
+        if len(data) <= self.limit:
+            return line, len(data)
+        data = mask(line).encode()[-self.limit :]
+        start = 0
+        while start < len(data) and data[start] & 0xC0 == 0x80:  # a continuation byte
+            start += 1
+        return data[start:].decode(), len(data) - start
+
+    def _add(self, line: str, size: int) -> None:
+        self._lines.append((line, size))
+        self._size += size + 1
+        while self._size - 1 > self.limit:  # the text has one newline fewer than lines
+            _, dropped = self._lines.popleft()
+            self._size -= dropped + 1
 
 
 class Invoker(ABC):
@@ -24,7 +100,23 @@ class Invoker(ABC):
       (a crash, an exit, a timeout; `error_type` as Lambda names it, e.g.
       `Runtime.ExitError`, `Sandbox.Timedout`);
     - `errors.InvokeFailed` when it cannot be reached at all and retrying won't help.
+
+    `output` holds what the function printed during this invoker's life, as far as the
+    invoker can see it (each subclass says what it captures).
     """
+
+    @property
+    def output(self) -> OutputTail:
+        """The tail of every line the function printed while this invoker called it.
+
+        By the time `invoke` returns or raises, the lines printed during that call are in
+        it. It outlives `close()`. Its `text()` is masked.
+        """
+        tail = self.__dict__.get("_output_tail")
+        if tail is None:
+            with _OUTPUT_LOCK:
+                tail = self.__dict__.setdefault("_output_tail", OutputTail())
+        return tail
 
     @abstractmethod
     def invoke(self, request: dict[str, Any]) -> bytes:
@@ -38,3 +130,6 @@ class Invoker(ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+_OUTPUT_LOCK = threading.Lock()  # creates each invoker's OutputTail once

@@ -6,11 +6,17 @@ AWS Lambda's Python runtime does, and turn whatever comes back into JSON bytes.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
 byte (`ANSWER`, `IMPORT_FAILED`, `NOT_FOUND`) and its payload from the worker.
+
+Before each reply the worker flushes `sys.stdout` and `sys.stderr` and writes
+`END_OF_CALL` and the call's number (1, 2, ...) as a line of its own to fd 2, where its
+output goes: once the parent's reader of that pipe reaches the line, it has read all
+the call printed (`local._Worker`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import importlib.util
 import inspect
@@ -34,6 +40,9 @@ IMPORT_FAILED = b"I"  # the module failed to import: an error shape; retire this
 NOT_FOUND = b"N"  # no such file or handler attribute: a message for InvokeFailed
 
 LENGTH = struct.Struct(">I")
+# Ends a call's output on fd 2; the NUL keeps any real output from looking like it.
+# `node_worker.mjs` writes the same line.
+END_OF_CALL = b"\x00connector-runtime:end-of-call:"
 DEFAULT_HANDLERS = ("handler", "lambda_handler")
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
@@ -221,6 +230,7 @@ class _Channel:
     def __init__(self, reader: BinaryIO, writer: BinaryIO) -> None:
         self._reader = reader
         self._writer = writer
+        self._replies = 0
 
     @classmethod
     def take_over_stdio(cls) -> _Channel:
@@ -243,9 +253,22 @@ class _Channel:
         return json.loads(self._reader.read(length))
 
     def send(self, kind: bytes, payload: bytes) -> None:
+        self._replies += 1
+        _end_output(self._replies)
         self._writer.write(LENGTH.pack(len(payload) + 1) + kind)
         self._writer.write(payload)
         self._writer.flush()
+
+
+def _end_output(call: int) -> None:
+    """Flush what the handler printed, then mark the end of call number `call` on fd 2."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # the handler may have closed or replaced it
+            stream.flush()
+    line = END_OF_CALL + b"%d\n" % call
+    with contextlib.suppress(OSError):  # fd 2 closed: the parent stops waiting for marks
+        while line:
+            line = line[os.write(2, line) :]
 
 
 def _limit_memory(memory_mb: int | None) -> None:

@@ -10,6 +10,10 @@ Each request is one `Invoke` (`RequestResponse`, `LogType=Tail`). What comes bac
   raises `FunctionError` (`Function.Unhandled`/`Function.Handled`, the tail as
   `stack_trace` and `log_tail`);
 - over Lambda's 6 MB payload limit either way: `InvokeFailed`, saying to page smaller;
+- the log tail of each Invoke that answered, even with an error, is logged as
+  `function_output` and appended to the invoker's `output`. That tail is Lambda's, not
+  the function's alone: its `START`, `END` and `REPORT` lines are kept, and a call that
+  printed more than 4 KB shows only its end, its first line possibly cut;
 - throttling, 5xx, timeouts and connection errors: `TransientInvokeError` (with
   `retry_after` when Lambda sends one); anything else `InvokeFailed`, naming the function.
 
@@ -166,6 +170,7 @@ class LambdaInvoker(Invoker):
         body, function_error, tail = self._call(payload)
         for line in tail:
             self._log.info("function_output", line=line)
+            self.output.append(line)
         return self._answer(body, function_error, tail)
 
     def close(self) -> None:

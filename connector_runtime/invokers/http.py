@@ -51,6 +51,9 @@ class HttpInvoker(Invoker):
 
     Header values and the URL's query values (Azure's `?code=`) may be secrets: messages
     name the URL without its query and mask them in any body excerpt they quote.
+
+    `output` stays empty: what an HTTP function prints stays in its host's logs, and no
+    HTTP answer carries it.
     """
 
     def __init__(

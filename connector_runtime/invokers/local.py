@@ -20,12 +20,18 @@ Isolation:
   `Sandbox.Timedout`; `memory_mb` caps the worker's address space (`RLIMIT_AS`), so a
   blow-up ends as a `MemoryError` shape or an exit. Either error carries the last lines
   the worker wrote to stdout/stderr as `stack_trace` (and `log_tail`); the next call
-  starts a fresh worker. Every output line is logged as `function_output`.
+  starts a fresh worker. Every output line is logged as `function_output` and kept in
+  the invoker's `output`, whichever worker wrote it: when a call returns or raises,
+  what it printed is there (see `_Worker`).
 - `inline`: the handler runs in this process and thread. Same bytes and error shapes,
   and `sys.exit` still becomes `Runtime.ExitError` (then a fresh import), but nothing
   guards against `os._exit`, segfaults, hangs (the timeout only drives the context's
-  countdown) or memory; prints go to this process's own stdout; `sys.path` and
-  `sys.modules` keep the handler's entries. For trusted, well-behaved functions and tests.
+  countdown) or memory; `sys.path` and `sys.modules` keep the handler's entries. During
+  a call (the module's import included) `sys.stdout` and `sys.stderr` are replaced by
+  tees: what is written through them still reaches the real streams and its lines go to
+  `output`. Writes that bypass them (`sys.stdout.buffer`, fd 1 or 2, C code, child
+  processes) are not captured; the streams are process-wide, so what another thread
+  prints during the call is. For trusted, well-behaved functions and tests.
 """
 
 from __future__ import annotations
@@ -49,9 +55,10 @@ from typing import Any
 import structlog
 
 from connector_runtime import errors
-from connector_runtime.invokers import Invoker
+from connector_runtime.invokers import Invoker, OutputTail
 from connector_runtime.invokers._worker import (
     ANSWER,
+    END_OF_CALL,
     LENGTH,
     NOT_FOUND,
     FunctionHost,
@@ -63,6 +70,10 @@ from connector_runtime.invokers._worker import (
 
 TAIL_LINES = 50
 STOP_GRACE_SECONDS = 2.0
+# How long a call's reply waits for the output reader to reach the call's end mark. It is
+# normally there within a millisecond: the worker writes the mark before the reply, and
+# no more than a pipe's capacity of output can be unread then.
+OUTPUT_CATCH_UP_SECONDS = 5.0
 
 
 class LocalPythonInvoker(Invoker):
@@ -90,7 +101,7 @@ class LocalPythonInvoker(Invoker):
         )
         self.isolation = isolation
         log = log if log is not None else structlog.get_logger()
-        self._worker = WarmWorker(lambda: _python_command(self.spec), self.spec, log)
+        self._worker = WarmWorker(lambda: _python_command(self.spec), self.spec, log, self.output)
         self._host: FunctionHost | None = None
 
     def invoke(self, request: dict[str, Any]) -> bytes:
@@ -108,8 +119,9 @@ class LocalPythonInvoker(Invoker):
         # A private copy, as a worker would receive: the handler can't alter the caller's state.
         request = json.loads(encode_json(request))
         try:
-            self._host = self._host or FunctionHost(self.spec)
-            return self._host.call(request)
+            with _captured_prints(self.output):
+                self._host = self._host or FunctionHost(self.spec)
+                return self._host.call(request)
         except HandlerImportError as exc:
             return exc.answer
         except HandlerNotFound as exc:
@@ -124,15 +136,25 @@ class LocalPythonInvoker(Invoker):
 
 class WarmWorker:
     """The worker behind a process-isolated invoker: started on the first call, kept warm
-    between calls, replaced after it dies or when the function's module failed to load."""
+    between calls, replaced after it dies or when the function's module failed to load.
 
-    def __init__(self, command: Callable[[], list[str]], spec: FunctionSpec, log: Any) -> None:
+    Every worker it starts appends its output lines to the one `output`.
+    """
+
+    def __init__(
+        self,
+        command: Callable[[], list[str]],
+        spec: FunctionSpec,
+        log: Any,
+        output: OutputTail | None = None,
+    ) -> None:
         self.command, self.spec, self.log = command, spec, log
+        self.output = output if output is not None else OutputTail()
         self._worker: _Worker | None = None
 
     def call(self, request: dict[str, Any]) -> bytes:
         if self._worker is None:
-            self._worker = _Worker(self.command(), self.spec.function_name, self.log)
+            self._worker = _Worker(self.command(), self.spec.function_name, self.log, self.output)
         try:
             kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
         except errors.FunctionError:
@@ -166,9 +188,21 @@ class _Worker:
 
     `command` starts a program that reads request frames on its stdin and writes reply
     frames to its stdout (`_worker.py`; `node_worker.mjs` behind `node.py`'s fd shuffle).
+    Each line of its stderr (where its stdout prints land too) is logged as
+    `function_output`, kept in `tail` (the last `TAIL_LINES`, for failures) and appended
+    to `output`.
+
+    The reader thread may lag behind the reply, which comes on another pipe. So before
+    each reply the worker flushes its output and writes `END_OF_CALL` with the call's
+    number to stderr; having read the reply, `exchange` waits until the reader has passed
+    that mark (all the call printed is then in `output`), at most
+    `OUTPUT_CATCH_UP_SECONDS`. If a mark never comes (the function closed or redirected
+    fd 2), later calls don't wait again until a mark is read.
     """
 
-    def __init__(self, command: list[str], function_name: str, log: Any) -> None:
+    def __init__(
+        self, command: list[str], function_name: str, log: Any, output: OutputTail
+    ) -> None:
         try:
             self._process = subprocess.Popen(
                 command,
@@ -181,6 +215,12 @@ class _Worker:
             raise errors.InvokeFailed(f"cannot start a worker ({command[0]}): {exc}") from exc
         os.set_blocking(self._process.stdin.fileno(), False)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.output, self._log = output, log
+        self._calls = 0  # requests sent
+        self._calls_ended = 0  # the last end-of-call mark read from stderr
+        self._marks_arrive = True  # false once a mark was missed, true again at the next
+        self._reader_done = False
+        self._caught_up = threading.Condition()
         self._stderr_reader = threading.Thread(
             target=self._log_output, args=(log, function_name), daemon=True
         )
@@ -193,6 +233,7 @@ class _Worker:
         Raises `FunctionError` (the worker is then gone) if it exits or times out.
         """
         deadline = time.monotonic() + timeout
+        self._calls += 1
         try:
             self._write(LENGTH.pack(len(request)) + request, deadline)
             (length,) = LENGTH.unpack(self._read(LENGTH.size, deadline))
@@ -203,6 +244,7 @@ class _Worker:
         except (EOFError, BrokenPipeError):
             headline = f"Runtime exited with error: {self._exit_description()}"
             raise self._failure(headline, "Runtime.ExitError") from None
+        self._await_output(self._calls)
         return reply[:1], reply[1:]
 
     def stop(self) -> None:
@@ -248,12 +290,45 @@ class _Worker:
         except ValueError:
             return f"signal {-code}"
 
+    def _await_output(self, call: int) -> None:
+        """Wait until the reader has read all that call number `call` printed."""
+        with self._caught_up:
+            if not self._marks_arrive:
+                return
+            if not self._caught_up.wait_for(
+                lambda: self._calls_ended >= call or self._reader_done, OUTPUT_CATCH_UP_SECONDS
+            ):
+                self._marks_arrive = False
+                self._log.warning(
+                    "function_output_unsynchronized",
+                    pid=self._process.pid,
+                    detail="the worker's end-of-call mark did not arrive; a call's output "
+                    "may now be recorded after it returns",
+                )
+
     def _log_output(self, log: Any, function_name: str) -> None:
-        with self._process.stderr as output:
-            for raw in output:
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                self.tail.append(line)
-                log.info("function_output", function=function_name, line=line)
+        try:
+            with self._process.stderr as output:
+                for raw in output:
+                    self._take_output(raw, log, function_name)
+        finally:
+            with self._caught_up:
+                self._reader_done = True
+                self._caught_up.notify_all()
+
+    def _take_output(self, raw: bytes, log: Any, function_name: str) -> None:
+        """One line of stderr: output (kept and logged), an end-of-call mark, or both."""
+        text, mark, number = raw.partition(END_OF_CALL)
+        if text or not mark:  # output without a newline before the mark ends at it
+            line = text.decode(errors="replace").rstrip("\r\n")
+            self.tail.append(line)
+            self.output.append(line)
+            log.info("function_output", function=function_name, line=line)
+        if mark:
+            with contextlib.suppress(ValueError), self._caught_up:
+                self._calls_ended = int(number)
+                self._marks_arrive = True
+                self._caught_up.notify_all()
 
     def _write(self, data: bytes, deadline: float) -> None:
         fd = self._process.stdin.fileno()
@@ -282,3 +357,56 @@ def _wait_for(fd: int, event: int, deadline: float) -> None:
     poller.register(fd, event)
     if not poller.poll(math.ceil(max(0.0, deadline - time.monotonic()) * 1000)):
         raise TimeoutError
+
+
+@contextlib.contextmanager
+def _captured_prints(output: OutputTail):
+    """Tee `sys.stdout` and `sys.stderr` into `output` until the block ends."""
+    tees = _Tee(sys.stdout, output), _Tee(sys.stderr, output)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = tees
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        for tee in tees:
+            tee.end()
+
+
+class _Tee:
+    """A text stream that writes through to `stream` and appends its lines to `output`.
+
+    A line still open when the call ends is appended as it is. Any other attribute
+    (`encoding`, `fileno`, `buffer`, ...) is the real stream's.
+    """
+
+    def __init__(self, stream: Any, output: OutputTail) -> None:
+        self._stream, self._output = stream, output
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text) if self._stream is not None else None
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._output.append(line.rstrip("\r"))
+        return len(text) if written is None else written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    def end(self) -> None:
+        """Append the unfinished line, if any."""
+        with self._lock:
+            partial, self._partial = self._partial, ""
+        if partial:
+            self._output.append(partial.rstrip("\r"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -16,10 +16,12 @@ A thrown error or `callback(err)` becomes `{errorMessage, errorType, stackTrace}
 runtime calls that list `trace`). The worker, its timeout, crash and exit handling and
 output logging are those of the Python worker (`local._Worker`): a crash, an unhandled
 rejection or `process.exit(n)` raises `FunctionError` `Runtime.ExitError`, a call
-longer than `timeout` `Sandbox.Timedout`, and every output line, `console.log`
-included, is logged as `function_output`. `memory_mb` caps V8's heap
-(`--max-old-space-size`); a blow-up ends the worker, never the runtime. Buffers and
-other memory outside the heap are not capped.
+longer than `timeout` `Sandbox.Timedout`, and every output line, `console.log` and
+`console.error` included, is logged as `function_output` and kept in the invoker's
+`output` (before each reply the worker waits for `process.stdout` and `process.stderr`
+to be written out, then marks the end of the call, as `_worker.py` does). `memory_mb`
+caps V8's heap (`--max-old-space-size`); a blow-up ends the worker, never the runtime.
+Buffers and other memory outside the heap are not capped.
 
 Numbers: the request is parsed with `JSON.parse`, so integers beyond 2**53 (a cursor,
 say) arrive rounded: send them as strings. An answer may hold `BigInt`s; they are
@@ -71,9 +73,8 @@ class NodeInvoker(Invoker):
             memory_mb=memory_mb,
         )
         self.node = shutil.which("node")
-        self._worker = WarmWorker(
-            self._command, self.spec, log if log is not None else structlog.get_logger()
-        )
+        log = log if log is not None else structlog.get_logger()
+        self._worker = WarmWorker(self._command, self.spec, log, self.output)
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         return self._worker.call(request)

@@ -8,6 +8,11 @@
 // request's JSON from the parent, or one kind byte (A answer, I import failed, N not found)
 // and its payload from this worker. It serves requests until fd 3 closes.
 //
+// Before each reply the worker waits until what the function wrote to process.stdout and
+// process.stderr has reached the pipe (on Linux, node writes pipes asynchronously), then
+// writes END_OF_CALL and the call's number as a line of its own to stderr: once the
+// parent's reader reaches it, it has read all the call printed (`_worker.py` does the same).
+//
 // Between two calls the worker blocks reading fd 3, so timers and sockets the function
 // left behind wait for the next call, as on a frozen Lambda instance.
 
@@ -24,6 +29,7 @@ const ANSWER = 'A';
 const IMPORT_FAILED = 'I';
 const NOT_FOUND = 'N';
 const DEFAULT_HANDLERS = ['handler', 'lambda_handler'];
+const END_OF_CALL = '\0connector-runtime:end-of-call:'; // as in _worker.py
 const WORKER_LOCATIONS = [`${import.meta.url}:`, `${fileURLToPath(import.meta.url)}:`];
 const INTERNAL_FRAME = /^\s+at (.*\()?node:/;
 // JSON.stringify cannot write a BigInt; it is written as this marker, then unquoted.
@@ -57,6 +63,26 @@ function receive() {
   const header = readExactly(4);
   const body = header && readExactly(header.readUInt32BE(0));
   return body && JSON.parse(body.toString('utf8'));
+}
+
+let replies = 0;
+
+/** Once the output written so far is in the pipe, mark the call's end, then `then()`. */
+function endOutput(then) {
+  replies += 1;
+  const mark = `${END_OF_CALL}${replies}\n`;
+  // A stream's write callbacks run in order: after this one, all it was given is written.
+  const afterStdout = () => writeThen(process.stderr, mark, then);
+  writeThen(process.stdout, '', afterStdout);
+}
+
+/** `stream.write(text)`, then `then()`, even if the function broke the stream. */
+function writeThen(stream, text, then) {
+  try {
+    stream.write(text, () => then());
+  } catch {
+    then();
+  }
 }
 
 function send(kind, payload) {
@@ -212,8 +238,10 @@ function serve(handler, spec, logStreamName) {
   let body = null;
   const reply = () => {
     process.removeListener('beforeExit', reply);
-    send(ANSWER, body ?? NO_ANSWER);
-    setImmediate(serve, handler, spec, logStreamName);
+    endOutput(() => {
+      send(ANSWER, body ?? NO_ANSWER);
+      setImmediate(serve, handler, spec, logStreamName);
+    });
   };
   // The event loop empties when nothing the call started is pending any more.
   process.once('beforeExit', reply);
@@ -251,8 +279,11 @@ async function main(argv) {
 
 /** Answer the first request with why there is nothing to call, then end. */
 function refuse(kind, payload) {
-  if (receive() !== null) send(kind, payload);
-  process.exit(0);
+  if (receive() === null) process.exit(0);
+  endOutput(() => {
+    send(kind, payload);
+    process.exit(0);
+  });
 }
 
 await main(process.argv);

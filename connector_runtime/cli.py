@@ -1,8 +1,10 @@
-"""`connector [-c PATH] COMMAND` (DESIGN.md §9).
+"""`connector COMMAND [options]`: the command line.
 
-Human output (progress, summaries, errors) goes to stderr through rich; anything meant
-for a script is printed alone on stdout. Exit codes: 0 success, 1 a sync or check
-failed, 2 a usage or config error.
+A command's report (tables, lists, JSON) goes to stdout; progress, warnings and errors go
+to stderr. Exit codes: 0 success, 1 a sync or check failed, 2 a usage or config error,
+130/143 interrupted by SIGINT/SIGTERM. An expected failure (a warehouse that cannot be
+reached, a lock held, bad input) is one line saying what failed and what to do, never a
+traceback. When `connector serve` runs for the same config, commands go through its API.
 """
 
 from __future__ import annotations
@@ -10,125 +12,221 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from collections.abc import Callable
+import traceback
 
 import structlog
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from . import __version__, masking
 from .config import Config, load_config
 from .errors import (
     ConfigError,
+    ConnectorRuntimeError,
     DestinationError,
-    SyncFailure,
     SyncInProgress,
     TransientDestinationError,
 )
-from .jobs import build_job
-from .sync import PageProgress, SyncOutcome, run_sync
+from .terminal import FAILED, INTERRUPTED, OK, USAGE, console, out
 
-OK, FAILED, USAGE = 0, 1, 2
-# no hard wraps: `file:line:` stays parseable; piped output gets room for whole tables
-console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+EXAMPLES = {
+    "run": "connector run orders            # one sync, with progress and a summary\n"
+    "  connector run                   # every connector in turn",
+    "validate": "connector validate              # exit 2 and file:line:field for each problem",
+    "test": "connector test orders           # one call with setup_test: true; writes nothing",
+    "serve": "connector serve                 # prints a login URL for the browser\n"
+    '  curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8765/api/connectors',
+    "status": "connector status\n  connector status --json | jq '.[] | {name, status}'",
+    "alerts": "connector alerts orders --all",
+    "syncs": "connector syncs orders --limit 5 --logs",
+    "show": "connector show orders           # tables, columns, keys, row counts",
+    "state": "connector state show orders\n  connector state set orders '{\"after\": 0}'",
+    "resync": "connector resync orders",
+    "pause": "connector pause orders",
+    "resume": "connector resume orders",
+    "secrets": 'connector secrets init\n  printf %s "$TOKEN" | connector secrets encrypt orders apiToken',
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(verbose=args.verbose or getattr(args, "serving", False))
+    configure_logging(verbose=args.verbose or args.command_name == "serve")
     try:
-        if getattr(args, "without_config", False):
-            return args.command(args)
-        config = load_config(args.config)
-        return args.command(config, args)
+        return _dispatch(args)
     except ConfigError as exc:
-        console.print(f"[red]config error:[/red] {escape(masking.mask(str(exc)))}", highlight=False)
+        _fail("config error", exc)
         return USAGE
-    except DestinationError as exc:
-        console.print(
-            f"[red]warehouse error:[/red] {escape(masking.mask(str(exc)))}", highlight=False
-        )
+    except SyncInProgress as exc:
+        console.print(f"[yellow]{escape(masking.mask(str(exc)))}[/yellow]", highlight=False)
+        return FAILED
+    except (DestinationError, TransientDestinationError) as exc:
+        _fail("warehouse error", exc)
+        return FAILED
+    except (ConnectorRuntimeError, LookupError) as exc:
+        _fail("error", exc)
+        return FAILED
+    except KeyboardInterrupt:
+        console.print("interrupted", highlight=False)
+        return INTERRUPTED
+    except BrokenPipeError:  # `connector status | head`: the reader left
+        return OK
+    except Exception as exc:  # a bug of ours: one line, the traceback only on request
+        if args.verbose:
+            traceback.print_exc()
+        _fail("internal error", repr(exc), hint="run again with -v for the traceback")
         return FAILED
 
 
+def _fail(label: str, error: object, hint: str = "") -> None:
+    message = " ".join(masking.mask(str(error)).split())  # one line, whatever the error said
+    tail = f" ({hint})" if hint else ""
+    console.print(f"[red]{label}:[/red] {escape(message)}{tail}", highlight=False)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.without_config:
+        return args.handler(args)
+    config = load_config(args.config)
+    if args.reading:
+        from . import ops
+
+        return getattr(ops, args.handler)(_backend(config), args, out, console)
+    return args.handler(config, args)
+
+
+def _backend(config: Config):
+    """The running server's API if there is one for this config, else the warehouse."""
+    from .client import connect
+    from .control import Control
+
+    return connect(config) or Control(config)
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="connector", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "-c", "--config", help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)"
+    # Global options, accepted before and after the command: the subcommand copies
+    # don't override a value given before it (SUPPRESS).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log every step, function output too"
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log every step; function output as it is printed",
     )
+    parser = argparse.ArgumentParser(
+        prog="connector",
+        description="Run function connectors: call a function for pages of rows and sync "
+        "them into a warehouse.",
+        parents=[common],
+    )
+    parser.set_defaults(config=None, verbose=False, json=False, reading=False)
+    parser.set_defaults(without_config=False, command_name=None)
     parser.add_argument("--version", action="version", version=f"connector-runtime {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="sync the named connectors (all if none)")
+    def command(name: str, help: str, handler, **options) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=f"example:\n  {EXAMPLES[name.split()[0]]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        sub.set_defaults(handler=handler, command_name=name, **options)
+        return sub
+
+    def reading(name: str, help: str, handler: str, **options) -> argparse.ArgumentParser:
+        sub = command(name, help, handler, reading=True, **options)
+        sub.add_argument("--json", action="store_true", help="print JSON on stdout")
+        return sub
+
+    from . import runs
+
+    run = command("run", "sync the named connectors (all if none)", runs.cmd_run)
     run.add_argument("names", nargs="*", metavar="NAME")
-    run.set_defaults(command=cmd_run)
-
-    validate = commands.add_parser("validate", help="check the config and say what is wrong, where")
-    validate.set_defaults(command=cmd_validate)
-
-    serve = commands.add_parser("serve", help="run every scheduled connector until SIGTERM/SIGINT")
-    serve.set_defaults(command=cmd_serve, serving=True)
-
-    check = commands.add_parser(
-        "test", help="call the function once with setup_test: true; report if the answer is valid"
-    )
-    check.add_argument("name", metavar="NAME")
-    check.set_defaults(command=cmd_test)
-
-    resync = commands.add_parser(
-        "resync", help="sync from state {}, then mark deleted what the function did not re-send"
+    run.add_argument("--json", action="store_true", help="print each sync's outcome as JSON")
+    resync = command(
+        "resync", "sync from state {}, then mark deleted what was not re-sent", runs.cmd_resync
     )
     resync.add_argument("name", metavar="NAME")
-    resync.set_defaults(command=cmd_resync)
-
-    status = commands.add_parser(
-        "status", help="one line per connector: last sync, next run, alerts"
+    check = command(
+        "test", "call the function once with setup_test: true and judge the answer", runs.cmd_test
     )
-    status.set_defaults(command=_ops("cmd_status"))
-    alerts = commands.add_parser("alerts", help="open alerts (all with --all), with stack traces")
+    check.add_argument("name", metavar="NAME")
+    command("validate", "check the config and say what is wrong, where", runs.cmd_validate)
+    command("serve", "run schedules and the HTTP API until SIGTERM/SIGINT", runs.cmd_serve)
+
+    reading("status", "one line per connector: status, last sync, next run, alerts", "cmd_status")
+    alerts = reading("alerts", "open alerts (all with --all), with stack traces", "cmd_alerts")
     alerts.add_argument("name", nargs="?", metavar="NAME")
     alerts.add_argument("--all", action="store_true", help="resolved alerts too")
-    alerts.set_defaults(command=_ops("cmd_alerts"))
-    syncs = commands.add_parser("syncs", help="recent syncs of a connector")
+    syncs = reading("syncs", "recent syncs of a connector", "cmd_syncs")
     syncs.add_argument("name", metavar="NAME")
     syncs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
-    syncs.set_defaults(command=_ops("cmd_syncs"))
-
-    state = commands.add_parser("state", help="show, set or reset a connector's saved state")
-    state_commands = state.add_subparsers(required=True, metavar="ACTION")
-    show = state_commands.add_parser("show", help="print the saved state as JSON on stdout")
+    syncs.add_argument(
+        "--logs", action="store_true", help="also the function output of the newest sync"
+    )
+    show = reading(
+        "show", "where a connector's data lands: tables, columns, keys, rows", "cmd_show"
+    )
     show.add_argument("name", metavar="NAME")
-    show.set_defaults(command=_ops("cmd_state_show"))
-    set_ = state_commands.add_parser(
-        "set", help="replace the saved state; refused while a sync runs"
-    )
-    set_.add_argument("name", metavar="NAME")
-    set_.add_argument("json", metavar="JSON")
-    set_.set_defaults(command=_ops("cmd_state_set"))
-    reset = state_commands.add_parser(
-        "reset", help="clear the saved state; refused while a sync runs"
-    )
-    reset.add_argument("name", metavar="NAME")
-    reset.set_defaults(command=_ops("cmd_state_reset"))
-    secrets = commands.add_parser("secrets", help="the key and encrypted secret values")
-    secrets_commands = secrets.add_subparsers(required=True, metavar="ACTION")
-    init = secrets_commands.add_parser("init", help="create a key file if there is no key yet")
-    init.set_defaults(command=cmd_secrets_init, without_config=True)
-    encrypt = secrets_commands.add_parser(
-        "encrypt", help="read a value from stdin, print its enc:v1: token for connectors.yaml"
+    command("pause", "stop scheduling a connector (kept until resume)", "cmd_pause", reading=True)
+    command("resume", "schedule a paused connector again", "cmd_resume", reading=True)
+    for name in ("pause", "resume"):
+        commands.choices[name].add_argument("name", metavar="NAME")
+    _state_commands(command)
+    _secrets_commands(command)
+    return parser
+
+
+def _state_commands(command) -> None:
+    state = command("state", "show, set or reset a connector's saved state", None)
+    actions = state.add_subparsers(required=True, metavar="ACTION")
+    for name, help, handler in (
+        ("show", "print the saved state as JSON on stdout", "cmd_state_show"),
+        ("set", "replace the saved state; refused while a sync runs", "cmd_state_set"),
+        ("reset", "clear the saved state; refused while a sync runs", "cmd_state_reset"),
+    ):
+        action = actions.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=f"example:\n  {EXAMPLES['state']}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        action.set_defaults(handler=handler, reading=True, json=False)
+        action.add_argument("name", metavar="NAME")
+        if name == "set":
+            action.add_argument("json_state", metavar="JSON")
+
+
+def _secrets_commands(command) -> None:
+    from . import runs
+
+    secrets = command("secrets", "the key and encrypted secret values", None)
+    actions = secrets.add_subparsers(required=True, metavar="ACTION")
+    init = actions.add_parser("init", help="create a key file if there is no key yet")
+    init.set_defaults(handler=runs.cmd_secrets_init, without_config=True)
+    encrypt = actions.add_parser(
+        "encrypt",
+        help="read a value from stdin, print its enc:v1: token for connectors.yaml",
+        epilog=f"example:\n  {EXAMPLES['secrets']}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     encrypt.add_argument("name", metavar="NAME", help="the connector the secret belongs to")
     encrypt.add_argument(
         "key", metavar="KEY", help="the secret's key under `secrets:` (or header name)"
     )
-    encrypt.set_defaults(command=cmd_secrets_encrypt, without_config=True)
-    return parser
+    encrypt.set_defaults(handler=runs.cmd_secrets_encrypt, without_config=True)
 
 
 def configure_logging(*, verbose: bool = False) -> None:
@@ -151,184 +249,6 @@ def configure_logging(*, verbose: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-
-
-# -- commands -------------------------------------------------------------------------
-
-
-def cmd_validate(config: Config, args: argparse.Namespace) -> int:
-    for name in config.connectors:
-        build_job(config, name)  # paths, handlers and secrets, not only the YAML's shape
-    console.print(f"[green]{config.path}: {len(config.connectors)} connector(s), all valid[/green]")
-    return OK
-
-
-def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from .scheduler import Server
-
-    return Server(config).serve()
-
-
-def cmd_run(config: Config, args: argparse.Namespace) -> int:
-    names = args.names or list(config.connectors)
-    jobs = [build_job(config, name) for name in names]  # every config error before any sync
-    failed = False
-    for job in jobs:
-        failed |= not _run_one(job, "manual")
-    return FAILED if failed else OK
-
-
-def cmd_test(config: Config, args: argparse.Namespace) -> int:
-    """One call, judged exactly as a sync would judge it, with nothing written anywhere."""
-    from .sync import check_function
-
-    job = build_job(config, args.name)
-    try:
-        summary = check_function(job)
-    except SyncFailure as failure:
-        console.print(
-            f"[red]{job.connector}: {failure.kind}[/red] ({escape(failure.error_type)}): "
-            f"{escape(masking.mask(failure.message))}",
-            highlight=False,
-        )
-        return FAILED
-    console.print(
-        f"[green]{job.connector}: the function answered with a valid response[/green] "
-        f"({escape(summary)})",
-        highlight=False,
-    )
-    return OK
-
-
-def cmd_resync(config: Config, args: argparse.Namespace) -> int:
-    return OK if _run_one(build_job(config, args.name), "resync") else FAILED
-
-
-def _run_one(job, trigger: str) -> bool:
-    started = time.monotonic()
-    try:
-        with _progress(job.connector) as on_page:
-            outcome = run_sync(job, trigger=trigger, on_page=on_page)
-    except SyncInProgress as exc:
-        console.print(f"[yellow]{job.connector}:[/yellow] {escape(str(exc))}", highlight=False)
-        return False
-    except (DestinationError, TransientDestinationError) as exc:  # before or after any page
-        console.print(
-            f"[red]{job.connector}:[/red] {escape(masking.mask(str(exc)))}", highlight=False
-        )
-        return False
-    _summary(outcome, time.monotonic() - started)
-    return outcome.ok
-
-
-class _progress:
-    """A live line per connector: pages and rows so far."""
-
-    def __init__(self, connector: str) -> None:
-        self.connector = connector
-        self.rows = 0
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        )
-
-    def __enter__(self) -> Callable[[PageProgress], None]:
-        self.bar.start()
-        self.task = self.bar.add_task(f"{self.connector}: starting")
-        return self.on_page
-
-    def on_page(self, page: PageProgress) -> None:
-        self.rows += page.rows
-        self.bar.update(
-            self.task, description=f"{self.connector}: page {page.number}, {self.rows:,} rows"
-        )
-        if not console.is_terminal:
-            console.print(
-                f"{self.connector}: page {page.number} committed, {self.rows:,} rows so far",
-                highlight=False,
-            )
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.bar.stop()
-
-
-def _summary(outcome: SyncOutcome, seconds: float) -> None:
-    record = outcome.record
-    colour = {"succeeded": "green", "rescheduled": "yellow"}.get(record.status, "red")
-    console.print(
-        f"[{colour}]{record.connector}: {record.status}[/{colour}] in {seconds:.1f}s, "
-        f"{record.pages} page(s), {record.rows_upserted:,} rows upserted, "
-        f"{record.rows_deleted:,} deleted",
-        highlight=False,
-    )
-    if outcome.tables:
-        table = Table("table", "upserted", "deleted", "delete keys not found", box=None)
-        for name, counts in sorted(outcome.tables.items()):
-            table.add_row(
-                escape(name),
-                f"{counts['upserted']:,}",
-                f"{counts['deleted']:,}",
-                f"{counts['missing']:,}",
-            )
-        console.print(table)
-    if outcome.alert is not None:
-        alert = outcome.alert
-        console.print(
-            f"[red]{alert.kind}[/red] ({escape(str(alert.error_type))}): {escape(alert.message)}",
-            highlight=False,
-        )
-        if record.status == "failed":
-            console.print(
-                "the state stays at the last committed page; the next sync resumes there",
-                highlight=False,
-            )
-
-
-def cmd_secrets_init(args: argparse.Namespace) -> int:
-    from .secrets import init_key
-
-    path, created = init_key()
-    if created:
-        console.print(
-            f"created key file {path} (mode 0600); back it up: without it no "
-            "enc:v1: token can be read",
-            highlight=False,
-        )
-    elif path is None:
-        console.print("the key is in CONNECTOR_RUNTIME_KEY; nothing created")
-    else:
-        console.print(f"a key file already exists at {path}; nothing created", highlight=False)
-    return OK
-
-
-def cmd_secrets_encrypt(args: argparse.Namespace) -> int:
-    import getpass
-
-    from .secrets import encrypt
-
-    if sys.stdin.isatty():
-        value = getpass.getpass(f"value of {args.key} for {args.name} (not echoed): ")
-    else:
-        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
-    if not value:
-        console.print("[red]no value given on stdin[/red]")
-        return USAGE
-    sys.stdout.write(encrypt(value, args.name, args.key) + "\n")
-    return OK
-
-
-def _ops(name: str):
-    """An operator command from `ops`, imported when it runs."""
-
-    def command(config: Config, args: argparse.Namespace) -> int:
-        from . import ops
-
-        return getattr(ops, name)(config, args, console)
-
-    return command
 
 
 if __name__ == "__main__":

@@ -356,7 +356,7 @@ class Config(_Model):
         4, ge=1, strict=True, description="Most syncs `connector serve` runs at once."
     )
     server: ServerConfig = Field(
-        ServerConfig(), description="`connector serve`'s HTTP API and dashboard."
+        ServerConfig(), description="Where `connector serve` answers its API and dashboard."
     )
     notify: list[NotifyConfig] = Field(
         [], description="Webhooks for every connector's alerts (alert.opened, alert.resolved)."
@@ -370,10 +370,10 @@ class Config(_Model):
         """The config file; relative paths inside it are resolved against its directory."""
         return self._path
 
-    def where(self, *loc: str) -> str:
+    def where(self, *loc: str | int) -> str:
         """`file:line: dotted.field` for a problem found after loading (a missing file, say)."""
         line = line_of(self._root, loc) if self._root is not None else 1
-        return f"{self.path}:{line}: {'.'.join(loc)}"
+        return f"{self.path}:{line}: {_dotted(*loc)}"
 
     def destination_url(self, name: str) -> str:
         """The connector's warehouse URL, a relative DuckDB/SQLite file made absolute."""
@@ -443,13 +443,16 @@ def resolve_secrets(
     connector: ConnectorConfig,
     name: str,
     decrypt: Callable[[str, str, str], str] | None = None,
+    where: Callable[..., str] | None = None,
 ) -> dict[str, str]:
     """The connector's secrets with ${env:VAR} expanded and, given `decrypt`, tokens decrypted.
 
     `decrypt(token, connector_name, key)`: a token is bound to its connector and its key.
+    `where(*loc)` names a field in errors (`Config.where`: file, line and field).
     """
+    where = where or _dotted
     return {
-        key: _resolve(value, f"connectors.{name}.secrets.{key}", name, key, decrypt)
+        key: _resolve(value, where("connectors", name, "secrets", key), name, key, decrypt)
         for key, value in connector.secrets.items()
     }
 
@@ -458,12 +461,25 @@ def resolve_headers(
     connector: ConnectorConfig,
     name: str,
     decrypt: Callable[[str, str, str], str] | None = None,
+    where: Callable[..., str] | None = None,
 ) -> dict[str, str]:
     """The function's HTTP headers, expanded like `resolve_secrets` (the header name is the key)."""
+    where = where or _dotted
     return {
-        key: _resolve(value, f"connectors.{name}.function.headers.{key}", name, key, decrypt)
+        key: _resolve(
+            value, where("connectors", name, "function", "headers", key), name, key, decrypt
+        )
         for key, value in connector.function.headers.items()
     }
+
+
+def expand_env(value: str, field: str) -> str:
+    """`value` with each ${env:VAR} replaced; ConfigError naming `field` if VAR is unset."""
+    return _ENV_REFERENCE.sub(lambda match: _environment_value(match[1], field), value)
+
+
+def _dotted(*loc: str | int) -> str:
+    return ".".join(str(part) for part in loc)
 
 
 def plaintext_secret_keys(connector: ConnectorConfig) -> list[str]:
@@ -484,7 +500,7 @@ def _resolve(
 ) -> str:
     if value.startswith(_ENCRYPTED_PREFIX):
         return decrypt(value, connector_name, key) if decrypt else value
-    return _ENV_REFERENCE.sub(lambda match: _environment_value(match[1], field), value)
+    return expand_env(value, field)
 
 
 def _environment_value(variable: str, field: str) -> str:

@@ -169,6 +169,10 @@ class Destination(ABC):
         """Rows per data table of `schema` (soft-deleted rows included)."""
         raise NotImplementedError(f"{type(self).__name__} cannot count rows")
 
+    def table_reference(self, schema: str, table: str) -> str:
+        """How a person names the table in this warehouse's SQL (quoted where needed)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot name tables")
+
     def save_function_output(self, sync_id: str, output: str) -> None:
         """Keep the tail of what the function printed during a sync (already masked)."""
         raise NotImplementedError(f"{type(self).__name__} cannot keep function output")

@@ -8,6 +8,7 @@ Events (the names the API's `/api/events` stream uses):
     sync.finished   {"sync": <sync document>}
     alert.opened    {"alert": <alert document>}
     alert.resolved  {"alert": <alert document>}
+    warehouse.waiting  {"path", "message"}: another process holds the warehouse file
 
 A listener runs in the publishing thread (a sync's), so it must be quick: hand slow work
 (an HTTP POST) to a thread of its own. A listener that raises is logged and skipped; it

@@ -39,7 +39,7 @@ def build_job(config: Config, name: str) -> SyncJob:
         schema=config.schema_name(name),
         destination_url=config.destination_url(name),
         invoker=_invoker_factory(config, name, connector, decrypt),
-        secrets=resolve_secrets(connector, name, decrypt),
+        secrets=resolve_secrets(connector, name, decrypt, config.where),
         naming=connector.naming,
         settings=_table_settings(config, name, connector),
         retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
@@ -53,7 +53,7 @@ def _invoker_factory(config: Config, name: str, connector: ConnectorConfig, decr
     if function.kind == "http":
         from .invokers.http import HttpInvoker
 
-        headers = resolve_headers(connector, name, decrypt)
+        headers = resolve_headers(connector, name, decrypt, config.where)
         masking.register(headers)
         return partial(HttpInvoker, function.http, headers=headers, timeout=function.timeout)
     if function.kind == "lambda":

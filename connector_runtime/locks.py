@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SyncInProgress
+from .errors import DestinationError, SyncInProgress
 
 _IN_PROCESS: dict[str, threading.Lock] = {}
 _GUARD = threading.Lock()
@@ -29,8 +29,13 @@ def file_lock(path: Path | None, connector: str) -> Iterator[None]:
         if path is None:
             yield
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot make the sync lock {path}: {exc.strerror or exc}"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

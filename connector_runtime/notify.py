@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from connector_runtime import __version__, events, masking
-from connector_runtime.config import Config, _resolve
+from connector_runtime.config import Config, expand_env
 from connector_runtime.invokers.http import _retry_after
 from connector_runtime.retry import RetryPolicy, with_retries
 
@@ -218,13 +218,14 @@ def webhooks_for(config: Config, connector: str | None) -> list[str]:
     None or an unknown connector: the top-level ones. A `${env:VAR}` that is not set is a
     `ConfigError` naming the field, as for secrets.
     """
-    fields = [(f"notify.{i}.webhook", n.webhook) for i, n in enumerate(config.notify)]
+    fields = [(("notify", i, "webhook"), n.webhook) for i, n in enumerate(config.notify)]
     if connector in config.connectors:
         own = config.connectors[connector].notify
         fields += [
-            (f"connectors.{connector}.notify.{i}.webhook", n.webhook) for i, n in enumerate(own)
+            (("connectors", connector, "notify", i, "webhook"), n.webhook)
+            for i, n in enumerate(own)
         ]
-    urls = [_resolve(url, field, connector or "", "webhook", None) for field, url in fields]
+    urls = [expand_env(url, config.where(*loc)) for loc, url in fields]
     return list(dict.fromkeys(urls))
 
 

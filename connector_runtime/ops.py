@@ -1,181 +1,237 @@
-"""The operator's commands: status, alerts, syncs, state set/reset (DESIGN.md §9).
+"""The operator's reading and steering commands: status, alerts, syncs, show, state,
+pause and resume.
 
-Tables for people go to stderr through rich; `state show` and the like print their
-answer alone on stdout.
+Each gets a `backend`: the API of a running `connector serve` (`client.ApiClient`) or,
+when none runs, `control.Control` over the warehouse itself; both answer with the same
+documents. Reports go to stdout (`out`), as a table or, with `--json`, as JSON; notes
+for a person go to stderr (`err`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import Config, CronSchedule
-from .destination import Destination, SyncRecord, open_destination
-from .errors import SyncInProgress
-
-FAILED, OK = 1, 0
+OK, FAILED, USAGE = 0, 1, 2
+STATUS_COLOURS = {"succeeded": "green", "failed": "red", "rescheduled": "yellow", "running": "cyan"}
 
 
-def _destination(config: Config, name: str) -> Destination:
-    return open_destination(config.destination_url(name))  # ConfigError for an unknown name
+def emit_json(document: Any) -> None:
+    """A document alone on stdout, for scripts."""
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
 
 
-def cmd_status(config: Config, args: argparse.Namespace, console: Console) -> int:
-    table = Table(
-        "connector", "schedule", "last sync", "when", "rows", "next run", "open alerts", box=None
-    )
-    for name, connector in config.connectors.items():
-        with _destination(config, name) as destination:
-            last = next(iter(destination.recent_syncs(name, 1)), None)
-            alerts = len(destination.list_alerts(name))
+def cmd_status(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    connectors = backend.connectors()
+    if args.json:
+        emit_json(connectors)
+        return OK
+    table = Table("connector", "status", "schedule", "last sync", "rows", "next run", "alerts")
+    table.box = None
+    for c in connectors:
+        last = c["last_sync"]
         table.add_row(
-            name,
-            _schedule_text(connector.schedule),
-            last.status if last else "never",
-            _when(last.started_at) if last else "",
-            f"{last.rows_upserted:,}" if last else "",
-            _next_run(connector.schedule, last),
-            f"[red]{alerts}[/red]" if alerts else "0",
+            escape(c["name"]),
+            _connector_status(c),
+            c["schedule"] or "manual",
+            f"{_coloured(last['status'])} {when(last['started_at'])}" if last else "never",
+            f"{last['rows_upserted']:,}" if last else "",
+            _next_run_text(c),
+            f"[red]{c['open_alerts']}[/red]" if c["open_alerts"] else "0",
         )
-    console.print(table)
+    out.print(table)
+    if connectors and not connectors[0]["scheduled"]:
+        err.print("connector serve is not running: nothing is scheduled", highlight=False)
     return OK
 
 
-def cmd_alerts(config: Config, args: argparse.Namespace, console: Console) -> int:
-    names = [args.name] if args.name else list(config.connectors)
-    shown = 0
-    for name in names:
-        with _destination(config, name) as destination:
-            for alert in destination.list_alerts(name, include_resolved=args.all):
-                shown += 1
-                state = f"resolved {_when(alert.resolved_at)}" if alert.resolved_at else "open"
-                console.print(
-                    f"[bold]{escape(alert.connector)}[/bold] {_when(alert.created_at)} "
-                    f"[red]{alert.severity}[/red] {alert.kind} ({escape(str(alert.error_type))}), "
-                    f"{state}, sync {alert.sync_id}",
-                    highlight=False,
-                )
-                console.print(f"  {escape(alert.message)}", highlight=False)
-                for frame in alert.stack_trace or []:
-                    console.print(f"    {escape(_frame_text(frame))}", highlight=False)
-    if not shown:
-        console.print("no open alerts" if not args.all else "no alerts")
+def _connector_status(c: dict[str, Any]) -> str:
+    running = c["running"]
+    if running is not None:
+        rows = running["rows"]
+        return f"[cyan]running[/cyan] page {running['page']}, {rows:,} rows"
+    text = _coloured(c["status"]) if c["status"] != "idle" else "idle"
+    return f"{text} [yellow](paused)[/yellow]" if c["paused"] else text
+
+
+def _next_run_text(c: dict[str, Any]) -> str:
+    if c["schedule"] is None:
+        return ""
+    if c["paused"]:
+        return "paused"
+    if not c["scheduled"]:
+        return "(serve not running)"
+    return when(c["next_run"]) if c["next_run"] else "soon"
+
+
+def cmd_alerts(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    alerts = backend.alerts(args.name, include_resolved=args.all)
+    if args.json:
+        emit_json(alerts)
+        return OK
+    for alert in alerts:
+        state = f"resolved {when(alert['resolved_at'])}" if alert["resolved_at"] else "open"
+        out.print(
+            f"[bold]{escape(alert['connector'])}[/bold] {when(alert['created_at'])} "
+            f"[red]{alert['severity']}[/red] {alert['kind']} ({escape(str(alert['error_type']))}), "
+            f"{state}, sync {alert['sync_id']}, alert {alert['alert_id']}",
+            highlight=False,
+        )
+        out.print(f"  {escape(alert['message'])}", highlight=False)
+        for frame in alert["stack_trace"] or []:
+            out.print(f"    {escape(frame_text(frame))}", highlight=False)
+    if not alerts:
+        err.print("no open alerts" if not args.all else "no alerts")
     return OK
 
 
-def cmd_syncs(config: Config, args: argparse.Namespace, console: Console) -> int:
-    with _destination(config, args.name) as destination:
-        syncs = destination.recent_syncs(args.name, args.limit)
+def cmd_syncs(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    syncs = backend.syncs(args.name, limit=args.limit)
+    output = None
+    if args.logs and syncs:
+        output = backend.sync(syncs[0]["sync_id"], logs=True).get("function_output")
+    if args.json:
+        emit_json({"syncs": syncs, "function_output": output} if args.logs else syncs)
+        return OK
     table = Table(
-        "started", "trigger", "status", "seconds", "pages", "upserted", "deleted", "error", box=None
+        "started", "trigger", "status", "seconds", "pages", "upserted", "deleted", "error"
     )
+    table.box = None
     for sync in syncs:
         table.add_row(
-            _when(sync.started_at),
-            sync.trigger,
-            _status(sync),
+            when(sync["started_at"]),
+            sync["trigger"],
+            _coloured(sync["status"]),
             _seconds(sync),
-            str(sync.pages),
-            f"{sync.rows_upserted:,}",
-            f"{sync.rows_deleted:,}",
-            escape(sync.error or ""),
+            str(sync["pages"]),
+            f"{sync['rows_upserted']:,}",
+            f"{sync['rows_deleted']:,}",
+            escape(sync["error"] or ""),
         )
-    console.print(table)
+    out.print(table)
+    if args.logs:
+        show_function_output(out, output, f"sync {syncs[0]['sync_id']}" if syncs else "")
     return OK
 
 
-def cmd_state_set(config: Config, args: argparse.Namespace, console: Console) -> int:
+def show_function_output(console: Console, output: str | None, what: str) -> None:
+    """The function's printed lines under a heading; says so when there were none."""
+    if not output:
+        console.print(f"no function output kept for {what}".strip(), highlight=False)
+        return
+    console.print(f"[bold]function output ({escape(what)}, last lines):[/bold]", highlight=False)
+    console.print(escape(output), highlight=False, markup=True)
+
+
+def cmd_show(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    c = backend.connector(args.name)
+    if args.json:
+        emit_json(c)
+        return OK
+    out.print(f"[bold]{escape(c['name'])}[/bold]: {_connector_status(c)}", highlight=False)
+    out.print(f"  warehouse  {escape(c['warehouse'])}", highlight=False)
+    out.print(f"  schema     {escape(c['schema'])}", highlight=False)
+    out.print(f"  schedule   {c['schedule'] or 'manual'}", highlight=False)
+    out.print(f"  state      {escape(orjson.dumps(c['state']).decode())}", highlight=False)
+    if not c["tables"]:
+        out.print("  no tables yet: run `connector run " + c["name"] + "`", highlight=False)
+        return OK
+    for t in c["tables"]:
+        key = ", ".join(t["primary_key"]) or "none (rows are appended)"
+        rows = "?" if t["rows"] is None else f"{t['rows']:,}"
+        out.print(
+            f"\n[bold]{escape(t['reference'])}[/bold]: {rows} rows, primary key {escape(key)}",
+            highlight=False,
+        )
+        for column in t["columns"]:
+            marker = " (key)" if column["name"] in t["primary_key"] else ""
+            out.print(f"  {escape(column['name'])}  {column['type']}{marker}", highlight=False)
+    first = c["tables"][0]["reference"]
+    out.print(f"\ntry: SELECT * FROM {escape(first)} LIMIT 10;", highlight=False)
+    return OK
+
+
+def cmd_state_show(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    emit_json(backend.state(args.name))
+    return OK
+
+
+def cmd_state_set(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
-        state = orjson.loads(args.json)
+        state = orjson.loads(args.json_state)
     except orjson.JSONDecodeError as exc:
-        console.print(f"[red]not JSON:[/red] {escape(str(exc))}", highlight=False)
-        return 2
+        err.print(f"[red]not JSON:[/red] {escape(str(exc))}", highlight=False)
+        return USAGE
     if not isinstance(state, dict):
-        console.print("[red]the state must be a JSON object[/red]")
-        return 2
-    return _replace_state(config, args.name, state, console)
+        err.print("[red]the state must be a JSON object[/red]")
+        return USAGE
+    return _replace_state(backend, args.name, state, err)
 
 
-def cmd_state_reset(config: Config, args: argparse.Namespace, console: Console) -> int:
-    return _replace_state(config, args.name, {}, console)
+def cmd_state_reset(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    return _replace_state(backend, args.name, {}, err)
 
 
-def _replace_state(config: Config, name: str, state: dict, console: Console) -> int:
+def _replace_state(backend, name: str, state: dict, err: Console) -> int:
+    from .errors import SyncInProgress
+
     try:
-        with (
-            _destination(config, name) as destination,
-            destination.lock(name),
-        ):  # refused while a sync runs
-            destination.save_state(name, state)
+        backend.set_state(name, state)
     except SyncInProgress as exc:
-        console.print(f"[yellow]{escape(str(exc))}; the state is unchanged[/yellow]")
+        err.print(f"[yellow]{escape(str(exc))}; the state is unchanged[/yellow]", highlight=False)
         return FAILED
-    console.print(f"state of {name} set to {escape(orjson.dumps(state).decode())}", highlight=False)
+    err.print(f"state of {name} set to {escape(orjson.dumps(state).decode())}", highlight=False)
     return OK
 
 
-def cmd_state_show(config: Config, args: argparse.Namespace, console: Console) -> int:
-    with _destination(config, args.name) as destination:
-        state = destination.load(args.name).state
-    sys.stdout.write(orjson.dumps(state, option=orjson.OPT_INDENT_2).decode() + "\n")
+def cmd_pause(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    backend.set_paused(args.name, True)
+    err.print(f"{args.name}: paused; schedules skip it until `connector resume {args.name}`")
     return OK
 
 
-def _schedule_text(schedule) -> str:
-    if schedule is None:
-        return "manual"
-    if isinstance(schedule, CronSchedule):
-        return f"cron {schedule.cron}"
-    return f"every {_duration(schedule)}"
+def cmd_resume(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
+    backend.set_paused(args.name, False)
+    err.print(f"{args.name}: resumed; its schedule applies again")
+    return OK
 
 
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+# -- formatting -----------------------------------------------------------------------
 
 
-def _next_run(schedule, last: SyncRecord | None) -> str:
-    """When `serve` would next sync (before jitter), counted from the last sync's start."""
-    if schedule is None:
+def when(moment: str | datetime | None) -> str:
+    """`2026-12-01 10:00:00 UTC` from a datetime or an ISO 8601 text."""
+    if moment is None:
         return ""
-    now = datetime.now(UTC)
-    if isinstance(schedule, CronSchedule):
-        from apscheduler.triggers.cron import CronTrigger
-
-        return _when(
-            CronTrigger.from_crontab(schedule.cron, timezone=UTC).get_next_fire_time(None, now)
-        )
-    if last is None:
-        return "when serve starts"
-    return _when(max(last.started_at + timedelta(seconds=schedule), now))
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _when(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _seconds(sync: SyncRecord) -> str:
-    if sync.finished_at is None:
+def _seconds(sync: dict[str, Any]) -> str:
+    if sync.get("elapsed_s") is not None and sync["status"] == "running":
+        return f"{sync['elapsed_s']:.1f}"
+    if sync["finished_at"] is None:
         return ""
-    return f"{(sync.finished_at - sync.started_at).total_seconds():.1f}"
+    started = datetime.fromisoformat(sync["started_at"].replace("Z", "+00:00"))
+    finished = datetime.fromisoformat(sync["finished_at"].replace("Z", "+00:00"))
+    return f"{(finished - started).total_seconds():.1f}"
 
 
-def _status(sync: SyncRecord) -> str:
-    colour = {"succeeded": "green", "failed": "red", "rescheduled": "yellow"}.get(
-        sync.status, "cyan"
-    )
-    return f"[{colour}]{sync.status}[/{colour}]"
+def _coloured(status: str) -> str:
+    colour = STATUS_COLOURS.get(status, "white")
+    return f"[{colour}]{status}[/{colour}]"
 
 
-def _frame_text(frame) -> str:
+def frame_text(frame) -> str:
     if isinstance(frame, list) and len(frame) == 4:
         file, line, function, code = frame
         return f'File "{file}", line {line}, in {function}: {code}'

@@ -1,61 +1,83 @@
-"""`connector serve`: scheduled syncs of every connector with a `schedule` (APScheduler 3).
+"""`connector serve`: the scheduler, the sync pool and the HTTP API in one process.
 
-One sync per connector at a time (`max_instances=1`; a trigger that finds the previous
-sync still running is coalesced), at most `max_concurrent_syncs` across connectors
-(the executor's pool), and jitter so connectors sharing a schedule do not fire together.
-
-The first SIGTERM/SIGINT stops scheduling and asks running syncs to stop after their
-current page, which commits; those syncs end `rescheduled` and the process exits 0. A
-second signal exits at once: every page is atomic, so nothing is left half-written,
-and a sync row left `running` is marked `failed` by the connector's next sync.
+- Scheduled connectors fire on APScheduler 3 triggers (with jitter); a tick only asks
+  for a sync. Syncs run in one pool of `max_concurrent_syncs` threads, shared with the
+  API's "run now". A connector runs at most once at a time: a trigger that finds it
+  running (or paused, for schedules) is dropped with a log line, never queued.
+- The API (`server.app`) listens on `server.listen`; `.connector-runtime/server.json`
+  tells the other commands where, and with which token.
+- The first SIGTERM/SIGINT stops scheduling and asks running syncs to stop after their
+  current page, which commits; those syncs end `rescheduled` and the process exits 0. A
+  second signal exits at once: every page is atomic, so nothing is left half-written,
+  and a sync row left `running` is marked `failed` by the connector's next sync.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
 import signal
+import socket
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.job import Job
+import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import Config, CronSchedule
+from .control import Control
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
+from .events import bus
 from .jobs import build_job
 from .schedules import trigger_for
+from .server import discovery
+from .server.app import create_app
+from .server.auth import new_token
+from .server.live import LiveSyncs, Metrics
 from .sync import run_sync
 
 EXIT_AT_ONCE = 130  # the second signal: what shells report for an interrupted command
+HTTP_GRACE_SECONDS = 2.0  # open event streams are cut after this at shutdown
 
 
 class Server:
-    """Runs scheduled syncs until `stop()`; `serve()` blocks until then."""
+    """Schedules and serves until `stop()`; `serve()` blocks until then."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stopping = threading.Event()
         self.log = structlog.get_logger()
-        self.jobs: dict[str, Job] = {}
+        self.pool = ThreadPoolExecutor(config.max_concurrent_syncs, thread_name_prefix="sync")
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(config.max_concurrent_syncs)},
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+        self.live = LiveSyncs(bus)
+        self.metrics = Metrics(bus, self.live)
+        self.control = Control(config, live=self.live, next_fire=self.next_fire)
+        self.token = os.environ.get("CONNECTOR_RUNTIME_TOKEN") or new_token()
+        self.http: uvicorn.Server | None = None
+        self.url = ""
+
+    # -- syncs ------------------------------------------------------------------------
 
     def schedule_all(self) -> list[str]:
-        """Add a job per scheduled connector; interval schedules also run once at start."""
+        """A job per scheduled connector; interval schedules also fire soon after start."""
         names = [n for n, c in self.config.connectors.items() if c.schedule is not None]
-        for name in names:
+        for name in self.config.connectors:
             build_job(self.config, name)  # config errors before anything runs
+        for name in names:
             schedule = self.config.connectors[name].schedule
             first = None if isinstance(schedule, CronSchedule) else _soon(len(names))
-            self.jobs[name] = self.scheduler.add_job(
-                self.sync,
+            self.scheduler.add_job(
+                self.on_schedule,
                 trigger_for(schedule),
                 args=[name],
                 id=name,
@@ -64,47 +86,159 @@ class Server:
             )
         return names
 
-    def sync(self, name: str) -> None:
-        """One scheduled sync; its failures are alerts already, never a crashed thread."""
-        if self.stopping.is_set():
-            return
+    def next_fire(self, name: str) -> datetime | None:
+        job = self.scheduler.get_job(name) if self.scheduler.running else None
+        return None if job is None else job.next_run_time
+
+    def on_schedule(self, name: str) -> None:
+        """A schedule tick: start a sync unless the connector is paused or already running."""
         try:
-            outcome = run_sync(build_job(self.config, name), trigger="schedule", stop=self.stopping)
-        except SyncInProgress as exc:
-            self.log.warning("sync_skipped", connector=name, reason=str(exc))
-            return
+            with self.control.warehouse(name) as destination:
+                paused = name in destination.paused()
         except ConnectorRuntimeError as exc:
             self.log.error("sync_not_started", connector=name, error=str(exc))
             return
-        # not `scheduler.get_job`: it waits for the lock `shutdown(wait=True)` holds while
-        # it waits for this very thread, a deadlock when a sync ends during shutdown
-        self.log.info(
-            "scheduled_sync_done",
-            connector=name,
-            status=outcome.record.status,
-            next_run=str(self.jobs[name].next_run_time),
-        )
+        if paused:
+            self.log.info("sync_skipped", connector=name, reason="paused")
+            return
+        try:
+            self.start(name, "schedule")
+        except SyncInProgress as exc:
+            self.log.warning("sync_skipped", connector=name, reason=str(exc))
+
+    def start(self, name: str, trigger: str) -> str:
+        """Start a sync in the pool now; its id. SyncInProgress if it runs already."""
+        if self.stopping.is_set():
+            raise SyncInProgress("connector serve is stopping; no new syncs start")
+        with self._running_lock:
+            if name in self._running:
+                raise SyncInProgress(f"a sync of {name!r} is already in progress")
+            self._running.add(name)
+        sync_id = str(uuid.uuid4())
+        self.pool.submit(self._sync, name, trigger, sync_id)
+        return sync_id
+
+    def _sync(self, name: str, trigger: str, sync_id: str) -> None:
+        """One sync in a pool thread; its failures are alerts already, never a dead thread."""
+        try:
+            if self.stopping.is_set():  # queued behind others when the stop came
+                return
+            job = build_job(self.config, name)
+            outcome = run_sync(job, trigger=trigger, stop=self.stopping, sync_id=sync_id)
+        except SyncInProgress as exc:
+            self.log.warning("sync_skipped", connector=name, reason=str(exc))
+        except ConnectorRuntimeError as exc:
+            self.log.error("sync_not_started", connector=name, error=str(exc))
+        except Exception as exc:  # a bug of ours must not kill the pool thread silently
+            self.log.error("sync_crashed", connector=name, error=repr(exc))
+        else:
+            alert = outcome.alert.document() if outcome.alert else None
+            self.live.record_outcome(sync_id, outcome.tables, alert)
+            self.log.info("sync_done", connector=name, status=outcome.record.status)
+        finally:
+            with self._running_lock:
+                self._running.discard(name)
+
+    def healthy(self) -> bool:
+        return self.scheduler.running and not self.stopping.is_set()
+
+    # -- the process ------------------------------------------------------------------
 
     def serve(self) -> int:
         names = self.schedule_all()
         _log_apscheduler_through_structlog()
-        if not names:
+        other = discovery.find(self.config.path)
+        if other is not None:
             raise ConfigError(
-                f"{self.config.path}: no connector has a `schedule`; nothing to serve"
+                f"{self.config.path}: connector serve is already running for this config "
+                f"(pid {other.pid}, {other.url})"
             )
+        listener = self._bind()
         self._install_signal_handlers()
         self.scheduler.start()
+        http_thread = self._start_http(listener)
+        self._seed_metrics()
+        discovery.write(self.config.path, discovery.ServerInfo(os.getpid(), self.url, self.token))
         self.log.warning(
-            "serving", connectors=names, max_concurrent_syncs=self.config.max_concurrent_syncs
+            "serving",
+            url=self.url,
+            login=f"{self.url}/login?token={self.token}",
+            scheduled=names,
+            max_concurrent_syncs=self.config.max_concurrent_syncs,
         )
-        while not self.stopping.wait(0.5):  # a timed wait lets signal handlers run
-            pass
-        self.scheduler.shutdown(wait=True)  # running syncs finish their current page
+        try:
+            while not self.stopping.wait(0.5):  # a timed wait lets signal handlers run
+                pass
+        finally:
+            discovery.remove(self.config.path)
+            self.scheduler.shutdown(wait=False)
+            self.pool.shutdown(wait=True, cancel_futures=True)  # running syncs finish their page
+            if self.http is not None:
+                self.http.should_exit = True
+            http_thread.join(HTTP_GRACE_SECONDS + 3)
         self.log.warning("stopped")
         return 0
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _bind(self) -> socket.socket:
+        """The listening socket, bound before anything starts: a port in use fails cleanly."""
+        host, _, port = self.config.server.listen.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, int(port)))
+        except OSError as exc:
+            listener.close()
+            raise ConfigError(
+                f"{self.config.where('server', 'listen')}: cannot listen on "
+                f"{self.config.server.listen}: {exc.strerror or exc}"
+            ) from None
+        listener.listen(128)
+        bound_port = listener.getsockname()[1]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+        shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+        self.url = f"http://{shown}:{bound_port}"
+        if not _loopback(host):
+            self.log.warning(
+                "listening_beyond_loopback",
+                listen=self.config.server.listen,
+                hint="put TLS in front (a reverse proxy): the token travels in every request",
+            )
+        return listener
+
+    def _start_http(self, listener: socket.socket) -> threading.Thread:
+        app = create_app(self.control, self, bus, self.metrics.registry, self.token)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
+            lifespan="off",
+        )
+        self.http = uvicorn.Server(config)  # off the main thread, it leaves signals to us
+        thread = threading.Thread(
+            target=self.http.run, kwargs={"sockets": [listener]}, name="http", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _seed_metrics(self) -> None:
+        try:
+            connectors = self.control.connectors()
+        except ConnectorRuntimeError as exc:
+            self.log.error("metrics_not_seeded", error=str(exc))
+            return
+        last_success = {}
+        for name in self.config.connectors:
+            for sync in self.control.syncs(name, limit=50):
+                if sync["status"] == "succeeded":
+                    last_success[name] = datetime.fromisoformat(sync["finished_at"])
+                    break
+        self.metrics.seed(connectors, last_success)
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: object) -> None:
@@ -121,6 +255,15 @@ class Server:
         signal.signal(signal.SIGINT, on_signal)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _StructlogHandler(logging.Handler):
     """Passes APScheduler's `logging` records to structlog, so they come out as our lines."""
 
@@ -134,8 +277,8 @@ class _StructlogHandler(logging.Handler):
 
 
 def _log_apscheduler_through_structlog() -> None:
-    """Without this, APScheduler's warnings (a run skipped while the last one still runs)
-    would be bare text among the JSON lines that `serve` writes off a terminal."""
+    """Without this, APScheduler's warnings would be bare text among the JSON lines that
+    `serve` writes off a terminal."""
     logger = logging.getLogger("apscheduler")
     logger.setLevel(logging.WARNING)  # its INFO lines repeat our sync_started/sync_finished
     logger.propagate = False

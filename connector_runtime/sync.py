@@ -32,7 +32,7 @@ from .errors import (
     TransientInvokeError,
 )
 from .events import bus
-from .invokers import Invoker
+from .invokers import Invoker, OutputTail
 from .naming import NameMap
 from .page import PagePlanner, TableSettings
 from .protocol import Request, Response, parse_response
@@ -85,6 +85,7 @@ class SyncOutcome:
     record: SyncRecord
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
     alert: Alert | None = None
+    function_output: str = ""  # the tail of what the function printed, masked
 
     @property
     def ok(self) -> bool:
@@ -97,11 +98,14 @@ def run_sync(
     trigger: str = "manual",
     on_page: Callable[[PageProgress], None] | None = None,
     stop: threading.Event | None = None,
+    sync_id: str | None = None,
 ) -> SyncOutcome:
-    """One sync of `job`; raises SyncInProgress if one is already running."""
+    """One sync of `job`; raises SyncInProgress if one is already running.
+
+    `stop`, once set, ends the sync after its current page, as `rescheduled`."""
     masking.register(job.secrets)
     with open_destination(job.destination_url) as destination, destination.lock(job.connector):
-        sync = _Sync(job, destination, trigger, on_page or (lambda _: None), stop)
+        sync = _Sync(job, destination, trigger, on_page or (lambda _: None), stop, sync_id)
         return sync.run()
 
 
@@ -131,9 +135,10 @@ def internal_error(exc: Exception) -> SyncFailure:
     )
 
 
-def check_function(job: SyncJob) -> str:
+def check_function(job: SyncJob) -> tuple[str, str]:
     """`connector test`: one request with `setup_test: true`, validated and planned as a
-    page would be (against empty tables), written nowhere. Raises SyncFailure."""
+    page would be (against empty tables), written nowhere. Returns a summary and what the
+    function printed. Raises SyncFailure, with `function_output` set."""
     masking.register(job.secrets)
     request = job.request({}, str(uuid.uuid4()), setup_test=True)
     with job.invoker() as invoker:
@@ -142,7 +147,22 @@ def check_function(job: SyncJob) -> str:
                 lambda: invoker.invoke(request), job.retry, TransientInvokeError, what="invoke"
             )
         except TransientInvokeError as exc:
-            raise InvokeFailed(f"the function could not be reached: {exc}") from exc
+            failure = InvokeFailed(f"the function could not be reached: {exc}")
+            failure.function_output = invoker.output.text()
+            raise failure from exc
+        except SyncFailure as failure:
+            failure.function_output = invoker.output.text()
+            raise
+        output = invoker.output.text()
+    try:
+        summary = _judge(job, request, raw)
+    except SyncFailure as failure:
+        failure.function_output = output
+        raise
+    return summary, output
+
+
+def _judge(job: SyncJob, request: dict, raw: bytes) -> str:
     response = parse_response(raw)
     planner = PagePlanner(job.connector, job.schema, NameMap(job.naming), {}, job.settings)
     page = planner.plan(response, sync_id=request["sync_id"], number=1, synced_at=datetime.now(UTC))
@@ -158,12 +178,15 @@ class _Sync:
         trigger: str,
         on_page: Callable[[PageProgress], None],
         stop: threading.Event | None,
+        sync_id: str | None = None,
     ) -> None:
         self.job, self.destination, self.on_page, self.stop = job, destination, on_page, stop
-        self.record = SyncRecord(str(uuid.uuid4()), job.connector, trigger, datetime.now(UTC))
+        sync_id = sync_id or str(uuid.uuid4())
+        self.record = SyncRecord(sync_id, job.connector, trigger, datetime.now(UTC))
         self.outcome = SyncOutcome(self.record)
         self.log = structlog.get_logger().bind(connector=job.connector, sync_id=self.record.sync_id)
         self.soft_delete: set[str] = set()
+        self.output: OutputTail | None = None
 
     def run(self) -> SyncOutcome:
         snapshot = self.destination.begin_sync(
@@ -201,6 +224,7 @@ class _Sync:
         resolved = self.destination.list_alerts(self.job.connector) if status == "succeeded" else []
         self.destination.end_sync(self.record)
         self.outcome.record = self.record
+        self.keep_output()
         bus.publish("sync.finished", {"sync": self.record.document()})
         for alert in resolved:
             alert = replace(alert, resolved_at=self.record.finished_at)
@@ -214,10 +238,22 @@ class _Sync:
         )
         return self.outcome
 
+    def keep_output(self) -> None:
+        """The tail of what the function printed, with the sync's row (already masked)."""
+        output = self.output.text() if self.output is not None else ""
+        self.outcome.function_output = output
+        if not output:
+            return
+        try:
+            self.destination.save_function_output(self.record.sync_id, output)
+        except Exception as exc:  # the output is a convenience; the sync's outcome stands
+            self.log.warning("function_output_not_kept", error=str(exc))
+
     def pages(self, state: dict[str, Any]) -> str:
         """Ask for pages until the function says it is done; return the sync's status."""
         empty_in_a_row = 0
         with self.job.invoker() as invoker:
+            self.output = invoker.output
             while True:
                 with gc_paused():
                     response = self.invoke(invoker, state)

@@ -10,8 +10,9 @@ The file is opened per sync and closed after it, so other processes can use it b
 from __future__ import annotations
 
 import os
+import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from connector_runtime.destination import (
     TableCounts,
 )
 from connector_runtime.errors import DestinationError
+from connector_runtime.events import bus
 from connector_runtime.locks import file_lock
 from connector_runtime.naming import NameEntry
 from connector_runtime.page import PageWrite, TableInfo, TableWrite
@@ -87,6 +89,11 @@ def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _plain(name: str) -> str:
+    """A name as a person would type it: bare when that is unambiguous, else quoted."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else q(name)
+
+
 def sql_type(logical: LogicalType) -> str:
     if logical.name == "DECIMAL":
         return f"DECIMAL({logical.precision},{logical.scale})"
@@ -106,33 +113,72 @@ class DuckDBDestination(Destination):
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            self._con = self._connect()
-            self._con.execute("SET TimeZone = 'UTC'")
-            self._con.execute(RUNTIME_TABLES)
+            con = self._connect()
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                con.execute(RUNTIME_TABLES)
+            except duckdb.Error as exc:
+                con.close()
+                raise DestinationError(
+                    f"cannot use the warehouse {self.path}: {_first_line(exc)}"
+                ) from None
+            self._con = con
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self.path != ":memory:" and not Path(self.path).exists():
             self._create_file()
         deadline = time.monotonic() + OPEN_WAIT_SECONDS
+        waiting = False
         while True:
             try:
                 return duckdb.connect(self.path)
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise DestinationError(f"cannot open {self.path}: {exc}") from exc
+                if "lock" not in str(exc).lower():
+                    raise DestinationError(
+                        f"cannot open the warehouse {self.path}: {_first_line(exc)}"
+                    ) from None
+                holder = self._holder(exc)
+                if time.monotonic() > deadline:
+                    raise DestinationError(
+                        f"the warehouse {self.path} is held by {holder} for more than "
+                        f"{OPEN_WAIT_SECONDS:.0f} s; try again when it ends, or run "
+                        "`connector serve` so that other commands go through it"
+                    ) from None
+                if not waiting:
+                    message = (
+                        f"waiting for the warehouse: {holder}, up to {OPEN_WAIT_SECONDS:.0f} s"
+                    )
+                    bus.publish("warehouse.waiting", {"path": self.path, "message": message})
+                    waiting = True
                 time.sleep(0.2)
+
+    def _holder(self, exc: Exception) -> str:
+        """Who holds the file: `a sync of NAME by pid N` when a sync lock says so."""
+        match = re.search(r"PID (\d+)", str(exc))
+        if match is None:
+            return "another process"
+        pid = match[1]
+        for lock in sorted(Path(f"{self.path}.locks").glob("*.lock")):
+            with suppress(OSError):
+                if lock.read_text().strip() == pid:
+                    return f"a sync of {lock.stem} by pid {pid}"
+        return f"another process (pid {pid})"
 
     def _create_file(self) -> None:
         """Make a new warehouse under a temporary name, then rename it into place: a crash
         while DuckDB writes its first blocks must not leave a file that never opens."""
         path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f".{path.name}.{os.getpid()}.creating")
-        draft.unlink(missing_ok=True)
-        con = duckdb.connect(str(draft))
-        con.execute(RUNTIME_TABLES)
-        con.close()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".{path.name}.{os.getpid()}.creating")
+            draft.unlink(missing_ok=True)
+            con = duckdb.connect(str(draft))
+            con.execute(RUNTIME_TABLES)
+            con.close()
+        except (OSError, duckdb.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else _first_line(exc)
+            raise DestinationError(f"cannot create the warehouse {self.path}: {reason}") from None
         try:
             os.link(draft, path)  # fails if another process created it meanwhile: keep theirs
         except FileExistsError:
@@ -356,6 +402,9 @@ class DuckDBDestination(Destination):
                 continue
         return counts
 
+    def table_reference(self, schema: str, table: str) -> str:
+        return f"{_plain(schema)}.{_plain(table)}"
+
     def save_function_output(self, sync_id: str, output: str) -> None:
         with self._transaction() as con:
             con.execute(
@@ -549,6 +598,10 @@ class DuckDBDestination(Destination):
             " WHERE _fivetran_synced < ? AND NOT _fivetran_deleted",
             [synced_at, cutoff],
         ).fetchone()[0]
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _epoch(column: str) -> str:

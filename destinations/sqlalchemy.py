@@ -496,6 +496,9 @@ class SQLAlchemyDestination(Destination):
                     continue
         return counts
 
+    def table_reference(self, schema: str, table: str) -> str:
+        return self.flavor.data_table(schema, TableInfo(table, table)).ref
+
     def save_function_output(self, sync_id: str, output: str) -> None:
         syncs = self.runtime["syncs"]
         with self._transaction("keeping the function output") as conn:

@@ -105,30 +105,16 @@ def _backend(config: Config):
 
 
 def _parser() -> argparse.ArgumentParser:
-    # Global options, accepted before and after the command: the subcommand copies
-    # don't override a value given before it (SUPPRESS).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c",
-        "--config",
-        default=argparse.SUPPRESS,
-        help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)",
-    )
-    common.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="log every step; function output as it is printed",
-    )
+    # Global options, accepted before and after the command. The subcommands' copies
+    # default to SUPPRESS, so they never override a value given before the command.
     parser = argparse.ArgumentParser(
         prog="connector",
         description="Run function connectors: call a function for pages of rows and sync "
         "them into a warehouse.",
-        parents=[common],
+        parents=[_global_options(config=None, verbose=False)],
     )
-    parser.set_defaults(config=None, verbose=False, json=False, reading=False)
-    parser.set_defaults(without_config=False, command_name=None)
+    common = _global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)
+    parser.set_defaults(json=False, reading=False, without_config=False, command_name=None)
     parser.add_argument("--version", action="version", version=f"connector-runtime {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -188,6 +174,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_options(**defaults) -> argparse.ArgumentParser:
+    """`-c` and `-v`, as the top-level parser (real defaults) or a command (SUPPRESS) has them."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "-c",
+        "--config",
+        default=defaults["config"],
+        help="config file (default $CONNECTOR_CONFIG, else ./connectors.yaml)",
+    )
+    options.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=defaults["verbose"],
+        help="log every step; function output as it is printed",
+    )
+    return options
+
+
 def _state_commands(command) -> None:
     state = command("state", "show, set or reset a connector's saved state", None)
     actions = state.add_subparsers(required=True, metavar="ACTION")
@@ -202,6 +207,7 @@ def _state_commands(command) -> None:
             description=help[0].upper() + help[1:] + ".",
             epilog=f"example:\n  {EXAMPLES['state']}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
         )
         action.set_defaults(handler=handler, reading=True, json=False)
         action.add_argument("name", metavar="NAME")
@@ -214,12 +220,17 @@ def _secrets_commands(command) -> None:
 
     secrets = command("secrets", "the key and encrypted secret values", None)
     actions = secrets.add_subparsers(required=True, metavar="ACTION")
-    init = actions.add_parser("init", help="create a key file if there is no key yet")
+    init = actions.add_parser(
+        "init",
+        help="create a key file if there is no key yet",
+        parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
+    )
     init.set_defaults(handler=runs.cmd_secrets_init, without_config=True)
     encrypt = actions.add_parser(
         "encrypt",
         help="read a value from stdin, print its enc:v1: token for connectors.yaml",
         epilog=f"example:\n  {EXAMPLES['secrets']}",
+        parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     encrypt.add_argument("name", metavar="NAME", help="the connector the secret belongs to")

@@ -99,6 +99,20 @@ ConnectorName = Annotated[
 ]
 
 
+def _check_warehouse_url(url: str | None) -> str | None:
+    from connector_runtime.destination import check_url
+
+    if url is not None and not _ENV_REFERENCE.search(url):
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise _problem(str(exc).replace("{", "(").replace("}", ")")) from None
+    return url
+
+
+_WarehouseUrl = Annotated[str, AfterValidator(_check_warehouse_url)]
+
+
 def _check_env_references(value: str) -> str:
     # A `${env:` that is not a well-formed reference would silently stay literal text.
     if value.count("${env:") != len(_ENV_REFERENCE.findall(value)):
@@ -314,7 +328,7 @@ class ConnectorConfig(_Model):
         alias="schema",
         description="Warehouse schema for the tables; default the connector's name.",
     )
-    destination: str | None = Field(
+    destination: _WarehouseUrl | None = Field(
         None, description="Warehouse URL for this connector; default `warehouse`."
     )
     schedule: _Schedule | None = Field(
@@ -345,7 +359,7 @@ class ConnectorConfig(_Model):
 class Config(_Model):
     """The whole `connectors.yaml`."""
 
-    warehouse: str = Field(
+    warehouse: _WarehouseUrl = Field(
         "duckdb:///warehouse.duckdb",
         description="Default destination URL; file paths are relative to the config file.",
     )

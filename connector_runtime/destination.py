@@ -6,6 +6,7 @@ imports it then. Backends live in the top-level `destinations` package.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
@@ -203,6 +204,30 @@ _BACKENDS = {
 }
 # Any other scheme goes to SQLAlchemy, which refuses (ConfigError) one it has no dialect for.
 _FALLBACK = _SQLALCHEMY
+
+
+def check_url(url: str) -> None:
+    """ValueError naming the problem if no backend here can take `url` (a typo'd scheme
+    gets a "did you mean"); SQLAlchemy's installed dialects count as known."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    known = ", ".join(sorted(_BACKENDS))
+    if ":" not in url or not scheme:
+        raise ValueError(f"not a warehouse URL; use a scheme such as {known}")
+    if scheme in _BACKENDS or _sqlalchemy_dialect(url):
+        return
+    close = difflib.get_close_matches(scheme, _BACKENDS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"unknown warehouse scheme {scheme}{hint}; known: {known}")
+
+
+def _sqlalchemy_dialect(url: str) -> bool:
+    try:
+        import sqlalchemy
+
+        sqlalchemy.engine.make_url(url).get_dialect()
+    except Exception:  # not installed, not a dialect, or not a URL SQLAlchemy reads
+        return False
+    return True
 
 
 def open_destination(url: str) -> Destination:

@@ -115,6 +115,7 @@ class Server:
                 raise SyncInProgress(f"a sync of {name!r} is already in progress")
             self._running.add(name)
         sync_id = str(uuid.uuid4())
+        self.live.queued(name, sync_id, trigger)
         self.pool.submit(self._sync, name, trigger, sync_id)
         return sync_id
 
@@ -122,14 +123,18 @@ class Server:
         """One sync in a pool thread; its failures are alerts already, never a dead thread."""
         try:
             if self.stopping.is_set():  # queued behind others when the stop came
+                self.live.not_started(name, sync_id, "connector serve stopped first")
                 return
             job = build_job(self.config, name)
             outcome = run_sync(job, trigger=trigger, stop=self.stopping, sync_id=sync_id)
         except SyncInProgress as exc:
+            self.live.not_started(name, sync_id, str(exc))
             self.log.warning("sync_skipped", connector=name, reason=str(exc))
         except ConnectorRuntimeError as exc:
+            self.live.not_started(name, sync_id, str(exc))
             self.log.error("sync_not_started", connector=name, error=str(exc))
         except Exception as exc:  # a bug of ours must not kill the pool thread silently
+            self.live.not_started(name, sync_id, f"internal error: {exc!r}")
             self.log.error("sync_crashed", connector=name, error=repr(exc))
         else:
             alert = outcome.alert.document() if outcome.alert else None
@@ -146,7 +151,7 @@ class Server:
 
     def serve(self) -> int:
         names = self.schedule_all()
-        _log_apscheduler_through_structlog()
+        _log_through_structlog()
         other = discovery.find(self.config.path)
         if other is not None:
             raise ConfigError(
@@ -214,7 +219,7 @@ class Server:
         app = create_app(self.control, self, bus, self.metrics.registry, self.token)
         config = uvicorn.Config(
             app,
-            log_level="warning",
+            log_config=None,  # its records go through structlog (`_log_through_structlog`)
             access_log=False,
             timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
             lifespan="off",
@@ -265,7 +270,7 @@ def _loopback(host: str) -> bool:
 
 
 class _StructlogHandler(logging.Handler):
-    """Passes APScheduler's `logging` records to structlog, so they come out as our lines."""
+    """Passes `logging` records (APScheduler's, uvicorn's) to structlog, as our lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         exception = (
@@ -276,14 +281,15 @@ class _StructlogHandler(logging.Handler):
         )
 
 
-def _log_apscheduler_through_structlog() -> None:
-    """Without this, APScheduler's warnings would be bare text among the JSON lines that
-    `serve` writes off a terminal."""
-    logger = logging.getLogger("apscheduler")
-    logger.setLevel(logging.WARNING)  # its INFO lines repeat our sync_started/sync_finished
-    logger.propagate = False
-    if not any(isinstance(h, _StructlogHandler) for h in logger.handlers):
-        logger.addHandler(_StructlogHandler())
+def _log_through_structlog() -> None:
+    """Without this, APScheduler's and uvicorn's warnings would be bare text among the
+    JSON lines that `serve` writes off a terminal."""
+    for name in ("apscheduler", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)  # APScheduler's INFO repeats our sync_started
+        logger.propagate = False
+        if not any(isinstance(h, _StructlogHandler) for h in logger.handlers):
+            logger.addHandler(_StructlogHandler())
 
 
 def _soon(count: int) -> datetime:

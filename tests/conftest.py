@@ -44,6 +44,10 @@ class CliResult(NamedTuple):
         """`text` is on stderr, ignoring whitespace: rich wraps lines to 80 columns off a terminal."""
         return _squeezed(text) in _squeezed(self.stderr)
 
+    def printed(self, text: str) -> bool:
+        """`text` is in the report on stdout, ignoring whitespace."""
+        return _squeezed(text) in _squeezed(self.stdout)
+
 
 def _squeezed(text: str) -> str:
     return re.sub(r"\s+", "", text)
@@ -115,7 +119,11 @@ class Project:
     def write_config(self, *, function: dict | None = None, **options: Any) -> None:
         """One connector `self.name` calling handler.py; `options` go in its config."""
         connector = {"function": {"local": self.handler.name, **(function or {})}, **options}
-        document = {"warehouse": "duckdb:///warehouse.duckdb", "connectors": {self.name: connector}}
+        document = {
+            "warehouse": "duckdb:///warehouse.duckdb",
+            "server": {"listen": "127.0.0.1:0"},  # a free port: tests never collide
+            "connectors": {self.name: connector},
+        }
         self.config.write_text(yaml.safe_dump(document, sort_keys=False))
 
     # -- the CLI ------------------------------------------------------------------

@@ -42,6 +42,7 @@ def write_connectors(made, connectors: dict) -> None:
     """A `connectors.yaml` with several connectors, all calling handler.py."""
     document = {
         "warehouse": "duckdb:///warehouse.duckdb",
+        "server": {"listen": "127.0.0.1:0"},  # a free port: tests never collide
         "connectors": {
             name: {"function": {"local": "handler.py", "handler": name}, **options}
             for name, options in connectors.items()
@@ -284,8 +285,8 @@ def idle(request):
 
 
 def status_line(result, name: str) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip().startswith(name + " ")]
-    assert len(lines) == 1, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith(name + " ")]
+    assert len(lines) == 1, result.stdout + result.stderr
     return " ".join(lines[0].split())
 
 
@@ -298,11 +299,13 @@ def test_status_alerts_and_syncs_tell_what_happened(project):
 
     status = made.connector("status")
     assert status.returncode == 0, status.stderr
-    assert status_line(status, "demo").split()[:3] == ["demo", "every", "15m"]
-    assert " failed " in status_line(status, "demo")
+    # connector, status, schedule, last sync, rows, next run, open alerts
+    assert status_line(status, "demo").split()[:4] == ["demo", "failed", "every", "15m"]
+    assert " (serve not running) " in status_line(status, "demo")  # no next run claimed
     assert status_line(status, "demo").endswith(" 1")  # one open alert
-    assert status_line(status, "idle").split()[:3] == ["idle", "manual", "never"]
+    assert status_line(status, "idle").split()[:4] == ["idle", "idle", "manual", "never"]
     assert status_line(status, "idle").endswith(" 0")
+    assert status.said("connector serve is not running")
 
     alerts = made.connector("alerts", "demo")
     assert alerts.returncode == 0, alerts.stderr
@@ -314,23 +317,23 @@ def test_status_alerts_and_syncs_tell_what_happened(project):
         "in check_the_token",
         'raise PermissionError("the API refused the token")',
     ):
-        assert alerts.said(text), (text, alerts.stderr)
+        assert alerts.printed(text), (text, alerts.stdout)
 
     (made.root / "fail").unlink()
     assert made.run().returncode == 0
     assert made.connector("alerts", "demo").said("no open alerts")
     every = made.connector("alerts", "demo", "--all")
-    assert every.said("function_error") and every.said("resolved"), every.stderr
-    assert every.said("the API refused the token")
+    assert every.printed("function_error") and every.printed("resolved"), every.stdout
+    assert every.printed("the API refused the token")
     status = made.connector("status")
     assert " succeeded " in status_line(status, "demo")
     assert status_line(status, "demo").endswith(" 0")
 
     syncs = made.connector("syncs", "demo")
     assert syncs.returncode == 0, syncs.stderr
-    rows = [line.split() for line in syncs.stderr.splitlines() if " manual " in line]
+    rows = [line.split() for line in syncs.stdout.splitlines() if " manual " in line]
     assert [row[3:5] for row in rows] == [["manual", "succeeded"], ["manual", "failed"]]
-    assert syncs.said("function_error: the API refused the token")
+    assert syncs.printed("function_error: the API refused the token")
 
 
 # -- state show / set / reset -----------------------------------------------------------
@@ -490,4 +493,4 @@ def test_secrets_never_leak_to_output_tables_or_alerts(project, monkeypatch):
     shown = made.connector("alerts", "demo")
     assert shown.returncode == 0
     assert TOKEN not in shown.stdout + shown.stderr
-    assert shown.said("token *** was rejected") and shown.said("at login(***)")
+    assert shown.printed("token *** was rejected") and shown.printed("at login(***)")

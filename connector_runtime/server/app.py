@@ -67,7 +67,8 @@ def create_app(
         Route("/api/alerts/{alert_id}/resolve", api.resolve, methods=["POST"]),
         Route("/api/events", api.events),
     ]
-    app = Starlette(routes=routes, exception_handlers={Exception: _error})
+    expected = (ConfigError, NotFound, SyncInProgress, ValueError, ConnectorRuntimeError)
+    app = Starlette(routes=routes, exception_handlers=dict.fromkeys(expected, _error))
     return TokenAuth(app, token)
 
 
@@ -81,9 +82,7 @@ async def _error(request: Request, exc: Exception) -> Response:
         return JSON({"error": str(exc), "code": "in_progress"}, status_code=409)
     if isinstance(exc, ValueError):
         return JSON({"error": str(exc), "code": "bad_request"}, status_code=400)
-    if isinstance(exc, ConnectorRuntimeError):  # the warehouse could not be read
-        return JSON({"error": str(exc), "code": "unavailable"}, status_code=503)
-    return JSON({"error": f"internal error: {exc!r}", "code": "internal"}, status_code=500)
+    return JSON({"error": str(exc), "code": "unavailable"}, status_code=503)  # the warehouse
 
 
 class _Api:

@@ -35,6 +35,34 @@ class LiveSyncs:
         with self._lock:
             return self._finished.get(sync_id)
 
+    def queued(self, connector: str, sync_id: str, trigger: str) -> None:
+        """A sync asked for and about to start: readable by its id at once."""
+        document = {
+            "sync_id": sync_id,
+            "connector": connector,
+            "trigger": trigger,
+            "started_at": None,
+            "finished_at": None,
+            "status": "running",
+            "pages": 0,
+            "rows_upserted": 0,
+            "rows_deleted": 0,
+            "error": None,
+        }
+        self._on_event("sync.started", {"sync": document})
+
+    def not_started(self, connector: str, sync_id: str, error: str) -> None:
+        """A queued sync that never started (another process held it, say)."""
+        with self._lock:
+            queued = self._running.get(connector)
+            if queued is not None and queued["sync_id"] == sync_id:
+                del self._running[connector]
+            self._finished[sync_id] = {
+                **(queued or {"sync_id": sync_id, "connector": connector}),
+                "status": "failed",
+                "error": error,
+            }
+
     def record_outcome(self, sync_id: str, tables: dict, alert: dict | None) -> None:
         """Add what only the sync's caller knows (table counts, the alert) to its document."""
         with self._lock:

@@ -306,16 +306,9 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from . import notify
     from .scheduler import Server
 
-    server = Server(config)
-    notifier = notify.start(config, dashboard_url=None)
-    try:
-        return server.serve()
-    finally:
-        if notifier is not None:
-            notifier.close()
+    return Server(config).serve()
 
 
 def cmd_secrets_init(args: argparse.Namespace) -> int:

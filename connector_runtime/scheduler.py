@@ -29,6 +29,7 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from . import notify
 from .config import Config, CronSchedule
 from .control import Control
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
@@ -159,6 +160,7 @@ class Server:
                 f"(pid {other.pid}, {other.url})"
             )
         listener = self._bind()
+        notifier = notify.start(self.config, dashboard_url=self.url)
         self._install_signal_handlers()
         self.scheduler.start()
         http_thread = self._start_http(listener)
@@ -181,6 +183,8 @@ class Server:
             if self.http is not None:
                 self.http.should_exit = True
             http_thread.join(HTTP_GRACE_SECONDS + 3)
+            if notifier is not None:
+                notifier.close()
         self.log.warning("stopped")
         return 0
 

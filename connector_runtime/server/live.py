@@ -9,10 +9,17 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from ..events import EventBus
 
+disable_created_metrics()  # no `_created` series: they double the output and nobody reads them
 KEEP_FINISHED = 200  # finished syncs whose table counts a following client can still read
 
 

@@ -1,4 +1,4 @@
-"""Warehouse names for source tables and columns (DESIGN.md §5).
+"""Warehouse names for source tables and columns (design §5).
 
 Pure: `normalize` is Fivetran's naming; `NameMap` adds collision suffixes and remembers
 every decision, so a name never moves between syncs once it has been given.

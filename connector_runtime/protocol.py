@@ -1,4 +1,4 @@
-"""The function protocol (DESIGN.md §2): the request we send and the response we accept.
+"""The function protocol (design §2): the request we send and the response we accept.
 
 `parse_response` turns a function's raw answer into a validated `Response`, or raises
 `FunctionError` (an error-shaped answer) or `InvalidResponse` (anything else that

@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter for transient failures (DESIGN.md §3)."""
+"""Exponential backoff with full jitter for transient failures (design §3)."""
 
 from __future__ import annotations
 

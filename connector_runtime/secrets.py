@@ -1,4 +1,4 @@
-"""Secrets at rest: `enc:v1:` tokens, AES-256-GCM under one key (DESIGN.md §7).
+"""Secrets at rest: `enc:v1:` tokens, AES-256-GCM under one key (design §7).
 
     enc:v1:<key id>:<base64url(nonce || ciphertext || tag)>
 

@@ -1,4 +1,4 @@
-"""The sync loop (DESIGN.md §2-3): run a sync → loop pages → apply one page → invoke.
+"""The sync loop (design §2-3): run a sync → loop pages → apply one page → invoke.
 
 Each layer does one thing. `run_sync` takes the lock and records the sync and its
 outcome; `_Sync.pages` asks for pages until `hasMore` is false; `_Sync.page` invokes,
@@ -58,7 +58,7 @@ class SyncJob:
     def request(
         self, state: dict[str, Any], sync_id: str, *, setup_test: bool | None = None
     ) -> dict:
-        """The request the function gets (DESIGN.md §2)."""
+        """The request the function gets (design §2)."""
         return Request(
             agent=f"connector-runtime/{__version__}/{self.connector}/{self.schema}",
             state=state,

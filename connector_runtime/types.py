@@ -1,4 +1,4 @@
-"""Logical column types: inference from JSON values and widening (DESIGN.md §4).
+"""Logical column types: inference from JSON values and widening (design §4).
 
 Pure functions: no database, no network (Arrow only to scan text columns in bulk). A column's type is the `widen` of the types of
 every value it has held; `widen` is commutative, associative and idempotent, so the
@@ -22,7 +22,7 @@ MAX_DECIMAL_DIGITS = 38
 
 @dataclass(frozen=True)
 class LogicalType:
-    """One of DESIGN.md §4's logical types; DECIMAL carries precision and scale."""
+    """One of design §4's logical types; DECIMAL carries precision and scale."""
 
     name: str
     precision: int | None = None
@@ -210,7 +210,7 @@ def widen_all(types: Iterable[LogicalType | None]) -> LogicalType | None:
 
 
 def widen(a: LogicalType | None, b: LogicalType | None) -> LogicalType | None:
-    """The least type that holds every value of `a` and of `b` (DESIGN.md §4)."""
+    """The least type that holds every value of `a` and of `b` (design §4)."""
     if a is None or a == b:
         return b
     if b is None:

@@ -18,7 +18,7 @@ Each request is one `Invoke` (`RequestResponse`, `LogType=Tail`). What comes bac
   `retry_after` when Lambda sends one); anything else `InvokeFailed`, naming the function.
 
 The SDK never retries an `Invoke` itself: a slow function must not run twice because a
-socket timed out; the sync loop decides (DESIGN.md §3). With `role_arn`, the credentials
+socket timed out; the sync loop decides (design §3). With `role_arn`, the credentials
 are those of the role, assumed through STS from the standard credential chain and
 refreshed before they expire.
 

@@ -113,22 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         "them into a warehouse.",
         parents=[_global_options(config=None, verbose=False)],
     )
-    common = _global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)
     parser.set_defaults(json=False, reading=False, without_config=False, command_name=None)
     parser.add_argument("--version", action="version", version=f"connector-runtime {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, help: str, handler, **options) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=help,
-            description=help[0].upper() + help[1:] + ".",
-            epilog=f"example:\n  {EXAMPLES[name.split()[0]]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            parents=[common],
-        )
-        sub.set_defaults(handler=handler, command_name=name, **options)
-        return sub
+        return _add(commands, name, help, EXAMPLES[name], handler=handler, **options)
 
     def reading(name: str, help: str, handler: str, **options) -> argparse.ArgumentParser:
         sub = command(name, help, handler, reading=True, **options)
@@ -174,6 +164,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add(commands, name: str, help: str, example: str, **defaults) -> argparse.ArgumentParser:
+    """A (sub)command with a description, an example, and the global options."""
+    sub = commands.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
+    )
+    sub.set_defaults(command_name=name, **defaults)
+    return sub
+
+
 def _global_options(**defaults) -> argparse.ArgumentParser:
     """`-c` and `-v`, as the top-level parser (real defaults) or a command (SUPPRESS) has them."""
     options = argparse.ArgumentParser(add_help=False)
@@ -201,15 +205,7 @@ def _state_commands(command) -> None:
         ("set", "replace the saved state; refused while a sync runs", "cmd_state_set"),
         ("reset", "clear the saved state; refused while a sync runs", "cmd_state_reset"),
     ):
-        action = actions.add_parser(
-            name,
-            help=help,
-            description=help[0].upper() + help[1:] + ".",
-            epilog=f"example:\n  {EXAMPLES['state']}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
-        )
-        action.set_defaults(handler=handler, reading=True, json=False)
+        action = _add(actions, name, help, EXAMPLES["state"], handler=handler, reading=True)
         action.add_argument("name", metavar="NAME")
         if name == "set":
             action.add_argument("json_state", metavar="JSON")
@@ -220,24 +216,26 @@ def _secrets_commands(command) -> None:
 
     secrets = command("secrets", "the key and encrypted secret values", None)
     actions = secrets.add_subparsers(required=True, metavar="ACTION")
-    init = actions.add_parser(
+    _add(
+        actions,
         "init",
-        help="create a key file if there is no key yet",
-        parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
+        "create a key file if there is no key yet",
+        "connector secrets init",
+        handler=runs.cmd_secrets_init,
+        without_config=True,
     )
-    init.set_defaults(handler=runs.cmd_secrets_init, without_config=True)
-    encrypt = actions.add_parser(
+    encrypt = _add(
+        actions,
         "encrypt",
-        help="read a value from stdin, print its enc:v1: token for connectors.yaml",
-        epilog=f"example:\n  {EXAMPLES['secrets']}",
-        parents=[_global_options(config=argparse.SUPPRESS, verbose=argparse.SUPPRESS)],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "read a value from stdin, print its enc:v1: token for connectors.yaml",
+        EXAMPLES["secrets"],
+        handler=runs.cmd_secrets_encrypt,
+        without_config=True,
     )
     encrypt.add_argument("name", metavar="NAME", help="the connector the secret belongs to")
     encrypt.add_argument(
         "key", metavar="KEY", help="the secret's key under `secrets:` (or header name)"
     )
-    encrypt.set_defaults(handler=runs.cmd_secrets_encrypt, without_config=True)
 
 
 def configure_logging(*, verbose: bool = False) -> None:

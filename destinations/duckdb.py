@@ -9,6 +9,7 @@ The file is opened per sync and closed after it, so other processes can use it b
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -29,7 +30,7 @@ from connector_runtime.destination import (
     SyncRecord,
     TableCounts,
 )
-from connector_runtime.errors import DestinationError
+from connector_runtime.errors import ConfigError, DestinationError
 from connector_runtime.events import bus
 from connector_runtime.locks import file_lock
 from connector_runtime.naming import NameEntry
@@ -82,6 +83,24 @@ _ALERT_COLUMNS = (
     " CAST(stack_trace AS VARCHAR), epoch_us(resolved_at)"
 )
 OPEN_WAIT_SECONDS = 60.0  # another process may hold the file for one of its syncs
+LOCK_WAIT_VARIABLE = "CONNECTOR_RUNTIME_LOCK_WAIT"  # seconds, instead of OPEN_WAIT_SECONDS
+
+
+def open_wait_seconds() -> float:
+    """How long opening waits for a file another process holds: $CONNECTOR_RUNTIME_LOCK_WAIT
+    (seconds, read at each connect), else OPEN_WAIT_SECONDS."""
+    text = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
+    if not text:
+        return OPEN_WAIT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(
+            f"{LOCK_WAIT_VARIABLE}={text!r}: not a number of seconds (e.g. 60 or 0.5)"
+        )
+    return seconds
 
 
 def q(name: str) -> str:
@@ -128,7 +147,8 @@ class DuckDBDestination(Destination):
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self.path != ":memory:" and not Path(self.path).exists():
             self._create_file()
-        deadline = time.monotonic() + OPEN_WAIT_SECONDS
+        wait = open_wait_seconds()
+        deadline = time.monotonic() + wait
         waiting = False
         while True:
             try:
@@ -142,13 +162,11 @@ class DuckDBDestination(Destination):
                 if time.monotonic() > deadline:
                     raise DestinationError(
                         f"the warehouse {self.path} is held by {holder} for more than "
-                        f"{OPEN_WAIT_SECONDS:.0f} s; try again when it ends, or run "
+                        f"{wait:g} s; try again when it ends, or run "
                         "`connector serve` so that other commands go through it"
                     ) from None
                 if not waiting:
-                    message = (
-                        f"waiting for the warehouse: {holder}, up to {OPEN_WAIT_SECONDS:.0f} s"
-                    )
+                    message = f"waiting for the warehouse: {holder}, up to {wait:g} s"
                     bus.publish("warehouse.waiting", {"path": self.path, "message": message})
                     waiting = True
                 time.sleep(0.2)

@@ -88,9 +88,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.reading:
         from . import ops
+        from .events import bus
 
-        return getattr(ops, args.handler)(_backend(config), args, out, console)
+        unsubscribe = bus.subscribe(_say_waiting)  # `run` says it too, per sync
+        try:
+            return getattr(ops, args.handler)(_backend(config), args, out, console)
+        finally:
+            unsubscribe()
     return args.handler(config, args)
+
+
+def _say_waiting(event: str, data: dict) -> None:
+    """At once, not after the wait: another process holds the warehouse file."""
+    if event == "warehouse.waiting":
+        console.print(f"[yellow]{escape(data['message'])}[/yellow]", highlight=False)
 
 
 def _backend(config: Config):

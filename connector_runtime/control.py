@@ -42,6 +42,14 @@ def schedule_text(schedule) -> str | None:
     return f"every {schedule:g}s"
 
 
+def frame_text(frame, separator: str = ": ") -> str:
+    """One stack frame as text: Lambda's `[file, line, function, code]` or a plain line."""
+    if isinstance(frame, list) and len(frame) == 4:
+        file, line, function, code = frame
+        return f'File "{file}", line {line}, in {function}{separator}{code}'
+    return str(frame)
+
+
 class NotFound(LookupError):
     """No such sync or alert."""
 

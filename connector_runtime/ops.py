@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .control import frame_text
+
 OK, FAILED, USAGE = 0, 1, 2
 STATUS_COLOURS = {"succeeded": "green", "failed": "red", "rescheduled": "yellow", "running": "cyan"}
 
@@ -229,10 +231,3 @@ def _seconds(sync: dict[str, Any]) -> str:
 def _coloured(status: str) -> str:
     colour = STATUS_COLOURS.get(status, "white")
     return f"[{colour}]{status}[/{colour}]"
-
-
-def frame_text(frame) -> str:
-    if isinstance(frame, list) and len(frame) == 4:
-        file, line, function, code = frame
-        return f'File "{file}", line {line}, in {function}: {code}'
-    return str(frame)

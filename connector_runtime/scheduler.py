@@ -96,7 +96,7 @@ class Server:
         try:
             with self.control.warehouse(name) as destination:
                 paused = name in destination.paused()
-        except ConnectorRuntimeError as exc:
+        except Exception as exc:  # the warehouse may be down: the next tick tries again
             self.log.error("sync_not_started", connector=name, error=str(exc))
             return
         if paused:

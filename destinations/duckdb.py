@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -132,17 +133,27 @@ class DuckDBDestination(Destination):
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            con = self._connect()
-            try:
-                con.execute("SET TimeZone = 'UTC'")
-                con.execute(RUNTIME_TABLES)
-            except duckdb.Error as exc:
-                con.close()
-                raise DestinationError(
-                    f"cannot use the warehouse {self.path}: {_first_line(exc)}"
-                ) from None
+            # One thread at a time opens a file and checks its runtime tables: threads of
+            # one process share DuckDB's instance, where concurrent DDL would conflict.
+            with _opening(self.path):
+                con = self._connect()
+                try:
+                    con.execute("SET TimeZone = 'UTC'")
+                    self._prepare(con)
+                except duckdb.Error as exc:
+                    con.close()
+                    raise DestinationError(
+                        f"cannot use the warehouse {self.path}: {_first_line(exc)}"
+                    ) from None
             self._con = con
         return self._con
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create or update the runtime tables, once per file and process."""
+        key = (self.path, _inode(self.path))
+        if key not in _PREPARED:
+            con.execute(RUNTIME_TABLES)
+            _PREPARED.add(key)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self.path != ":memory:" and not Path(self.path).exists():
@@ -189,7 +200,7 @@ class DuckDBDestination(Destination):
         path = Path(self.path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            draft = path.with_name(f".{path.name}.{os.getpid()}.creating")
+            draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.creating")
             draft.unlink(missing_ok=True)
             con = duckdb.connect(str(draft))
             con.execute(RUNTIME_TABLES)
@@ -616,6 +627,24 @@ class DuckDBDestination(Destination):
             " WHERE _fivetran_synced < ? AND NOT _fivetran_deleted",
             [synced_at, cutoff],
         ).fetchone()[0]
+
+
+_OPENING: dict[str, threading.Lock] = {}
+_OPENING_GUARD = threading.Lock()
+_PREPARED: set[tuple[str, int | None]] = set()
+
+
+def _opening(path: str) -> threading.Lock:
+    with _OPENING_GUARD:
+        return _OPENING.setdefault(path, threading.Lock())
+
+
+def _inode(path: str) -> int | None:
+    """A file made anew (deleted and created again) must be prepared again."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -17,12 +17,13 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..control import Control, NotFound
 from ..errors import ConfigError, ConnectorRuntimeError, SyncInProgress
 from ..events import EventBus
+from . import dashboard
 from .auth import TokenAuth
 
 KEEPALIVE_SECONDS = 15.0
@@ -52,7 +53,6 @@ def create_app(
     api = _Api(control, syncs, bus, registry)
     routes = [
         Route("/healthz", api.healthz),
-        Route("/", api.index),
         Route("/metrics", api.metrics),
         Route("/api/connectors", api.connectors),
         Route("/api/connectors/{name}", api.connector),
@@ -66,6 +66,7 @@ def create_app(
         Route("/api/alerts", api.alerts),
         Route("/api/alerts/{alert_id}/resolve", api.resolve, methods=["POST"]),
         Route("/api/events", api.events),
+        *dashboard.routes(control, syncs, JSON),
     ]
     expected = (ConfigError, NotFound, SyncInProgress, ValueError, ConnectorRuntimeError)
     app = Starlette(routes=routes, exception_handlers=dict.fromkeys(expected, _error))
@@ -87,18 +88,12 @@ async def _error(request: Request, exc: Exception) -> Response:
 
 class _Api:
     def __init__(self, control: Control, syncs: SyncStarter, bus: EventBus, registry) -> None:
-        self.control, self.syncs, self.bus, self.registry = control, syncs, bus, registry
+        # not `self.syncs`: that name is the history route's handler below
+        self.control, self.starter, self.bus, self.registry = control, syncs, bus, registry
 
     def healthz(self, request: Request) -> Response:
-        healthy = self.syncs.healthy()
+        healthy = self.starter.healthy()
         return JSON({"ok": healthy}, status_code=200 if healthy else 503)
-
-    def index(self, request: Request) -> Response:
-        return HTMLResponse(
-            "<!doctype html><title>connector-runtime</title>"
-            '<p>connector-runtime is serving. API: <a href="/api/connectors">/api/connectors</a>,'
-            ' <a href="/api/alerts">/api/alerts</a>, <a href="/metrics">/metrics</a>.</p>'
-        )
 
     def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -139,7 +134,7 @@ class _Api:
 
     def _start(self, name: str, trigger: str) -> Response:
         self.control.config.connector(name)  # 404 for an unknown name
-        return JSON({"sync_id": self.syncs.start(name, trigger)}, status_code=202)
+        return JSON({"sync_id": self.starter.start(name, trigger)}, status_code=202)
 
     def pause(self, request: Request) -> Response:
         return self._paused(request.path_params["name"], True)

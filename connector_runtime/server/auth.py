@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import secrets
 from http.cookies import SimpleCookie
 
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "connector_runtime_session"
@@ -46,14 +47,7 @@ class TokenAuth:
         by_header = self._bearer_ok(headers.get("authorization", ""))
         by_cookie = not by_header and self._cookie_ok(headers.get("cookie", ""))
         if not (by_header or by_cookie):
-            response = JSONResponse(
-                {
-                    "error": "not authenticated: send Authorization: Bearer <token>, or open the "
-                    "login URL that `connector serve` printed"
-                },
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            response = _unauthenticated(headers)
         elif scope["method"] not in ("GET", "HEAD") and not _same_origin(headers, by_cookie):
             response = JSONResponse(
                 {"error": "cross-site request refused: POSTs must come from this origin"},
@@ -87,6 +81,24 @@ class TokenAuth:
             return False
         morsel = cookie.get(COOKIE)
         return morsel is not None and hmac.compare_digest(morsel.value, self.session)
+
+
+LOGIN_HELP = (
+    "not logged in: open the login URL that `connector serve` printed (…/login?token=…), "
+    "or send Authorization: Bearer <token> (the token is in .connector-runtime/server.json)"
+)
+
+
+def _unauthenticated(headers: dict[str, str]) -> Response:
+    """401, as a page for a browser and as JSON for everything else."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if "text/html" in headers.get("accept", ""):
+        page = (
+            "<!doctype html><meta charset=utf-8><title>Log in · connector-runtime</title>"
+            f"<h1>connector-runtime</h1><p>{html.escape(LOGIN_HELP)}</p>"
+        )
+        return HTMLResponse(page, status_code=401, headers=challenge)
+    return JSONResponse({"error": LOGIN_HELP}, status_code=401, headers=challenge)
 
 
 def _same_origin(headers: dict[str, str], by_cookie: bool) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -49,6 +50,7 @@ EXAMPLES = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    out.on_broken_pipe = _reader_left  # rich would exit 1 on its own
     configure_logging(verbose=args.verbose or args.command_name == "serve")
     try:
         return _dispatch(args)
@@ -68,12 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print("interrupted", highlight=False)
         return INTERRUPTED
     except BrokenPipeError:  # `connector status | head`: the reader left
+        # what stdout still buffers goes nowhere, or Python's flush at exit fails again:
+        # "Exception ignored ... BrokenPipeError" on stderr and exit 120
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK
     except Exception as exc:  # a bug of ours: one line, the traceback only on request
         if args.verbose:
             traceback.print_exc()
         _fail("internal error", repr(exc), hint="run again with -v for the traceback")
         return FAILED
+
+
+def _reader_left() -> None:
+    """rich's Console met a closed stdout: end the command as `main` ends any other."""
+    raise BrokenPipeError
 
 
 def _fail(label: str, error: object, hint: str = "") -> None:

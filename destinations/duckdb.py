@@ -207,6 +207,8 @@ class DuckDBDestination(Destination):
             con.close()
         except (OSError, duckdb.Error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else _first_line(exc)
+            if isinstance(exc, FileExistsError):  # mkdir's word for a file in the folder's place
+                reason = f"{path.parent} is not a directory"
             raise DestinationError(f"cannot create the warehouse {self.path}: {reason}") from None
         try:
             os.link(draft, path)  # fails if another process created it meanwhile: keep theirs

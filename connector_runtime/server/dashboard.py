@@ -31,6 +31,7 @@ from ..errors import SyncInProgress
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 CHART_SYNCS = 50
+STUB_BAR = 6.0  # SVG units: the least height of a failed or running sync's bar
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -177,10 +178,12 @@ def sync_chart(syncs: list[dict[str, Any]], width: int = 600, height: int = 120)
     rows = [s["rows_upserted"] + s["rows_deleted"] for s in syncs]
     seconds = [_seconds(s) or 0.0 for s in syncs]
     slot = width / max(len(syncs), 12)  # a few syncs stay narrow bars, not a wall
-    top_rows, top_seconds = max(rows) or 1, max(seconds) or 1.0
+    top_rows, top_seconds = max(rows), max(seconds)
     bars = []
     for i, (sync, count) in enumerate(zip(syncs, rows, strict=True)):
-        tall = round(count / top_rows * (height - 10), 1)
+        tall = round(count / (top_rows or 1) * (height - 10), 1)
+        if sync["status"] in ("failed", "running"):
+            tall = max(tall, STUB_BAR)  # a failure with no rows still shows, in its colour
         bars.append(
             {
                 "x": round(i * slot + slot * 0.15, 1),
@@ -193,7 +196,8 @@ def sync_chart(syncs: list[dict[str, Any]], width: int = 600, height: int = 120)
             }
         )
     points = " ".join(
-        f"{round(i * slot + slot / 2, 1)},{round(height - s / top_seconds * (height - 10), 1)}"
+        f"{round(i * slot + slot / 2, 1)},"
+        f"{round(height - s / (top_seconds or 1.0) * (height - 10), 1)}"
         for i, s in enumerate(seconds)
     )
     return {

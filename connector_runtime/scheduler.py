@@ -76,14 +76,18 @@ class Server:
             build_job(self.config, name)  # config errors before anything runs
         for name in names:
             schedule = self.config.connectors[name].schedule
-            first = None if isinstance(schedule, CronSchedule) else _soon(len(names))
+            # interval schedules also sync soon after start; cron ones wait for their time.
+            # (APScheduler 3 reads an explicit `next_run_time=None` as "paused": leave it out.)
+            first = (
+                {} if isinstance(schedule, CronSchedule) else {"next_run_time": _soon(len(names))}
+            )
             self.scheduler.add_job(
                 self.on_schedule,
                 trigger_for(schedule),
                 args=[name],
                 id=name,
                 name=f"sync {name}",
-                next_run_time=first,
+                **first,
             )
         return names
 

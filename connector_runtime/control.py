@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from .config import Config
 from .destination import Destination, iso, open_destination
 from .errors import SyncInProgress
+from .events import bus
 
 # `scheme://user:password@host`: the password never leaves the process
 _PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
@@ -229,10 +230,14 @@ class Control:
             destination.set_paused(name, paused)
 
     def resolve_alert(self, alert_id: str) -> dict[str, Any]:
-        """Resolve an open alert; NotFound if no open alert has that id."""
+        """Resolve an open alert and publish `alert.resolved`, as a sync's success does (the
+        notifier, the metrics and the event stream listen); NotFound if no open alert has
+        that id."""
         for name in self._names_by_warehouse():
             with self.warehouse(name) as destination:
                 alert = destination.resolve_alert(alert_id, datetime.now(UTC))
             if alert is not None:
-                return alert.document()
+                document = alert.document()
+                bus.publish("alert.resolved", {"alert": document})
+                return document
         raise NotFound(f"no open alert {alert_id}")

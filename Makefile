@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	cd examples/transactions && ../../$(BIN)/connector run
 	cd examples/transactions && ../../$(BIN)/python ../show.py warehouse.duckdb
+	@echo
+	@echo "The dashboard: cd examples/transactions && ../../$(BIN)/connector serve"
+	@echo "then open the login URL it prints (http://127.0.0.1:8765/login?token=...)."
 
 test: $(STAMP)
 	$(BIN)/pytest

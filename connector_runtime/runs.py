@@ -28,7 +28,7 @@ from .errors import SyncFailure, SyncInProgress
 from .events import bus
 from .jobs import build_job
 from .ops import emit_json, frame_text, show_function_output
-from .sync import PageProgress, SyncOutcome, run_sync
+from .sync import PageProgress, run_sync
 from .terminal import FAILED, OK, USAGE, console, out
 
 FOLLOW_EVERY_SECONDS = 0.25
@@ -81,7 +81,7 @@ def _run_one(job, trigger: str, stop: threading.Event, as_json: bool) -> bool:
         return False
     finally:
         unsubscribe()
-    document = _outcome_document(outcome)
+    document = outcome.document()
     if as_json:
         emit_json(document)
     _summary(document, time.monotonic() - started)
@@ -99,14 +99,6 @@ def _run_one(job, trigger: str, stop: threading.Event, as_json: bool) -> bool:
 def _say_waiting(event: str, data: dict[str, Any]) -> None:
     if event == "warehouse.waiting":
         console.print(f"[yellow]{escape(data['message'])}[/yellow]", highlight=False)
-
-
-def _outcome_document(outcome: SyncOutcome) -> dict[str, Any]:
-    return {
-        **outcome.record.document(),
-        "tables": outcome.tables,
-        "alert": outcome.alert.document() if outcome.alert else None,
-    }
 
 
 def _output_tail(output: str) -> None:

@@ -60,6 +60,7 @@ class Server:
         )
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+        bus.subscribe(self._on_finished)  # before LiveSyncs: free before anyone reads "finished"
         self.live = LiveSyncs(bus)
         self.metrics = Metrics(bus, self.live)
         self.control = Control(config, live=self.live, next_fire=self.next_fire)
@@ -142,12 +143,17 @@ class Server:
             self.live.not_started(name, sync_id, f"internal error: {exc!r}")
             self.log.error("sync_crashed", connector=name, error=repr(exc))
         else:
-            alert = outcome.alert.document() if outcome.alert else None
-            self.live.record_outcome(sync_id, outcome.tables, alert)
             self.log.info("sync_done", connector=name, status=outcome.record.status)
         finally:
             with self._running_lock:
                 self._running.discard(name)
+
+    def _on_finished(self, event: str, data: dict) -> None:
+        """A finished sync frees its connector at once (its lock is released already), so
+        a client that sees it finished can start the next one without a 409."""
+        if event == "sync.finished":
+            with self._running_lock:
+                self._running.discard(data["sync"]["connector"])
 
     def healthy(self) -> bool:
         return self.scheduler.running and not self.stopping.is_set()

@@ -91,6 +91,14 @@ class SyncOutcome:
     def ok(self) -> bool:
         return self.record.status in ("succeeded", "rescheduled")
 
+    def document(self) -> dict[str, Any]:
+        """The sync's document with its per-table counts and its alert, if any."""
+        return {
+            **self.record.document(),
+            "tables": self.tables,
+            "alert": self.alert.document() if self.alert is not None else None,
+        }
+
 
 def run_sync(
     job: SyncJob,
@@ -106,7 +114,9 @@ def run_sync(
     masking.register(job.secrets)
     with open_destination(job.destination_url) as destination, destination.lock(job.connector):
         sync = _Sync(job, destination, trigger, on_page or (lambda _: None), stop, sync_id)
-        return sync.run()
+        outcome = sync.run()
+    sync.announce()  # once the lock is free: whoever hears "finished" may start the next
+    return outcome
 
 
 @contextmanager
@@ -187,6 +197,7 @@ class _Sync:
         self.log = structlog.get_logger().bind(connector=job.connector, sync_id=self.record.sync_id)
         self.soft_delete: set[str] = set()
         self.output: OutputTail | None = None
+        self.resolved: list[Alert] = []  # open alerts this sync's success resolves
 
     def run(self) -> SyncOutcome:
         snapshot = self.destination.begin_sync(
@@ -221,14 +232,11 @@ class _Sync:
             self.destination.end_sync(self.record)
             raise
         self.record = replace(self.record, status=status, finished_at=datetime.now(UTC))
-        resolved = self.destination.list_alerts(self.job.connector) if status == "succeeded" else []
+        if status == "succeeded":
+            self.resolved = self.destination.list_alerts(self.job.connector)
         self.destination.end_sync(self.record)
         self.outcome.record = self.record
         self.keep_output()
-        bus.publish("sync.finished", {"sync": self.record.document()})
-        for alert in resolved:
-            alert = replace(alert, resolved_at=self.record.finished_at)
-            bus.publish("alert.resolved", {"alert": alert.document()})
         self.log.info(
             "sync_finished",
             status=status,
@@ -237,6 +245,13 @@ class _Sync:
             rows_deleted=self.record.rows_deleted,
         )
         return self.outcome
+
+    def announce(self) -> None:
+        """`sync.finished` (with per-table counts and the alert) and the alerts it resolved."""
+        bus.publish("sync.finished", {"sync": self.outcome.document()})
+        for resolved in self.resolved:
+            resolved = replace(resolved, resolved_at=self.record.finished_at)
+            bus.publish("alert.resolved", {"alert": resolved.document()})
 
     def keep_output(self) -> None:
         """The tail of what the function printed, with the sync's row (already masked)."""

@@ -24,7 +24,8 @@ KEEP_FINISHED = 200  # finished syncs whose table counts a following client can 
 
 
 class LiveSyncs:
-    """The progress of each running sync (by connector) and the last finished ones."""
+    """The progress of each running sync (by connector) and the last finished ones, with
+    their per-table counts and alert (from `sync.finished`)."""
 
     def __init__(self, bus: EventBus) -> None:
         self._running: dict[str, dict[str, Any]] = {}
@@ -69,12 +70,6 @@ class LiveSyncs:
                 "status": "failed",
                 "error": error,
             }
-
-    def record_outcome(self, sync_id: str, tables: dict, alert: dict | None) -> None:
-        """Add what only the sync's caller knows (table counts, the alert) to its document."""
-        with self._lock:
-            if sync_id in self._finished:
-                self._finished[sync_id] |= {"tables": tables, "alert": alert}
 
     def _on_event(self, event: str, data: dict[str, Any]) -> None:
         if not event.startswith("sync."):

@@ -20,6 +20,9 @@ compared with what the handler sent: every row and column, `_fivetran_deleted`, 
 saved state, the `syncs` row. Any difference exits 1. `--profile` runs each insert sync
 under cProfile (the runtime process only; the worker's time shows up as waiting in the
 invoker, the database server's as waiting in its driver).
+
+Then, unless `--serve off`, `bench_server.py` times `connector serve`: the insert sync
+while a client polls the API, and the API's answers over 10,000 stored syncs.
 """
 
 from __future__ import annotations
@@ -173,22 +176,49 @@ def main() -> int:
         return run_child(
             Path(args.child), args.phase, args.connector, args.warehouse, profile=args.profile
         )
-    if args.rows < 100 or args.page_size < 1 or args.repeat < 1:
-        sys.exit("--rows must be at least 100, --page-size and --repeat at least 1")
-    targets = [
-        _target(name, args.postgres_url)
-        for name in (WAREHOUSES if args.warehouse == "all" else (args.warehouse,))
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
-        return run_benchmark(
-            Path(args.workdir or tmp),
-            args.rows,
-            args.page_size,
-            targets,
-            profile=args.profile,
-            repeat=args.repeat,
-            required=args.warehouse != "all" or os.environ.get("CI") == "true",
-        )
+    if args.rows < 100 or args.page_size < 1 or min(args.repeat, args.serve_repeat) < 1:
+        sys.exit("--rows must be at least 100, --page-size and the repeats at least 1")
+    if min(args.syncs, args.alerts, args.requests) < 1:
+        sys.exit("--syncs, --alerts and --requests must be at least 1")
+    if args.serve == "only" and args.warehouse == "postgresql":
+        sys.exit("--serve only times `connector serve` on DuckDB: drop --warehouse postgresql")
+    ci = os.environ.get("CI") == "true"
+    status = 0
+    if args.serve != "only":
+        targets = [
+            _target(name, args.postgres_url)
+            for name in (WAREHOUSES if args.warehouse == "all" else (args.warehouse,))
+        ]
+        with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
+            status = run_benchmark(
+                Path(args.workdir or tmp),
+                args.rows,
+                args.page_size,
+                targets,
+                profile=args.profile,
+                repeat=args.repeat,
+                required=args.warehouse != "all" or ci,
+            )
+    if args.serve != "off" and args.warehouse in ("duckdb", "all"):
+        import bench_server  # beside this file: `connector serve` under a client
+
+        with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+            status |= bench_server.run(
+                Path(args.workdir or tmp) / "serve",
+                handler_source(args.rows, args.page_size),
+                args.rows,
+                repeat=args.serve_repeat,
+                syncs=args.syncs,
+                alerts=args.alerts,
+                requests=args.requests,
+                required=ci or args.serve == "only",
+            )
+    return status
+
+
+def handler_source(rows: int, page_size: int) -> str:
+    """handler.py as the worker runs it: the constants, then HANDLER."""
+    return f"ROWS = {rows}\nPAGE_SIZE = {page_size}\n\n" + HANDLER
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -218,6 +248,24 @@ def _parser() -> argparse.ArgumentParser:
         "--workdir",
         help="keep handler, config and DuckDB file here (WAREHOUSE/runN/ must not exist yet)",
     )
+    parser.add_argument(
+        "--serve",
+        choices=("on", "off", "only"),
+        default="on",
+        help="also time `connector serve` under a polling client and its API over a long "
+        "history (DuckDB; default on), skip it (off), or run only that (only)",
+    )
+    parser.add_argument(
+        "--serve-repeat",
+        type=int,
+        default=3,
+        help="syncs per client mode under serve, interleaved; the median is reported",
+    )
+    parser.add_argument("--syncs", type=int, default=10_000, help="syncs stored for the API timing")
+    parser.add_argument(
+        "--alerts", type=int, default=1_000, help="alerts stored for the API timing"
+    )
+    parser.add_argument("--requests", type=int, default=30, help="timed requests per API endpoint")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one phase here
     parser.add_argument("--phase", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--connector", default=CONNECTOR, help=argparse.SUPPRESS)
@@ -518,11 +566,11 @@ def _run_once(
 ) -> tuple[list[dict], list[str]]:
     workdir.mkdir(parents=True)
     connector = target.new_connector()
-    constants = f"ROWS = {rows}\nPAGE_SIZE = {page_size}\n\n"
-    (workdir / "handler.py").write_text(constants + HANDLER)
+    source = handler_source(rows, page_size)
+    (workdir / "handler.py").write_text(source)
     url = json.dumps(target.url(workdir))  # a JSON string is a YAML double-quoted scalar
     (workdir / "connectors.yaml").write_text(CONFIG.format(url=url, connector=connector))
-    handler = _load_handler(constants + HANDLER)
+    handler = _load_handler(source)
     results, problems = [], []
     try:
         for phase in PHASES:

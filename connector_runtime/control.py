@@ -221,7 +221,7 @@ class Control:
     def set_state(self, name: str, state: dict[str, Any]) -> None:
         """Replace the saved state; SyncInProgress while a sync of it runs."""
         if name in self._running():
-            raise SyncInProgress(f"a sync of {name!r} is running")
+            raise SyncInProgress(f"a sync of {name!r} is already in progress")
         with self.warehouse(name) as destination, destination.lock(name):
             destination.save_state(name, state)
 

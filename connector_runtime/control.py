@@ -11,6 +11,8 @@ nothing is scheduled, so no next run is claimed.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -65,8 +67,76 @@ class LiveView(Protocol):
         """A just-finished sync with its per-table counts and alert."""
 
 
+class Warehouses:
+    """Warehouse connections kept open across the calls of a long-lived process
+    (`connector serve`): opening a DuckDB file costs tens of milliseconds, which a
+    dashboard polling every second would otherwise pay each time, beside the syncs.
+
+    One connection per URL, used by one call at a time, and closed after `idle_seconds`
+    without use, so that between syncs nobody watching leaves a DuckDB file free for other
+    processes. A call that fails drops its connection; the next one reconnects.
+    """
+
+    def __init__(self, idle_seconds: float = 10.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._open: dict[str, tuple[Destination, threading.Lock]] = {}
+        self._last_used: dict[str, float] = {}
+        self._guard = threading.Lock()
+        self._closing = threading.Event()
+        threading.Thread(target=self._close_idle, name="warehouses", daemon=True).start()
+
+    @contextmanager
+    def use(self, url: str) -> Iterator[Destination]:
+        with self._guard:
+            if url not in self._open:
+                self._open[url] = (open_destination(url), threading.Lock())
+            destination, lock = self._open[url]
+        with lock:
+            try:
+                yield destination
+            except Exception:
+                self._drop(url, destination)
+                raise
+            finally:
+                self._last_used[url] = time.monotonic()
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._guard:
+            urls = list(self._open)
+        for url in urls:
+            self._drop(url, self._open[url][0])
+
+    def _drop(self, url: str, destination: Destination) -> None:
+        with self._guard:
+            if self._open.get(url, (None,))[0] is destination:
+                del self._open[url]
+        destination.close()
+
+    def _close_idle(self) -> None:
+        while not self._closing.wait(1.0):
+            now = time.monotonic()
+            with self._guard:
+                idle = [
+                    (url, pair)
+                    for url, pair in self._open.items()
+                    if now - self._last_used.get(url, now) > self.idle_seconds
+                    and not pair[1].locked()
+                ]
+            for url, (destination, lock) in idle:
+                with lock:
+                    self._drop(url, destination)
+
+
 class Control:
-    """The operator's reads and commands over one config's connectors."""
+    """The operator's reads and commands over one config's connectors.
+
+    Inside `connector serve` (`live` given) it keeps warehouses open between calls
+    (`Warehouses`) and remembers each connector's stored overview (last sync, open alerts,
+    paused) until an event says it changed, so that polling clients cost the syncs
+    almost nothing; the live parts (a running sync's progress, the next run) are always
+    fresh.
+    """
 
     def __init__(
         self,
@@ -78,34 +148,61 @@ class Control:
         self.config = config
         self.live = live  # the syncs running in this process, inside `connector serve`
         self.next_fire = next_fire  # None: nothing schedules syncs right now
+        self._warehouses = Warehouses() if live is not None else None
+        self._stored: dict[str, dict[str, Any]] = {}  # connector -> its stored overview
+        self._changes: dict[str, int] = {}  # connector -> events that made it stale
+        if live is not None:
+            bus.subscribe(self._forget)
 
     @contextmanager
     def warehouse(self, name: str) -> Iterator[Destination]:
-        """The connector's warehouse, open for one call (ConfigError for an unknown name)."""
-        with open_destination(self.config.destination_url(name)) as destination:
+        """The connector's warehouse for one call (ConfigError for an unknown name)."""
+        url = self.config.destination_url(name)
+        if self._warehouses is not None:
+            with self._warehouses.use(url) as destination:
+                yield destination
+            return
+        with open_destination(url) as destination:
             yield destination
+
+    def close(self) -> None:
+        if self._warehouses is not None:
+            self._warehouses.close()
+
+    def _forget(self, event: str, data: dict[str, Any]) -> None:
+        """A sync started or ended, or an alert changed: that connector's overview is stale."""
+        if event in ("sync.started", "sync.finished"):
+            self._stale(data["sync"]["connector"])
+        elif event.startswith("alert."):
+            self._stale(data["alert"]["connector"])
+
+    def _stale(self, name: str) -> None:
+        self._changes[name] = self._changes.get(name, 0) + 1
+        self._stored.pop(name, None)
 
     # -- reading ----------------------------------------------------------------------
 
     def connectors(self) -> list[dict[str, Any]]:
         """Every connector: schedule, paused, status, last sync, next run, open alerts."""
-        by_url: dict[str, list[str]] = {}
+        missing: dict[str, list[str]] = {}
         for name in self.config.connectors:
-            by_url.setdefault(self.config.destination_url(name), []).append(name)
-        documents = {}
-        live = self._running()
-        for names in by_url.values():
+            if name not in self._stored:
+                missing.setdefault(self.config.destination_url(name), []).append(name)
+        stored = dict(self._stored)
+        for names in missing.values():
             with self.warehouse(names[0]) as destination:
                 paused = destination.paused()
                 for name in names:
-                    documents[name] = self._overview(destination, name, name in paused, live)
-        return [documents[name] for name in self.config.connectors]
+                    stored[name] = self._stored_overview(destination, name, name in paused)
+        running = self._running()
+        return [self._overview(stored[name], running) for name in self.config.connectors]
 
     def connector(self, name: str) -> dict[str, Any]:
         """One connector's overview plus its state and tables (columns, types, keys, rows)."""
         with self.warehouse(name) as destination:
+            paused = name in destination.paused()
             document = self._overview(
-                destination, name, name in destination.paused(), self._running()
+                self._stored_overview(destination, name, paused), self._running()
             )
             snapshot = destination.load(name)
             schema = self.config.schema_name(name)
@@ -125,28 +222,38 @@ class Control:
             ]
         return document
 
-    def _overview(
-        self, destination: Destination, name: str, paused: bool, live: dict[str, dict]
-    ) -> dict[str, Any]:
+    def _stored_overview(self, destination: Destination, name: str, paused: bool) -> dict[str, Any]:
+        """What the warehouse says of a connector; kept inside serve until it changes."""
+        changes = self._changes.get(name, 0)
         connector = self.config.connector(name)
         last = next(iter(destination.recent_syncs(name, 1)), None)
-        running = live.get(name)
-        if running is not None:
-            status = "running"
-        else:
-            status = "failed" if last is not None and last.status == "failed" else "idle"
-        return {
+        document = {
             "name": name,
             "schema": self.config.schema_name(name),
             "warehouse": display_url(self.config.destination_url(name)),
             "schedule": schedule_text(connector.schedule),
             "paused": paused,
+            "last_sync": last.document() if last else None,
+            "open_alerts": len(destination.list_alerts(name)),
+        }
+        if self.live is not None and self._changes.get(name, 0) == changes:
+            self._stored[name] = document  # unless an event made it stale meanwhile
+        return document
+
+    def _overview(self, stored: dict[str, Any], live: dict[str, dict]) -> dict[str, Any]:
+        """The stored overview with what is true now: status, running sync, next run."""
+        name, last = stored["name"], stored["last_sync"]
+        running = live.get(name)
+        if running is not None:
+            status = "running"
+        else:
+            status = "failed" if last is not None and last["status"] == "failed" else "idle"
+        return {
+            **stored,
             "status": status,
             "running": running,
-            "last_sync": last.document() if last else None,
-            "next_run": self._next_run(name, paused),
+            "next_run": self._next_run(name, stored["paused"]),
             "scheduled": self.next_fire is not None,
-            "open_alerts": len(destination.list_alerts(name)),
         }
 
     def _next_run(self, name: str, paused: bool) -> str | None:
@@ -228,6 +335,7 @@ class Control:
     def set_paused(self, name: str, paused: bool) -> None:
         with self.warehouse(name) as destination:
             destination.set_paused(name, paused)
+        self._stale(name)
 
     def resolve_alert(self, alert_id: str) -> dict[str, Any]:
         """Resolve an open alert and publish `alert.resolved`, as a sync's success does (the

@@ -195,6 +195,7 @@ class Server:
             http_thread.join(HTTP_GRACE_SECONDS + 3)
             if notifier is not None:
                 notifier.close()
+            self.control.close()
         self.log.warning("stopped")
         return 0
 

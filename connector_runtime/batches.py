@@ -90,6 +90,10 @@ def _exact_array(values: list, logical: LogicalType, target: pa.DataType) -> pa.
     if logical.name == "DECIMAL":
         # via Decimal so Arrow checks precision instead of wrapping silently
         return pa.array([None if v is None else Decimal(v) for v in values], target)
+    if logical.name == "DOUBLE" and any(type(v) is int for v in values):
+        # an integer in a DOUBLE column is stored as the nearest double, as a widened
+        # column's values are; Arrow would refuse one beyond 2**53 as "not exact"
+        return pa.array([None if v is None else float(v) for v in values], target)
     return pa.array(values, target)
 
 

@@ -85,6 +85,14 @@ class TableCounts:
 class PageResult:
     tables: dict[str, TableCounts] = field(default_factory=dict)
 
+    @property
+    def upserted(self) -> int:
+        return sum(c.upserted for c in self.tables.values())
+
+    @property
+    def deleted(self) -> int:
+        return sum(c.deleted for c in self.tables.values())
+
 
 class Destination(ABC):
     """A warehouse. One instance serves one sync (or one command) and is then closed.
@@ -114,7 +122,8 @@ class Destination(ABC):
 
     @abstractmethod
     def apply_page(self, page: PageWrite) -> PageResult:
-        """Create, widen, upsert, append, delete, save names, catalog and state: one transaction."""
+        """Create, widen, upsert, append, delete, save names, catalog and state, and count the
+        page in the sync's row (pages, rows): one transaction."""
 
     @abstractmethod
     def finish_cycle(

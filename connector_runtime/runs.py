@@ -154,8 +154,8 @@ class _progress:
         return self.on_page
 
     def on_page(self, page: PageProgress) -> None:
-        self.upserted += sum(c.upserted for c in page.result.tables.values())
-        self.deleted += sum(c.deleted for c in page.result.tables.values())
+        self.upserted += page.result.upserted
+        self.deleted += page.result.deleted
         self.show(page.number, self.upserted, self.deleted)
 
     def show(self, page: int, upserted: int, deleted: int) -> None:

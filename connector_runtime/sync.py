@@ -343,8 +343,7 @@ class _Sync:
         }
 
     def count(self, number: int, result: PageResult) -> None:
-        upserted = sum(c.upserted for c in result.tables.values())
-        deleted = sum(c.deleted for c in result.tables.values())
+        upserted, deleted = result.upserted, result.deleted
         self.record = replace(
             self.record,
             pages=number,

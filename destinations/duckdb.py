@@ -459,6 +459,11 @@ class DuckDBDestination(Destination):
                 for write in page.tables:
                     result.tables[write.table.name] = self._apply_table(con, page, write)
                 self._save_catalog(con, page)
+                con.execute(
+                    f"UPDATE {RUNTIME_SCHEMA}.syncs SET pages = ?, rows_upserted = rows_upserted"
+                    " + ?, rows_deleted = rows_deleted + ? WHERE sync_id = ?",
+                    [page.number, result.upserted, result.deleted, page.sync_id],
+                )
         except duckdb.Error as exc:
             raise DestinationError(f"DuckDB refused page {page.number}: {exc}") from exc
         return result

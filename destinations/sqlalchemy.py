@@ -462,7 +462,8 @@ class SQLAlchemyDestination(Destination):
 
     def set_paused(self, connector: str, paused: bool) -> None:
         table = self.runtime["state"]
-        with self._transaction("pausing a connector") as conn:
+        what = "pausing a connector" if paused else "resuming a connector"
+        with self._transaction(what) as conn:
             self._ensure_state_row(conn, connector)
             conn.execute(
                 sa.update(table).where(table.c.connector == connector).values(paused=paused)
@@ -531,6 +532,16 @@ class SQLAlchemyDestination(Destination):
                     self.flavor.evolve(conn, table, write.previous)
                 result.tables[write.table.name] = self._write(conn, page, write, table)
             self._save_catalog(conn, page)
+            syncs = self.runtime["syncs"]
+            conn.execute(
+                sa.update(syncs)
+                .where(syncs.c.sync_id == page.sync_id)
+                .values(
+                    pages=page.number,
+                    rows_upserted=syncs.c.rows_upserted + result.upserted,
+                    rows_deleted=syncs.c.rows_deleted + result.deleted,
+                )
+            )
         return result
 
     def _write(self, conn, page: PageWrite, write: TableWrite, table: DataTable) -> TableCounts:

@@ -576,3 +576,71 @@ def test_operator_reads_and_state_replacement(destination_url):
         assert destination.load("demo").state == {"cursor": 5}
     _, invoker = sync(destination_url, [page([{"id": 2}], state={"cursor": 6})])
     assert invoker.requests[0]["state"] == {"cursor": 5}
+
+
+def test_control_plane_reads_and_steering(destination_url):
+    """What the API and dashboard read and change, per backend: one sync by id, history
+    pages, alert resolving, pause flags, row counts, table names, kept function output."""
+    from datetime import UTC, datetime
+
+    failed, _ = sync(destination_url, [{"errorMessage": "broke", "errorType": "Boom"}])
+    first, _ = sync(destination_url, [page([{"id": 1}, {"id": 2}], more=True), page([{"id": 3}])])
+    with open_destination(destination_url) as destination:
+        found = destination.get_sync(first.record.sync_id)
+        assert (found.status, found.pages, found.rows_upserted) == ("succeeded", 2, 3)
+        assert destination.get_sync("no-such-sync") is None
+        older = destination.recent_syncs("demo", 5, before=first.record.started_at)
+        assert [s.sync_id for s in older] == [failed.record.sync_id]
+
+        [alert] = destination.list_alerts("demo", include_resolved=True, limit=1)
+        assert destination.resolve_alert(alert.alert_id, datetime.now(UTC)) is None  # resolved
+        failed_again, _ = sync(destination_url, [{"errorMessage": "again"}])
+        [open_alert] = destination.list_alerts("demo")
+        resolved = destination.resolve_alert(open_alert.alert_id, datetime.now(UTC))
+        assert resolved.alert_id == open_alert.alert_id and resolved.resolved_at is not None
+        assert destination.list_alerts("demo") == []
+
+        destination.set_paused("demo", True)
+        destination.set_paused("other", True)
+        destination.set_paused("other", False)
+        destination.save_function_output(first.record.sync_id, "line 1\nline 2")
+        catalog = destination.load("demo").catalog
+        assert destination.row_counts("demo", list(catalog.values())) == {"t": 3}
+        reference = destination.table_reference("demo", "t")
+    with open_destination(destination_url) as destination:  # what was set persists
+        assert destination.paused() == {"demo"}
+        assert destination.function_output(first.record.sync_id) == "line 1\nline 2"
+        assert destination.function_output(failed_again.record.sync_id) is None
+    assert "t" in reference and "demo" in reference
+    assert Warehouse(destination_url).query(f"SELECT count(*) FROM {reference}") == [(3,)]
+
+
+def test_a_killed_sync_keeps_the_pages_and_rows_it_committed(destination_url):
+    """Each page counts itself in the sync's row in its own transaction, so a sync whose
+    process died still shows what it committed."""
+    from datetime import UTC, datetime
+
+    from connector_runtime.destination import SyncRecord
+    from connector_runtime.naming import NameMap
+    from connector_runtime.page import PagePlanner
+    from connector_runtime.protocol import parse_response
+
+    record = SyncRecord("killed", "demo", "manual", datetime.now(UTC))
+    with open_destination(destination_url) as destination:
+        snapshot = destination.begin_sync(record)
+        planner = PagePlanner("demo", "demo", NameMap.load("fivetran", snapshot.names), {})
+        for number, rows in enumerate(([{"id": 1}, {"id": 2}], [{"id": 3}]), start=1):
+            response = parse_response(json.dumps(page(rows, state={"p": number})).encode())
+            planned = planner.plan(
+                response, sync_id="killed", number=number, synced_at=record.started_at
+            )
+            destination.apply_page(planned)
+            planner.commit(planned)
+        # no end_sync: the process died here
+    with open_destination(destination_url) as destination:
+        found = destination.get_sync("killed")
+        assert (found.status, found.pages, found.rows_upserted) == ("running", 2, 3)
+    sync(destination_url, [page([{"id": 4}])])
+    with open_destination(destination_url) as destination:
+        found = destination.get_sync("killed")
+        assert (found.status, found.pages, found.rows_upserted) == ("failed", 2, 3)

@@ -421,6 +421,9 @@ def api_paths(name: str) -> list[str]:
         f"/api/connectors/{name}/syncs?limit=50",
         "/api/alerts?status=all",
         "/metrics",
+        "/",  # the dashboard's three pages, as HTML
+        f"/connectors/{name}",
+        "/alerts",
     ]
 
 

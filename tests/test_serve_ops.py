@@ -188,8 +188,10 @@ def test_serve_schedules_never_overlaps_and_stops_cleanly_on_signals(project):
     try:
         # serve owns the DuckDB file while it works: read the syncs through it
         wait_until(
-            lambda: served_syncs(made, "alpha", "schedule") >= 4
-            and served_syncs(made, "beta", "schedule") >= 2,
+            lambda: (
+                served_syncs(made, "alpha", "schedule") >= 4
+                and served_syncs(made, "beta", "schedule") >= 2
+            ),
             what="4 scheduled syncs of alpha and 2 of beta",
         )
         manual = made.connector("run", "alpha", timeout=60)

@@ -54,12 +54,12 @@ def _problem(template: str, **context: object) -> PydanticCustomError:
     return PydanticCustomError("config", template, {k: repr(v) for k, v in context.items()})
 
 
-_DURATION_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _parse_duration(value: object) -> float:
-    """`30s`, `15m`, `6h`, `1d` or a bare number of seconds -> seconds (> 0)."""
+    """`250ms`, `30s`, `15m`, `6h`, `1d` or a bare number of seconds -> seconds (> 0)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION_TEXT.match(value)):
@@ -77,7 +77,7 @@ Duration = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhd]?\s*$"},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|[smhd])?\s*$"},
                 {"type": "number", "exclusiveMinimum": 0},
             ]
         }

@@ -197,12 +197,34 @@ def error_shape(
     message: str | None = None,
     stack_trace: list[list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """Lambda's error answer; `stackTrace` is `[file, line, function, code]` per frame."""
+    """Lambda's error answer; `stackTrace` is `[file, line, function, code]` per frame.
+
+    The message is `str(exc)`, which may be empty (`raise MemoryError()`): the runtime
+    says so in the alert. An exception whose `__str__` itself raises is still described,
+    as `<ExceptionType> (its message could not be read: <that error>)`.
+    """
     return {
-        "errorMessage": str(exc) if message is None else message,
+        "errorMessage": _message_of(exc) if message is None else message,
         "errorType": error_type or type(exc).__name__,
         "stackTrace": _user_frames(exc) if stack_trace is None else stack_trace,
     }
+
+
+def _message_of(exc: BaseException) -> str:
+    try:
+        message = str(exc)
+    except Exception as unreadable:  # a broken __str__ (or one returning a non-string)
+        return f"{type(exc).__name__} (its message could not be read: {_described(unreadable)})"
+    return message
+
+
+def _described(exc: BaseException) -> str:
+    """`Type: message` of an exception met while describing another one, never raising."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _user_frames(exc: BaseException) -> list[list[Any]]:

@@ -7,9 +7,9 @@ breaks the contract), naming the table, row and field at fault.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,7 +21,11 @@ from pydantic import (
 )
 
 from .errors import FunctionError, InvalidResponse
+from .jsonio import TooDeep, decode_json, describe_path, non_finite_path, token
 from .types import LogicalType
+
+# How much of a non-string `errorMessage` an alert shows as JSON text.
+SHOWN_MESSAGE_CHARS = 200
 
 
 class Request(BaseModel):
@@ -112,6 +116,18 @@ class Response(BaseModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _state_round_trips(self) -> Response:
+        """The state goes back to the function as JSON: a NaN or ±Infinity in it would
+        come back as null (or not parse at all), and the cursor would be lost."""
+        found = non_finite_path(self.state)
+        if found is not None:
+            path, number = found
+            raise ValueError(
+                f"{describe_path(('state', *path))} is {token(number)}, which JSON cannot carry"
+            )
+        return self
+
     @property
     def row_count(self) -> int:
         return sum(map(len, self.insert.values())) + sum(map(len, self.delete.values()))
@@ -120,8 +136,10 @@ class Response(BaseModel):
 def parse_response(raw: bytes) -> Response:
     """Validate a function's answer; raise FunctionError or InvalidResponse."""
     try:
-        # pydantic's parser keeps integers beyond 64 bits exact (orjson turns them to floats)
-        answer = pydantic_core.from_json(raw)
+        # exact: integers beyond 64 bits stay integers, NaN and Infinity are seen as such
+        answer = decode_json(raw)
+    except TooDeep as exc:
+        raise InvalidResponse(f"the function's answer is {exc}") from None
     except ValueError as exc:
         raise InvalidResponse(f"the function's answer is not JSON: {exc}") from None
     if not isinstance(answer, dict):
@@ -143,13 +161,39 @@ def function_error(answer: dict[str, Any]) -> FunctionError:
     # `logTail`: the function's last log lines, added by invokers that have them (Lambda)
     tail = answer.get("logTail")
     tail = [line for line in tail if isinstance(line, str)] if isinstance(tail, list) else []
+    error_type = answer.get("errorType")
+    if not isinstance(error_type, str) or not error_type.strip():
+        error_type = "FunctionError"
     failure = FunctionError(
-        str(answer.get("errorMessage")),
-        error_type=str(answer.get("errorType") or "FunctionError"),
+        error_message(answer.get("errorMessage"), error_type),
+        error_type=error_type,
         stack_trace=(frames + tail) or None,
     )
     failure.log_tail = tail
     return failure
+
+
+def error_message(message: Any, error_type: str) -> str:
+    """What an alert says for the function's `errorMessage`.
+
+    - a string with text in it: that string, as it is;
+    - nothing to read (an empty or blank string, `null`, `{}`, `[]`): the error type and
+      that the function gave no message, e.g. `MemoryError (the function gave no message)`
+      (Python's `raise MemoryError()` has an empty message);
+    - any other value (a number, a boolean, an object or array with something in it) is
+      not a message but may still tell something: it is shown as its JSON text, e.g.
+      `errorMessage was 0, not a message` or `errorMessage was {"code":7}, not a message`
+      (cut to `SHOWN_MESSAGE_CHARS`).
+    """
+    if isinstance(message, str):
+        if message.strip():
+            return message
+    elif message is not None and message not in ({}, []):
+        shown = json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=repr)
+        if len(shown) > SHOWN_MESSAGE_CHARS:
+            shown = shown[: SHOWN_MESSAGE_CHARS - 3] + "..."
+        return f"errorMessage was {shown}, not a message"
+    return f"{error_type} (the function gave no message)"
 
 
 def describe_validation_error(exc: ValidationError) -> str:

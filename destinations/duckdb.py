@@ -33,6 +33,7 @@ from connector_runtime.destination import (
 )
 from connector_runtime.errors import ConfigError, DestinationError
 from connector_runtime.events import bus
+from connector_runtime.jsonio import decode_json, encode_json
 from connector_runtime.locks import file_lock
 from connector_runtime.naming import NameEntry
 from connector_runtime.page import PageWrite, TableInfo, TableWrite
@@ -272,7 +273,7 @@ class DuckDBDestination(Destination):
         }
         if row is None:
             return Snapshot({}, catalog, names)
-        return Snapshot(orjson.loads(row[0]), catalog, names, _time(row[1]), row[2])
+        return Snapshot(decode_json(row[0]), catalog, names, _time(row[1]), row[2])
 
     def begin_sync(self, record: SyncRecord, *, reset_state: bool = False) -> Snapshot:
         with self._transaction() as con:
@@ -398,7 +399,7 @@ class DuckDBDestination(Destination):
             con.execute(
                 f"UPDATE {RUNTIME_SCHEMA}.state SET state = ?, sync_id = NULL, updated_at = now(),"
                 " cycle_started_at = NULL, cycle_trigger = NULL WHERE connector = ?",
-                [orjson.dumps(state).decode(), connector],
+                [encode_json(state).decode(), connector],
             )
 
     def set_paused(self, connector: str, paused: bool) -> None:
@@ -576,7 +577,7 @@ class DuckDBDestination(Destination):
         con.execute(
             f"UPDATE {RUNTIME_SCHEMA}.state SET state = ?, sync_id = ?, updated_at = now()"
             " WHERE connector = ?",
-            [orjson.dumps(page.state).decode(), page.sync_id, page.connector],
+            [encode_json(page.state).decode(), page.sync_id, page.connector],
         )
 
     def _save_table(self, con, connector: str, table: TableInfo) -> None:

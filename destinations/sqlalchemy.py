@@ -45,6 +45,7 @@ from connector_runtime.destination import (
     TableCounts,
 )
 from connector_runtime.errors import ConfigError, DestinationError, TransientDestinationError
+from connector_runtime.jsonio import decode_json, encode_json, json_depth_exceeds
 from connector_runtime.naming import NameEntry
 from connector_runtime.page import PageWrite, TableInfo, TableWrite
 
@@ -75,7 +76,14 @@ CONNECT_ARGS = {
 
 
 class JsonDocument(sa.types.TypeDecorator):
-    """A JSON value: jsonb on PostgreSQL, JSON on MySQL, its text elsewhere."""
+    """A JSON value (the state, a stack trace, a table's catalog entry): jsonb on
+    PostgreSQL, JSON on MySQL, its text elsewhere; integers beyond 64 bits stay exact.
+
+    MySQL's JSON type holds 100 levels of nesting and turns integers beyond 64 bits into
+    doubles; MariaDB's (text checked by JSON_VALID) holds 32 levels. A document either
+    would refuse or alter is stored there as a JSON string of its exact text, which reading
+    undoes (every document stored here is an object or an array, never a string).
+    """
 
     impl = sa.Text()
     cache_ok = True
@@ -88,15 +96,30 @@ class JsonDocument(sa.types.TypeDecorator):
         return dialect.type_descriptor(sa.Text())
 
     def process_bind_param(self, value, dialect):
-        if value is None or self._native(dialect):
+        if value is None or dialect.name == "postgresql":
             return value
-        return orjson.dumps(value).decode()
+        if dialect.name in MYSQL_NAMES and not _beyond_mysql_json(value, dialect):
+            return value
+        # as text; on MySQL the JSON type's own encoder then makes it a JSON string
+        return encode_json(value).decode()
 
     def process_result_value(self, value, dialect):
-        return orjson.loads(value) if isinstance(value, str | bytes) else value
+        while isinstance(value, str | bytes):  # text, or a JSON string of a document's text
+            value = decode_json(value)
+        return value
 
-    def _native(self, dialect) -> bool:
-        return dialect.name == "postgresql" or dialect.name in MYSQL_NAMES
+
+MYSQL_JSON_DEPTH = 32  # MariaDB's JSON_VALID; MySQL's JSON type holds 100
+
+
+def _beyond_mysql_json(value, dialect) -> bool:
+    """Whether MySQL's or MariaDB's JSON type would refuse or alter `value` (see JsonDocument)."""
+    if not getattr(dialect, "is_mariadb", False):  # MariaDB keeps the text as it is
+        try:
+            orjson.dumps(value)  # refuses integers beyond 64 bits (and other non-JSON values)
+        except TypeError:
+            return True
+    return json_depth_exceeds(value, MYSQL_JSON_DEPTH)
 
 
 def runtime_tables(flavor) -> dict[str, sa.Table]:

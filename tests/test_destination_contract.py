@@ -644,3 +644,52 @@ def test_a_killed_sync_keeps_the_pages_and_rows_it_committed(destination_url):
     with open_destination(destination_url) as destination:
         found = destination.get_sync("killed")
         assert (found.status, found.pages, found.rows_upserted) == ("failed", 2, 3)
+
+
+# -- hostile values: big integers, NaN, deep nesting (issue 11) ---------------------------
+
+
+def nested(levels: int, leaf=1):
+    for _ in range(levels):
+        leaf = [leaf]
+    return leaf
+
+
+def test_a_state_holding_an_integer_beyond_64_bits_round_trips_exactly(destination_url):
+    """orjson refuses integers beyond 64 bits; MySQL's JSON would make them doubles and
+    MariaDB's refuses nesting past 32 levels: the state still comes back as it was sent."""
+    big = 2**70
+    state = {"cursor": big, "negative": -(2**80), "path": nested(60, big + 1)}
+    first, _ = sync(destination_url, [page([{"id": 1, "n": big}], state=state)])
+    assert first.record.status == "succeeded", first.alert
+    assert Warehouse(destination_url).rows("t", "id, n") == [(1, str(big))]  # DECIMAL(38,0)
+    with open_destination(destination_url) as destination:
+        loaded = destination.load("demo").state
+    assert loaded == state and type(loaded["cursor"]) is int
+    _, invoker = sync(destination_url, [page([{"id": 2}], state={"cursor": big + 2})])
+    assert invoker.requests[0]["state"] == state
+    with open_destination(destination_url) as destination:
+        assert destination.load("demo").state == {"cursor": big + 2}
+
+
+def test_nan_and_infinity_in_a_double_column(destination_url):
+    """DuckDB and PostgreSQL keep the IEEE values; SQLite keeps ±Infinity and stores NaN
+    as NULL, as it does with any NaN; MySQL/MariaDB's DOUBLE has neither: NULL (see
+    `destinations/sql/mysql.py`)."""
+    raw = (
+        b'{"state": {}, "schema": {"t": {"primary_key": ["id"]}}, "insert": {"t": ['
+        b'{"id": 1, "x": NaN}, {"id": 2, "x": Infinity}, {"id": 3, "x": -Infinity},'
+        b' {"id": 4, "x": 1.5}]}}'
+    )
+    outcome, _ = sync(destination_url, [raw])
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert catalog_type(destination_url, "t", "x") == "DOUBLE"
+    stored = [x for _, x in Warehouse(destination_url).rows("t", "id, x")]
+    inf = float("inf")
+    expected = {
+        "duckdb": ["nan", inf, -inf, 1.5],
+        "postgresql": ["nan", inf, -inf, 1.5],
+        "sqlite": [None, inf, -inf, 1.5],
+        "mariadb": [None, None, None, 1.5],
+    }[backend_of(destination_url)]
+    assert ["nan" if x != x else x for x in stored] == expected

@@ -32,9 +32,11 @@ const DEFAULT_HANDLERS = ['handler', 'lambda_handler'];
 const END_OF_CALL = '\0connector-runtime:end-of-call:'; // as in _worker.py
 const WORKER_LOCATIONS = [`${import.meta.url}:`, `${fileURLToPath(import.meta.url)}:`];
 const INTERNAL_FRAME = /^\s+at (.*\()?node:/;
-// JSON.stringify cannot write a BigInt; it is written as this marker, then unquoted.
-const BIGINT_MARK = `bigint:${randomUUID()}:`;
-const BIGINT_MARKED = new RegExp(`"${BIGINT_MARK}(-?\\d+)"`, 'g');
+// JSON.stringify cannot write a BigInt, and writes NaN and ±Infinity as null (losing a
+// cursor without a word); they are written as this marker, then unquoted: the BigInt's
+// digits, or NaN, Infinity, -Infinity as Python writes them, for the runtime to judge.
+const NUMBER_MARK = `number:${randomUUID()}:`;
+const NUMBER_MARKED = new RegExp(`"${NUMBER_MARK}(-?\\d+|NaN|-?Infinity)"`, 'g');
 
 class HandlerNotFound extends Error {}
 
@@ -135,16 +137,51 @@ function importErrorShape(error, module) {
 
 // -- calling ------------------------------------------------------------------------------
 
-/** Lambda's error answer; `stackTrace` is the stack's lines without this worker's frames. */
+/**
+ * Lambda's error answer; `stackTrace` is the stack's lines without this worker's frames.
+ * An error whose message cannot be read (a throwing getter or toString, an object without
+ * a prototype) is still described: `<type> (its message could not be read: <that error>)`.
+ */
 function errorShape(error, errorType, errorMessage) {
   const isError = types.isNativeError(error) || error instanceof Error;
-  const stack = isError && typeof error.stack === 'string' ? error.stack.split('\n') : [];
+  // A thrown non-Error is named by its typeof, as Lambda names it.
+  const type = errorType ?? (isError ? readable(() => String(error.name)) ?? 'Error' : typeof error);
+  let stack = [];
+  try {
+    stack = isError && typeof error.stack === 'string' ? error.stack.split('\n') : [];
+  } catch {} // a throwing `stack` getter: no stack, the message still says what it could
+  let message = errorMessage;
+  if (message === undefined) {
+    try {
+      message = isError ? String(error.message) : String(error);
+    } catch (unreadable) {
+      message = `${type} (its message could not be read: ${described(unreadable)})`;
+    }
+  }
   return {
-    errorMessage: errorMessage ?? (isError ? String(error.message) : String(error)),
-    // A thrown non-Error is named by its typeof, as Lambda names it.
-    errorType: errorType ?? (isError ? String(error.name) : typeof error),
+    errorMessage: message,
+    errorType: type,
     stackTrace: stack.filter((line) => !INTERNAL_FRAME.test(line) && !isWorkerFrame(line)),
   };
+}
+
+/** `fn()`, or undefined if it throws. */
+function readable(fn) {
+  try {
+    return fn();
+  } catch {
+    return undefined;
+  }
+}
+
+/** `Type: message` of an error met while describing another one, never throwing. */
+function described(error) {
+  if (!(types.isNativeError(error) || error instanceof Error)) {
+    return readable(() => String(error)) ?? typeof error;
+  }
+  const name = readable(() => String(error.name)) ?? typeof error;
+  const message = readable(() => String(error.message));
+  return message ? `${name}: ${message}` : name;
 }
 
 function isWorkerFrame(line) {
@@ -155,11 +192,13 @@ function isWorkerFrame(line) {
 function marshal(answer) {
   try {
     const text = JSON.stringify(answer ?? null, (_, value) =>
-      typeof value === 'bigint' ? `${BIGINT_MARK}${value}` : value,
+      typeof value === 'bigint' || (typeof value === 'number' && !Number.isFinite(value))
+        ? `${NUMBER_MARK}${value}`
+        : value,
     );
-    return (text ?? 'null').replace(BIGINT_MARKED, '$1');
+    return (text ?? 'null').replace(NUMBER_MARKED, '$1');
   } catch (error) {
-    const message = `Unable to marshal response: ${error.message}`;
+    const message = `Unable to marshal response: ${readable(() => String(error.message))}`;
     return JSON.stringify({ ...errorShape(error, 'Runtime.MarshalError', message), stackTrace: [] });
   }
 }

@@ -7,7 +7,9 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import mysql
 
 from connector_runtime.errors import SyncInProgress
@@ -100,8 +102,25 @@ class MySQL(Flavor):
         return self.TYPES[logical.name]
 
     def values(self, column: pa.ChunkedArray, logical: LogicalType) -> list:
+        """The driver's values; NaN, Infinity and -Infinity in a DOUBLE column become NULL.
+
+        MySQL's and MariaDB's DOUBLE hold no NaN or infinity (the server refuses them), and
+        refusing the page would stop the connector at that row for good: NULL, "no
+        number", is kept instead and a warning logged with how many. (DuckDB and
+        PostgreSQL keep the IEEE values; SQLite keeps ±Infinity and, like any SQLite
+        database, stores NaN as NULL.)
+        """
         if logical.name == "UTC_DATETIME":
             column = column.cast(pa.timestamp("us"))  # the UTC wall clock, as stored
+        elif logical.name == "DOUBLE":
+            finite = pc.is_finite(column)  # null where the value is null
+            if count := pc.sum(pc.invert(finite).cast(pa.int64())).as_py():
+                structlog.get_logger().warning(
+                    "non_finite_doubles_stored_as_null",
+                    values=count,
+                    reason="MySQL's DOUBLE has no NaN or Infinity",
+                )
+                column = pc.if_else(finite, column, pa.scalar(None, column.type))
         return column.to_pylist()
 
     def convert(self, old: LogicalType, new: LogicalType, column: str) -> str:

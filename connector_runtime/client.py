@@ -13,11 +13,10 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from .config import Config
 from .control import NotFound
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
+from .jsonio import decode_json, encode_json
 from .server import discovery
 
 TIMEOUT = 30.0
@@ -85,7 +84,7 @@ class ApiClient:
         return self._call(urllib.request.Request(self.url + path + suffix))
 
     def _post(self, path: str, body: dict | None = None) -> Any:
-        data = orjson.dumps(body) if body is not None else b""
+        data = encode_json(body) if body is not None else b""
         request = urllib.request.Request(self.url + path, data=data, method="POST")
         request.add_header("Content-Type", "application/json")
         return self._call(request)
@@ -101,12 +100,12 @@ class ApiClient:
             raise ApiError(
                 f"connector serve at {self.url} did not answer: {getattr(exc, 'reason', exc)}"
             ) from None
-        return orjson.loads(body) if body else None
+        return decode_json(body) if body else None
 
 
 def _error(exc: urllib.error.HTTPError) -> ConnectorRuntimeError:
     try:
-        body = orjson.loads(exc.read())
+        body = decode_json(exc.read())
         message, code = body["error"], body.get("code")
     except (ValueError, KeyError, TypeError):
         message, code = f"HTTP {exc.code}", None

@@ -341,7 +341,7 @@ class DuckDBDestination(Destination):
                     alert.kind,
                     alert.error_type,
                     alert.message,
-                    None if alert.stack_trace is None else orjson.dumps(alert.stack_trace).decode(),
+                    None if alert.stack_trace is None else encode_json(alert.stack_trace).decode(),
                 ],
             )
 
@@ -673,5 +673,5 @@ def _sync(row: tuple) -> SyncRecord:
 
 
 def _alert(row: tuple) -> Alert:
-    trace = None if row[8] is None else orjson.loads(row[8])
+    trace = None if row[8] is None else decode_json(row[8])
     return Alert(*row[0:3], _time(row[3]), *row[4:8], trace, _time(row[9]))

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Protocol
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from starlette.routing import Route
 from ..control import Control, NotFound
 from ..errors import ConfigError, ConnectorRuntimeError, SyncInProgress
 from ..events import EventBus
+from ..jsonio import decode_json, encode_json
 from . import dashboard
 from .auth import TokenAuth
 
@@ -42,8 +42,10 @@ class SyncStarter(Protocol):
 
 
 class JSON(JSONResponse):
+    """JSON as the runtime writes it everywhere: integers of any size stay exact."""
+
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return encode_json(content)
 
 
 def create_app(
@@ -149,8 +151,8 @@ class _Api:
 
     async def set_state(self, request: Request) -> Response:
         try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
+            body = decode_json(await request.body())
+        except ValueError as exc:
             raise ValueError(f"the body is not JSON: {exc}") from None
         state = body.get("state") if isinstance(body, dict) else None
         if not isinstance(state, dict):
@@ -185,7 +187,7 @@ class _Api:
                 except TimeoutError:
                     yield b": keepalive\n\n"
                     continue
-                yield b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+                yield b"event: " + event.encode() + b"\ndata: " + encode_json(data) + b"\n\n"
         finally:
             unsubscribe()
 

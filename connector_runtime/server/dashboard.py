@@ -13,12 +13,12 @@ Everything a function sent is rendered by Jinja2 with autoescaping, as text.
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -67,9 +67,7 @@ def _environment() -> Environment:
     env.filters["frame"] = lambda frame: frame_text(frame, "\n    ")
     env.filters["url"] = lambda text: quote(str(text), safe="")
     env.filters["sync_seconds"] = _seconds
-    env.filters["pretty_json"] = lambda value: orjson.dumps(
-        value, option=orjson.OPT_INDENT_2
-    ).decode()
+    env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     return env
 
 

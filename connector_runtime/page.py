@@ -3,7 +3,9 @@
 Pure apart from Arrow: takes the function's `Response` and what the warehouse already
 holds (`TableInfo` per table) and returns a `PageWrite` that a destination applies in
 one transaction. Every contract check that needs the table's history (primary keys,
-declared types, key values) happens here, before anything is written.
+declared types, key values) happens here, before anything is written; so does naming
+(`naming.py`): a name no warehouse can hold is an `InvalidResponse` naming the field,
+table and row, and the page is refused whole.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pyarrow as pa
 
 from .batches import ValueRejected, column_array, hashed
 from .errors import InvalidResponse
-from .naming import NameEntry, NameMap
+from .naming import NameEntry, NameMap, UnusableName
 from .protocol import Response, TableSchema
 from .types import JSON, STRING, LogicalType, infer_column, widen
 
@@ -121,8 +123,10 @@ class PagePlanner:
         names_before = len(self.names.added)
         try:
             writes = [self._table_write(source, response) for source in _tables_of(response)]
+            for source in response.soft_delete:  # named now: stored with this page
+                self._table_name(source, "softDelete")
         except InvalidResponse:
-            del self.names.added[names_before:]
+            self.names.forget(self.names.added[names_before:])
             raise
         writes = [w for w in writes if w is not None]
         return PageWrite(
@@ -143,12 +147,24 @@ class PagePlanner:
 
     def rollback(self, page: PageWrite) -> None:
         """Forget names given by a page that did not commit."""
-        for entry in page.names:
-            self.names.entries.pop((entry.table, entry.column), None)
-        self.names.added[:] = [e for e in self.names.added if e not in page.names]
+        self.names.forget(page.names)
+
+    def _table_name(self, source: str, field_name: str) -> str:
+        try:
+            return self.names.table(source)
+        except UnusableName as exc:
+            raise InvalidResponse(f"{field_name}: table {source!r}: {exc}") from None
+
+    def _column_name(self, source: str, column: str, where: str) -> str:
+        """The warehouse name of `column`; `where` says where it came from (`insert: table
+        't', row 3`)."""
+        try:
+            return self.names.column(source, column)
+        except UnusableName as exc:
+            raise InvalidResponse(f"{where}, column {column!r}: {exc}") from None
 
     def _table_write(self, source: str, response: Response) -> TableWrite | None:
-        name = self.names.table(source)
+        name = self._table_name(source, "insert" if source in response.insert else "delete")
         if name in self.settings.skip:
             return None
         schema = response.schema_.get(source)
@@ -178,8 +194,11 @@ class PagePlanner:
     def _table_info(
         self, name: str, source: str, schema: TableSchema | None, previous: TableInfo | None
     ) -> TableInfo:
+        where = f"schema: table {source!r}, primary_key"
         declared_key = (
-            tuple(self.names.column(source, c) for c in schema.primary_key) if schema else None
+            tuple(self._column_name(source, c, where) for c in schema.primary_key)
+            if schema
+            else None
         )
         if previous is None:
             return TableInfo(name, source, declared_key or ())
@@ -198,7 +217,15 @@ class PagePlanner:
         as first seen. Blocked columns are left out; key values are checked here."""
         sources = dict.fromkeys(chain.from_iterable(rows))
         blocked = self.settings.blocked.get(table, frozenset())
-        named = {self.names.column(source, c): c for c in sources}
+        named = {}
+        for c in sources:
+            try:
+                named[self.names.column(source, c)] = c
+            except UnusableName as exc:
+                index = next(i for i, row in enumerate(rows) if c in row)
+                raise InvalidResponse(
+                    f"{field_name}: table {source!r}, row {index}, column {c!r}: {exc}"
+                ) from None
         order = [*info.primary_key, *(n for n in named if n not in info.primary_key)]
         columns = {
             n: [row.get(named[n]) for row in rows] for n in order if n not in blocked and n in named
@@ -224,8 +251,9 @@ class PagePlanner:
     ) -> TableInfo:
         """Widen the table's columns by this page's values; declared types win. Delete
         keys type only key columns no insert has typed yet."""
+        where = f"schema: table {source!r}, columns"
         declared = {
-            self.names.column(source, c): t
+            self._column_name(source, c, where): t
             for c, t in (schema.declared() if schema else {}).items()
         }
         columns = dict(table.columns)

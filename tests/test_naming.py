@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector_runtime.naming import NameEntry, NameMap, normalize
+from connector_runtime.naming import NameEntry, NameMap, UnusableName, fold, normalize
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,67 @@ def test_source_naming_keeps_names():
     names = NameMap("source")
     assert names.table("My Table") == "My Table"
     assert names.column("My Table", "userId") == "userId"
+
+
+# -- names a warehouse would refuse (issue 11): see also test_hostile_names.py -------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Name", "name"),  # every warehouse but PostgreSQL
+        ("É", "é"),  # MySQL/MariaDB: Unicode case
+        ("\u212a", "k"),  # Kelvin sign: MySQL/MariaDB
+        ("İ", "i"),  # MySQL/MariaDB lowercase İ to i
+        ("İ", "i\u0307"),  # Python's lowercase of İ
+        ("ı", "I"),  # uppercasing
+        ("σ", "ς"),  # coarser than any warehouse: casefolding
+    ],
+)
+def test_fold_sees_one_name_where_a_warehouse_does(a, b):
+    assert fold(a) == fold(b)
+    names = NameMap("source")
+    assert [names.column("t", a), names.column("t", b)] == [a, b + "_2"]
+
+
+def test_names_differing_in_accents_stay_apart():
+    names = NameMap("source")
+    assert [names.column("t", c) for c in ("e", "é", "e\u0301")] == ["e", "é", "e\u0301"]
+
+
+@pytest.mark.parametrize("naming", ["source", "fivetran"])
+def test_history_columns_are_reserved_too(naming):
+    names = NameMap(naming)
+    assert names.column("t", "_fivetran_active") == "_fivetran_active_2"
+    assert names.column("t", "_FIVETRAN_END").lower() == "_fivetran_end_2"
+
+
+def test_a_suffix_that_is_taken_moves_on():
+    names = NameMap("source")
+    got = [names.column("t", c) for c in ("a", "A_2", "A", "a_3")]
+    assert got == ["a", "A_2", "A_3", "a_3_2"]
+
+
+@pytest.mark.parametrize("naming", ["source", "fivetran"])
+def test_unusable_names(naming):
+    names = NameMap(naming)
+    names.table("t")
+    with pytest.raises(UnusableName, match="a column name must not be empty"):
+        names.column("t", "")  # not the table's own entry ("t", "")
+    with pytest.raises(UnusableName, match=r"a column name must not contain NUL"):
+        names.column("t", "a\x00")
+    with pytest.raises(UnusableName, match=r"a table name must not contain NUL"):
+        names.table("\x00")
+    if naming == "source":
+        with pytest.raises(UnusableName, match="a table name must not be empty"):
+            names.table("")
+    else:
+        assert names.table("") == "_"
+    assert [e.table for e in names.added] == ["t"] + ([""] if naming == "fivetran" else [])
+
+
+def test_forget_gives_a_name_back():
+    names = NameMap("source")
+    first = names.column("t", "Name")
+    names.forget([NameEntry("t", "Name", first)])
+    assert names.added == [] and names.column("t", "name") == "name"

@@ -125,8 +125,10 @@ def _beyond_mysql_json(value, dialect) -> bool:
 def runtime_tables(flavor) -> dict[str, sa.Table]:
     """`connector_runtime.*` (DESIGN §6), with DuckDB's columns, for this database."""
     metadata = sa.MetaData()
-    key = sa.Text().with_variant(sa.String(255), *MYSQL_NAMES)  # MySQL keys need a length
-    text = sa.Text().with_variant(mysql.LONGTEXT(), *MYSQL_NAMES)
+    # MySQL keys need a length; a binary collation compares names exactly ('Name' is not
+    # 'name'), as every other warehouse does
+    key = sa.Text().with_variant(sa.String(255, collation="utf8mb4_bin"), *MYSQL_NAMES)
+    text = sa.Text().with_variant(mysql.LONGTEXT(collation="utf8mb4_bin"), *MYSQL_NAMES)
     when = UtcTimestamp
 
     def table(name: str, *columns: sa.Column) -> sa.Table:

@@ -1,11 +1,10 @@
-"""Names a warehouse would refuse (our issue 11, defect 3; DESIGN.md §5), end to end.
+"""Names a warehouse would refuse (source names the warehouse would refuse or confuse), end to end.
 
 Through the real CLI: case variants of one column, the runtime's own column names in any
 case, tables differing only in case, names nothing can hold (empty, NUL). The collision
 cases run on every backend (`warehouses.destination_url`: PostgreSQL and MariaDB are
-skipped without a server, and fail under CI=true); the rest on DuckDB. Two MariaDB cases
-are strict xfails, as their fixes belong to its destination, not to naming: see
-`_MARIADB_FORGETS` and `_MARIADB_REFUSES`. Last, hypothesis properties of `naming.py` alone.
+skipped without a server, and fail under CI=true); the rest on DuckDB. Last, hypothesis
+properties of `naming.py` alone.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from warehouses import Warehouse, backend_of
+from warehouses import Warehouse
 from warehouses import destination_url as destination_url  # fixtures
 
 from connector_runtime.destination import open_destination
@@ -156,18 +155,7 @@ def test_case_variants_and_system_names_get_stable_suffixes_on_every_warehouse(
     ) == [(0,)]
 
 
-# MariaDB compares `connector_runtime.names`' text columns case- and accent-insensitively
-# (utf8mb4_general_ci), so saving the entry of `NAME` deletes those of `Name` and `name`
-# first (destinations/sqlalchemy.py, `_save_tables`); the next sync then names `name`
-# afresh and the ALTER TABLE collides. A fix there, not in naming.
-_MARIADB_FORGETS = pytest.mark.xfail(
-    strict=True, reason="MariaDB: names table compares source names case-insensitively"
-)
-
-
-def test_a_case_variant_first_seen_in_a_later_sync(request, destination_url, tmp_path, connector):
-    if backend_of(destination_url) == "mariadb":
-        request.applymarker(_MARIADB_FORGETS)
+def test_a_case_variant_first_seen_in_a_later_sync(destination_url, tmp_path, connector):
     demo = Demo(tmp_path, destination_url, connector, naming="source")
     ok(demo.sync(page(0, {"t": [{"id": 1, "Name": "a", "name": "b"}]})))
     ok(demo.sync(page(0, {"t": [{"id": 2, "NAME": "c"}]})))
@@ -208,15 +196,6 @@ def test_a_column_with_nul_is_refused_on_every_warehouse(destination_url, tmp_pa
     assert set(demo.names()) == {("t", ""), ("t", "id"), ("t", "v")}
 
 
-# What only MariaDB refuses, and its destination does not yet fit: identifiers beyond 64
-# characters (SQLAlchemy's MySQL dialect says 255, so `fit` never cuts), trailing spaces,
-# characters outside the BMP. Naming keeps them (DuckDB, PostgreSQL and SQLite hold them);
-# destinations/sql/mysql.py would have to fit them as it fits long names elsewhere.
-_MARIADB_REFUSES = pytest.mark.xfail(
-    strict=True, reason="MariaDB refuses the identifier and its destination does not fit it"
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -225,9 +204,7 @@ _MARIADB_REFUSES = pytest.mark.xfail(
         pytest.param("🎉 party", id="beyond-the-bmp"),
     ],
 )
-def test_names_only_some_warehouses_refuse(request, destination_url, tmp_path, connector, name):
-    if backend_of(destination_url) == "mariadb":
-        request.applymarker(_MARIADB_REFUSES)
+def test_names_only_some_warehouses_refuse(destination_url, tmp_path, connector, name):
     demo = Demo(tmp_path, destination_url, connector, naming="source")
     for _ in range(2):  # the second sync finds what the first made
         ok(demo.sync(page(0, {name: [{"id": 1, name: "x"}]})))

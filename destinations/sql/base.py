@@ -122,11 +122,15 @@ class Flavor:
         return None, f"{RUNTIME_SCHEMA}__{table}"
 
     def data_name(self, schema: str, table: str) -> tuple[str | None, str]:
-        return None, fit(f"{schema}__{table}", self.limit)
+        return None, self.fit(f"{schema}__{table}")
+
+    def fit(self, name: str) -> str:
+        """The identifier this database gets for `name` (stable; distinct names stay distinct)."""
+        return fit(name, self.limit)
 
     def data_table(self, schema: str, info: TableInfo) -> DataTable:
         schema_name, name = self.data_name(schema, info.name)
-        columns = [self.column(fit(c, self.limit), c) for c in info.columns]
+        columns = [self.column(self.fit(c), c) for c in info.columns]
         columns.append(self.column(SYNCED, SYNCED, UtcTimestamp()))
         if not info.primary_key:
             columns += [self.column(BATCH, BATCH), self.column(INDEX, INDEX)]
@@ -226,7 +230,7 @@ class Flavor:
 
     def shadow_widen(self, conn, dt: DataTable, column: str, old, new) -> None:
         """Portable widening: a new column, filled from the old one, then renamed over it."""
-        shadow = self.q(fit(f"{fit(column, self.limit)}__cr_new", self.limit))
+        shadow = self.q(self.fit(f"{self.fit(column)}__cr_new"))
         self.ddl(conn, f"ALTER TABLE {dt.ref} ADD {shadow} {self.column_type(dt.info, column)}")
         self.ddl(conn, f"UPDATE {dt.ref} SET {shadow} = {self.convert(old, new, dt.q(column))}")
         self.ddl(conn, f"ALTER TABLE {dt.ref} DROP COLUMN {dt.q(column)}")

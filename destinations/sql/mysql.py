@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -19,6 +20,11 @@ from connector_runtime.types import BOOLEAN, JSON, LONG, STRING, LogicalType, de
 from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit
 
 MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031}
+MAX_IDENTIFIER = 64
+
+
+def _in_bmp(name: str) -> bool:
+    return all(ord(c) <= 0xFFFF for c in name)
 
 
 class MySQL(Flavor):
@@ -59,6 +65,16 @@ class MySQL(Flavor):
         "JSON": {"json"},
     }
     READ_BACK = {"tinyint": BOOLEAN, "bigint": LONG, "json": JSON}
+
+    def fit(self, name: str) -> str:
+        """MySQL/MariaDB identifiers hold at most 64 characters, no trailing space and only
+        characters of the Basic Multilingual Plane: any other name gets a stable stand-in,
+        its fitting prefix plus a hash of the whole name."""
+        if len(name) <= MAX_IDENTIFIER and not name.endswith(" ") and _in_bmp(name):
+            return name
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        kept = "".join(c if ord(c) <= 0xFFFF else "_" for c in name)
+        return f"{kept[: MAX_IDENTIFIER - 9].rstrip(' ')}_{digest}"
 
     def configure(self, engine: sa.Engine) -> None:
         @sa.event.listens_for(engine, "connect")
@@ -151,7 +167,7 @@ class MySQL(Flavor):
 
     def evolve(self, conn, dt: DataTable, previous: TableInfo | None) -> None:
         name = dt.name
-        old_copy = fit(f"{name}__cr_old", self.limit)
+        old_copy = self.fit(f"{name}__cr_old")
         stored = self.stored(conn, [name, old_copy])
         if old_copy in stored:  # a swap that stopped before its last step
             self.ddl(conn, f"DROP TABLE IF EXISTS {self.q(old_copy)}")
@@ -161,7 +177,7 @@ class MySQL(Flavor):
             return
         info = dt.info
         keys = info.primary_key
-        physical = {c: fit(c, self.limit) for c in info.columns}
+        physical = {c: self.fit(c) for c in info.columns}
         added = [c for c in info.columns if physical[c] not in actual]
         changed = {
             c: (self.read_back(actual[physical[c]], previous, c), new)
@@ -233,11 +249,11 @@ class MySQL(Flavor):
 
     def swap(self, conn, dt: DataTable, name: str, actual: dict, changed: dict) -> None:
         """Copy into a new table with the new types, then swap names in one RENAME TABLE."""
-        new_name = fit(f"{name}__cr_new", self.limit)
-        old_name = fit(f"{name}__cr_old", self.limit)
+        new_name = self.fit(f"{name}__cr_new")
+        old_name = self.fit(f"{name}__cr_old")
         self.ddl(conn, f"DROP TABLE IF EXISTS {self.q(new_name)}")
         self.ddl(conn, self.create_sql(dt, self.q(new_name)))
-        kept = [c for c in dt.info.columns if fit(c, self.limit) in actual]
+        kept = [c for c in dt.info.columns if self.fit(c) in actual]
         meta = [m for m in (SYNCED, BATCH, INDEX, DELETED) if m in actual and m in dt.core.c]
         targets = [dt.q(c) for c in kept] + [self.q(m) for m in meta]
         sources = [
@@ -273,7 +289,7 @@ class MySQL(Flavor):
     def new_values(self, dt: DataTable) -> dict:
         """`VALUES(col)` of every column. Not `insert.inserted`: SQLAlchemy escapes `%` in a
         quoted name twice there. literal_column escapes it once, so the name goes in raw."""
-        physical = {c: fit(c, self.limit) for c in dt.info.columns} | {SYNCED: SYNCED}
+        physical = {c: self.fit(c) for c in dt.info.columns} | {SYNCED: SYNCED}
         return {
             c: sa.literal_column("VALUES(`" + name.replace("`", "``") + "`)")
             for c, name in physical.items()

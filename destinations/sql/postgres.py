@@ -18,7 +18,7 @@ from connector_runtime.errors import SyncInProgress
 from connector_runtime.page import TableInfo
 from connector_runtime.types import LogicalType
 
-from .base import DataTable, Flavor, fit
+from .base import DataTable, Flavor
 
 
 class Postgres(Flavor):
@@ -64,7 +64,7 @@ class Postgres(Flavor):
         return RUNTIME_SCHEMA, table
 
     def data_name(self, schema: str, table: str) -> tuple[str | None, str]:
-        return fit(schema, self.limit), fit(table, self.limit)
+        return self.fit(schema), self.fit(table)
 
     def sql_type(self, logical: LogicalType, *, key: int = 0) -> str:
         if logical.name == "DECIMAL":

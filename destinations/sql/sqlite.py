@@ -14,7 +14,7 @@ from connector_runtime.locks import file_lock
 from connector_runtime.page import TableInfo
 from connector_runtime.types import BOOLEAN, LogicalType
 
-from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit
+from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor
 
 
 class SQLite(Flavor):
@@ -103,7 +103,7 @@ class SQLite(Flavor):
         if not changed:
             return super().alter(conn, dt, previous, added, changed, add_deleted)
         # SQLite cannot change a column's type: copy into a new table, in this transaction
-        new_name = self.q(fit(f"{dt.name}__cr_new", self.limit))
+        new_name = self.q(self.fit(f"{dt.name}__cr_new"))
         self.ddl(conn, self.create_sql(dt, new_name))
         kept = [c for c in dt.info.columns if c in previous.columns]
         meta = [SYNCED] + ([] if previous.primary_key else [BATCH, INDEX])

@@ -50,7 +50,10 @@ class TokenAuth:
             response = _unauthenticated(headers)
         elif scope["method"] not in ("GET", "HEAD") and not _same_origin(headers, by_cookie):
             response = JSONResponse(
-                {"error": "cross-site request refused: POSTs must come from this origin"},
+                {
+                    "error": "cross-site request refused: POSTs must come from this origin",
+                    "code": "cross_site",
+                },
                 status_code=403,
             )
         else:
@@ -63,7 +66,9 @@ class TokenAuth:
             part.split("=", 1) for part in scope["query_string"].decode().split("&") if "=" in part
         )
         if not hmac.compare_digest(query.get("token", ""), self.token):
-            response = JSONResponse({"error": "wrong or missing token"}, status_code=401)
+            response = JSONResponse(
+                {"error": "wrong or missing token", "code": "unauthenticated"}, status_code=401
+            )
         else:
             response = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, self.session, httponly=True, samesite="strict", path="/")
@@ -98,7 +103,9 @@ def _unauthenticated(headers: dict[str, str]) -> Response:
             f"<h1>connector-runtime</h1><p>{html.escape(LOGIN_HELP)}</p>"
         )
         return HTMLResponse(page, status_code=401, headers=challenge)
-    return JSONResponse({"error": LOGIN_HELP}, status_code=401, headers=challenge)
+    return JSONResponse(
+        {"error": LOGIN_HELP, "code": "unauthenticated"}, status_code=401, headers=challenge
+    )
 
 
 def _same_origin(headers: dict[str, str], by_cookie: bool) -> bool:

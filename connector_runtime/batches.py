@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic_core
 
+from . import masking
 from .jsonio import encode_json
 from .types import LogicalType
 
@@ -45,8 +46,7 @@ class ValueRejected(ValueError):
     """A value that cannot be stored in its column's type; `row` is its index in the page."""
 
     def __init__(self, row: int, value: object, logical: LogicalType, reason: str = "") -> None:
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        shown = masking.excerpt(repr(value), 60, note="...")  # masked, then cut
         detail = f" ({reason})" if reason else ""
         super().__init__(f"row {row}: value {shown} does not fit type {logical}{detail}")
         self.row = row
@@ -130,10 +130,10 @@ def _first_rejected(values: list, logical: LogicalType) -> ValueRejected:
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc).split("\n")[0]
+    text = masking.mask(str(exc)).split("\n")[0]  # Arrow's text may echo the value
     if "Rescaling" in text or "precision" in text:
         return "too many digits"
-    return text[:120]
+    return masking.excerpt(text, 120, note="")
 
 
 def _json_array(values: list) -> pa.Array:

@@ -19,9 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import masking
 from .control import frame_text
 
 OK, FAILED, USAGE = 0, 1, 2
+SYNC_ERROR_CHARS = 300  # of a sync's error in the `syncs` table: its alert has the rest
+ERROR_TYPE_CHARS = 200
 STATUS_COLOURS = {"succeeded": "green", "failed": "red", "rescheduled": "yellow", "running": "cyan"}
 
 
@@ -81,15 +84,16 @@ def cmd_alerts(backend, args: argparse.Namespace, out: Console, err: Console) ->
         return OK
     for alert in alerts:
         state = f"resolved {when(alert['resolved_at'])}" if alert["resolved_at"] else "open"
+        error_type = masking.excerpt(alert["error_type"], ERROR_TYPE_CHARS, one_line=True)
         out.print(
             f"[bold]{escape(alert['connector'])}[/bold] {when(alert['created_at'])} "
-            f"[red]{alert['severity']}[/red] {alert['kind']} ({escape(str(alert['error_type']))}), "
+            f"[red]{alert['severity']}[/red] {alert['kind']} ({escape(error_type)}), "
             f"{state}, sync {alert['sync_id']}, alert {alert['alert_id']}",
             highlight=False,
         )
-        out.print(f"  {escape(alert['message'])}", highlight=False)
+        out.print(f"  {escape(masking.mask(alert['message']))}", highlight=False)
         for frame in alert["stack_trace"] or []:
-            out.print(f"    {escape(frame_text(frame))}", highlight=False)
+            out.print(f"    {escape(masking.mask(frame_text(frame)))}", highlight=False)
     if not alerts:
         err.print("no open alerts" if not args.all else "no alerts")
     return OK
@@ -116,7 +120,7 @@ def cmd_syncs(backend, args: argparse.Namespace, out: Console, err: Console) -> 
             str(sync["pages"]),
             f"{sync['rows_upserted']:,}",
             f"{sync['rows_deleted']:,}",
-            escape(sync["error"] or ""),
+            escape(masking.excerpt(sync["error"] or "", SYNC_ERROR_CHARS, one_line=True)),
         )
     out.print(table)
     if args.logs:

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import masking
 from .errors import FunctionError, InvalidResponse
 from .jsonio import TooDeep, decode_json, describe_path, non_finite_path, token
 from .types import LogicalType
@@ -189,9 +190,11 @@ def error_message(message: Any, error_type: str) -> str:
         if message.strip():
             return message
     elif message is not None and message not in ({}, []):
-        shown = json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=repr)
-        if len(shown) > SHOWN_MESSAGE_CHARS:
-            shown = shown[: SHOWN_MESSAGE_CHARS - 3] + "..."
+        # masked before its texts are escaped once more, and again before it is cut
+        shown = json.dumps(
+            masking.mask(message), ensure_ascii=False, separators=(",", ":"), default=repr
+        )
+        shown = masking.excerpt(shown, SHOWN_MESSAGE_CHARS, note="...")
         return f"errorMessage was {shown}, not a message"
     return f"{error_type} (the function gave no message)"
 

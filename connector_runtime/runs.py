@@ -33,6 +33,11 @@ from .terminal import FAILED, OK, USAGE, console, out
 
 FOLLOW_EVERY_SECONDS = 0.25
 OUTPUT_LINES_ON_FAILURE = 40
+ALERT_LINE_CHARS = 300  # `run`'s line for a failed sync's alert
+ERROR_TYPE_CHARS = 80  # of an error type on one of those lines
+TEST_MESSAGE_CHARS = 4000  # `test` shows this much of a failure's message
+TEST_TRACE_CHARS = 8000  # and of its stack trace (as JSON), each frame up to
+TEST_FRAME_CHARS = 500
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -189,16 +194,25 @@ def _summary(sync: dict[str, Any], seconds: float) -> None:
         console.print(table)
     alert = sync.get("alert")
     if alert is not None:
-        console.print(
-            f"[red]{alert['kind']}[/red] ({escape(str(alert['error_type']))}): "
-            f"{escape(alert['message'])}",
-            highlight=False,
-        )
+        console.print(_alert_line(sync["connector"], alert), highlight=False)
         if status == "failed":
             console.print(
                 "the state stays at the last committed page; the next sync resumes there",
                 highlight=False,
             )
+
+
+def _alert_line(connector: str, alert: dict[str, Any]) -> str:
+    """The alert as one short line (its message may be 64 KB): the rest is in `alerts`."""
+    error_type = masking.excerpt(alert["error_type"], ERROR_TYPE_CHARS, one_line=True)
+    head = f"{alert['kind']} ({error_type}): "
+    message = masking.excerpt(
+        alert["message"],
+        max(ALERT_LINE_CHARS - len(head), 80),
+        one_line=True,
+        note=f"… see `connector alerts {connector}`",
+    )
+    return f"[red]{alert['kind']}[/red] ({escape(error_type)}): {escape(message)}"
 
 
 # -- through a running server ---------------------------------------------------------
@@ -268,13 +282,17 @@ def cmd_test(config: Config, args: argparse.Namespace) -> int:
     try:
         summary, output = check_function(job)
     except SyncFailure as failure:
+        error_type = masking.excerpt(failure.error_type, ERROR_TYPE_CHARS, one_line=True)
+        message = masking.excerpt(failure.message, TEST_MESSAGE_CHARS, note=masking.CUT)
         console.print(
-            f"[red]{job.connector}: {failure.kind}[/red] ({escape(failure.error_type)}): "
-            f"{escape(masking.mask(failure.message))}",
+            f"[red]{job.connector}: {failure.kind}[/red] ({escape(error_type)}): {escape(message)}",
             highlight=False,
         )
-        for frame in masking.mask(failure.stack_trace or []):
-            console.print(f"    {escape(frame_text(frame))}", highlight=False)
+        frames = masking.excerpt_frames(
+            failure.stack_trace, TEST_TRACE_CHARS, frame_limit=TEST_FRAME_CHARS
+        )
+        for frame in frames:
+            console.print(f"    {escape(masking.mask(frame_text(frame)))}", highlight=False)
         show_function_output(console, getattr(failure, "function_output", None), "this call")
         return FAILED
     show_function_output(console, output, "this call")

@@ -39,6 +39,11 @@ from .protocol import Request, Response, parse_response
 from .retry import RetryPolicy, with_retries
 
 MAX_EMPTY_PAGES = 10  # consecutive `hasMore: true` pages without a row before `stalled`
+# An alert's texts are masked, then cut to these many characters (`syncs.error`: one line)
+ALERT_MESSAGE_CHARS = 64 * 1024
+STACK_TRACE_CHARS = 64 * 1024  # of the trace as JSON; whole frames are dropped from its end
+ERROR_TYPE_CHARS = 200
+SYNC_ERROR_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -384,7 +389,13 @@ class _Sync:
         )
 
     def fail(self, failure: SyncFailure) -> None:
-        message = masking.mask(failure.message)
+        """One alert for the failure: every text masked first, then bounded (a function
+        may answer with a megabyte of `errorMessage`); `syncs.error` gets one short line."""
+        message = masking.excerpt(failure.message, ALERT_MESSAGE_CHARS, note=masking.CUT)
+        error_type = masking.excerpt(failure.error_type, ERROR_TYPE_CHARS, one_line=True)
+        stack_trace = failure.stack_trace
+        if stack_trace is not None:
+            stack_trace = masking.excerpt_frames(stack_trace, STACK_TRACE_CHARS)
         alert = Alert(
             str(uuid.uuid4()),
             self.job.connector,
@@ -392,17 +403,18 @@ class _Sync:
             datetime.now(UTC),
             failure.severity,
             failure.kind,
-            failure.error_type,
+            error_type,
             message,
-            masking.mask(failure.stack_trace),
+            stack_trace,
         )
-        self.log.error(
-            "sync_failed", kind=failure.kind, error_type=failure.error_type, message=message
-        )
+        self.log.error("sync_failed", kind=failure.kind, error_type=error_type, message=message)
         try:
             self.destination.record_alert(alert)
         except Exception as exc:  # the warehouse may be what failed; the log still has it
             self.log.error("alert_not_saved", error=str(exc))
         bus.publish("alert.opened", {"alert": alert.document()})
-        self.record = replace(self.record, error=f"{failure.kind}: {message}")
+        error = masking.excerpt(
+            f"{failure.kind}: {message}", SYNC_ERROR_CHARS, one_line=True, note=masking.CUT
+        )
+        self.record = replace(self.record, error=error)
         self.outcome.alert = alert

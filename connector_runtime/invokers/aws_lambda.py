@@ -47,7 +47,7 @@ from botocore.credentials import (
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as SdkConnectionError
 
-from connector_runtime import __version__, errors
+from connector_runtime import __version__, errors, masking
 from connector_runtime.invokers import Invoker
 from connector_runtime.jsonio import encode_json
 
@@ -211,7 +211,7 @@ class LambdaInvoker(Invoker):
         if answer is not None and "errorMessage" in answer:
             return self._error_answer(answer, tail)
         if function_error:
-            text = body.decode(errors="replace")[:2000]
+            text = masking.excerpt(body.decode(errors="replace"), 2000)  # masked, then cut
             failure = errors.FunctionError(
                 f"Lambda function {self.function!r} failed: {text}",
                 error_type=f"Function.{function_error}",

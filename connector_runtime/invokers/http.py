@@ -18,9 +18,9 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from connector_runtime import __version__, errors
+from connector_runtime import __version__, errors, masking
 from connector_runtime.invokers import Invoker
-from connector_runtime.masking import MASK, MIN_LENGTH
+from connector_runtime.masking import MIN_LENGTH
 
 EXCERPT_CHARS = 200
 LENIENT_TYPES = ("", "text/plain")  # absent, or a Fetch `new Response(string)` default
@@ -76,7 +76,7 @@ class HttpInvoker(Invoker):
             **(headers or {}),
         }
         query_values = [value for _, value in parse_qsl(parts.query)]
-        self._secrets = _secret_parts([*(headers or {}).values(), *query_values])
+        self._masker = masking.Masker(_secret_parts([*(headers or {}).values(), *query_values]))
         context = ssl.create_default_context()
         if not verify_tls:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
@@ -121,8 +121,9 @@ class HttpInvoker(Invoker):
     def _describe(self, answer: _Answer, note: str = "") -> str:
         """Status, reason, content type and the first characters of the body, masked."""
         content_type = answer.headers.get("Content-Type") or "no content type"
-        excerpt = self._mask(answer.body[: EXCERPT_CHARS * 8].decode("utf-8", "replace"))
-        excerpt = " ".join(excerpt.split())[:EXCERPT_CHARS] or "(empty body)"
+        # the whole body masked before it is cut: a cut through a secret leaves a prefix
+        body = self._mask(answer.body.decode("utf-8", "replace"))
+        excerpt = masking.excerpt(body, EXCERPT_CHARS, one_line=True) or "(empty body)"
         if 300 <= answer.status < 400 and (location := answer.headers.get("Location")):
             note = f" to {_without_query(location)}{note}"
         return (
@@ -146,9 +147,9 @@ class HttpInvoker(Invoker):
         return errors.InvokeFailed(f"{self.where} could not be reached: {self._mask(str(reason))}")
 
     def _mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
+        """`text` with the connector's secrets, header values (and their words) and query
+        values masked, in every rendering `masking` knows."""
+        return self._masker.mask(text)
 
 
 @dataclass(frozen=True)

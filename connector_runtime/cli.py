@@ -87,7 +87,7 @@ def _reader_left() -> None:
 
 
 def _fail(label: str, error: object, hint: str = "") -> None:
-    message = " ".join(masking.mask(str(error)).split())  # one line, whatever the error said
+    message = masking.excerpt(error, 2000, one_line=True)  # one line, whatever the error said
     tail = f" ({hint})" if hint else ""
     console.print(f"[red]{label}:[/red] {escape(message)}{tail}", highlight=False)
 

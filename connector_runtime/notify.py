@@ -208,8 +208,7 @@ def alert_text(event: str, alert: dict[str, Any]) -> str:
 
 def _one_line(message: Any) -> str:
     """Masked first, then cut: a cut through a secret would leave a prefix `mask` misses."""
-    text = " ".join(masking.mask(str(message or "")).split())
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+    return masking.excerpt(message or "", MESSAGE_CHARS, one_line=True)
 
 
 def webhooks_for(config: Config, connector: str | None) -> list[str]:

@@ -10,17 +10,18 @@ for a person go to stderr (`err`).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import masking
 from .control import frame_text
+from .jsonio import decode_json, encode_json
 
 OK, FAILED, USAGE = 0, 1, 2
 SYNC_ERROR_CHARS = 300  # of a sync's error in the `syncs` table: its alert has the rest
@@ -30,7 +31,8 @@ STATUS_COLOURS = {"succeeded": "green", "failed": "red", "rescheduled": "yellow"
 
 def emit_json(document: Any) -> None:
     """A document alone on stdout, for scripts."""
-    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    # the stdlib's encoder: integers beyond 64 bits (a cursor, say) stay exact
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
@@ -146,7 +148,7 @@ def cmd_show(backend, args: argparse.Namespace, out: Console, err: Console) -> i
     out.print(f"  warehouse  {escape(c['warehouse'])}", highlight=False)
     out.print(f"  schema     {escape(c['schema'])}", highlight=False)
     out.print(f"  schedule   {c['schedule'] or 'manual'}", highlight=False)
-    out.print(f"  state      {escape(orjson.dumps(c['state']).decode())}", highlight=False)
+    out.print(f"  state      {escape(encode_json(c['state']).decode())}", highlight=False)
     if not c["tables"]:
         out.print("  no tables yet: run `connector run " + c["name"] + "`", highlight=False)
         return OK
@@ -172,8 +174,8 @@ def cmd_state_show(backend, args: argparse.Namespace, out: Console, err: Console
 
 def cmd_state_set(backend, args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
-        state = orjson.loads(args.json_state)
-    except orjson.JSONDecodeError as exc:
+        state = decode_json(args.json_state)
+    except ValueError as exc:
         err.print(f"[red]not JSON:[/red] {escape(str(exc))}", highlight=False)
         return USAGE
     if not isinstance(state, dict):
@@ -194,7 +196,7 @@ def _replace_state(backend, name: str, state: dict, err: Console) -> int:
     except SyncInProgress as exc:
         err.print(f"[yellow]{escape(str(exc))}; the state is unchanged[/yellow]", highlight=False)
         return FAILED
-    err.print(f"state of {name} set to {escape(orjson.dumps(state).decode())}", highlight=False)
+    err.print(f"state of {name} set to {escape(encode_json(state).decode())}", highlight=False)
     return OK
 
 

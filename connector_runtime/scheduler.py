@@ -29,7 +29,7 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import notify
+from . import masking, notify
 from .config import Config, CronSchedule
 from .control import Control
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
@@ -137,10 +137,10 @@ class Server:
             self.live.not_started(name, sync_id, str(exc))
             self.log.warning("sync_skipped", connector=name, reason=str(exc))
         except ConnectorRuntimeError as exc:
-            self.live.not_started(name, sync_id, str(exc))
+            self.live.not_started(name, sync_id, masking.mask(str(exc)))
             self.log.error("sync_not_started", connector=name, error=str(exc))
         except Exception as exc:  # a bug of ours must not kill the pool thread silently
-            self.live.not_started(name, sync_id, f"internal error: {exc!r}")
+            self.live.not_started(name, sync_id, masking.mask(f"internal error: {exc!r}"))
             self.log.error("sync_crashed", connector=name, error=repr(exc))
         else:
             self.log.info("sync_done", connector=name, status=outcome.record.status)

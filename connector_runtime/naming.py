@@ -43,7 +43,10 @@ from dataclasses import dataclass, field
 SYSTEM_COLUMNS = ("_fivetran_synced", "_fivetran_deleted", "_fivetran_batch", "_fivetran_index")
 # History mode's columns (design §14): reserved now, so turning history on never collides.
 HISTORY_COLUMNS = ("_fivetran_start", "_fivetran_end", "_fivetran_active")
-RESERVED_COLUMNS = SYSTEM_COLUMNS + HISTORY_COLUMNS
+# The page planner's own Arrow columns (a row's position in its page, and the last
+# position of a key): a source column of that name would be overwritten by them.
+PLANNER_COLUMNS = ("__row", "__row_max")
+RESERVED_COLUMNS = SYSTEM_COLUMNS + HISTORY_COLUMNS + PLANNER_COLUMNS
 
 _CAMEL_LOWER_UPPER = re.compile(r"([a-z0-9])([A-Z])")
 _CAMEL_ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")

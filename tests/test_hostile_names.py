@@ -251,6 +251,18 @@ def test_the_runtime_columns_in_any_case_get_suffixes(duck, naming):
     assert {demo.names()[("t", s)] for s in sent} == set(expected)
 
 
+def test_the_planners_own_column_names_are_kept_apart(duck):
+    """`__row` (a row's position in its page) and `__row_max` are the planner's: a source
+    column so named gets a suffix instead of being overwritten, as a key too."""
+    demo = duck(naming="source")
+    ok(demo.sync(page(0, {"t": [{"__row": 5}, {"__row": 6}]}, keyed=())))
+    assert demo.columns("t")[0] == "__row_2"
+    assert demo.wh.rows("t", "__row_2", order_by="__row_2") == [(5,), (6,)]
+    rows = [{"__row_max": 7, "v": "first"}, {"__row_max": 7, "v": "last"}]
+    ok(demo.sync(page(0, {"k": rows}, keyed=("__row_max",))))
+    assert demo.wh.rows("k", "__row_max_2, v", order_by="v") == [(7, "last")]
+
+
 def test_tables_differing_only_in_case(duck):
     demo = duck(naming="source")
     ok(demo.sync(page(0, {"Orders": [{"id": 1}], "orders": [{"id": 2}], "ORDERS": [{"id": 3}]})))

@@ -76,9 +76,42 @@ def decode_json(raw: bytes | str) -> Any:
         path = _deeper_than(value, MAX_DEPTH)
         if path is not None:
             raise TooDeep(path) from None
+        found = _lone_surrogate(value, ())
+        if found is not None:  # JSON's \ud800 escapes can spell what no warehouse holds
+            raise NotUnicode(*found) from None
         if _deeper_than(value, 150) is None:  # pydantic refused it for some other reason
             raise refused from None
         return value
+
+
+class NotUnicode(ValueError):
+    """JSON whose string (or key) holds a lone surrogate escape: not Unicode text."""
+
+    def __init__(self, path: tuple[str | int, ...], character: str) -> None:
+        self.path = path
+        where = f" at {describe_path(path)}" if path else ""
+        super().__init__(
+            f"a string{where} holds a lone surrogate (\\u{ord(character):04x}), which is not "
+            "Unicode text and no warehouse can store"
+        )
+
+
+def _lone_surrogate(value: Any, path: tuple) -> tuple[tuple, str] | None:
+    """The path to the first string or key holding a lone surrogate, and that character."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            bad = next((c for c in item if 0xD800 <= ord(c) <= 0xDFFF), None)
+            if bad is not None:
+                return where, bad
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, where))
+                stack.append((child, (*where, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (*where, i)) for i, child in enumerate(item))
+    return None
 
 
 def json_depth_exceeds(value: Any, limit: int) -> bool:

@@ -22,7 +22,7 @@ from pydantic import (
 
 from . import masking
 from .errors import FunctionError, InvalidResponse
-from .jsonio import TooDeep, decode_json, describe_path, non_finite_path, token
+from .jsonio import NotUnicode, TooDeep, decode_json, describe_path, non_finite_path, token
 from .types import LogicalType
 
 # How much of a non-string `errorMessage` an alert shows as JSON text.
@@ -141,6 +141,8 @@ def parse_response(raw: bytes) -> Response:
         answer = decode_json(raw)
     except TooDeep as exc:
         raise InvalidResponse(f"the function's answer is {exc}") from None
+    except NotUnicode as exc:
+        raise InvalidResponse(f"the function's answer: {exc}") from None
     except ValueError as exc:
         raise InvalidResponse(f"the function's answer is not JSON: {exc}") from None
     if not isinstance(answer, dict):

@@ -45,6 +45,22 @@ def schedule_text(schedule) -> str | None:
     return f"every {schedule:g}s"
 
 
+def parse_time(moment: str | datetime) -> datetime:
+    """A document's ISO 8601 time (`…Z`) as an aware datetime; a datetime passes through."""
+    if isinstance(moment, datetime):
+        return moment
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+
+def sync_seconds(sync: dict[str, Any]) -> float | None:
+    """How long a sync document's sync ran: so far while it runs, None if unknown."""
+    if sync.get("elapsed_s") is not None and sync["status"] == "running":
+        return sync["elapsed_s"]
+    if not sync.get("finished_at") or not sync.get("started_at"):
+        return None
+    return (parse_time(sync["finished_at"]) - parse_time(sync["started_at"])).total_seconds()
+
+
 def frame_text(frame, separator: str = ": ") -> str:
     """One stack frame as text: Lambda's `[file, line, function, code]` or a plain line."""
     if isinstance(frame, list) and len(frame) == 4:

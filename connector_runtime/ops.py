@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import masking
-from .control import frame_text
+from .control import frame_text, parse_time, sync_seconds
 from .jsonio import decode_json, encode_json
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -220,18 +220,13 @@ def when(moment: str | datetime | None) -> str:
     if moment is None:
         return ""
     if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        moment = parse_time(moment)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _seconds(sync: dict[str, Any]) -> str:
-    if sync.get("elapsed_s") is not None and sync["status"] == "running":
-        return f"{sync['elapsed_s']:.1f}"
-    if sync["finished_at"] is None:
-        return ""
-    started = datetime.fromisoformat(sync["started_at"].replace("Z", "+00:00"))
-    finished = datetime.fromisoformat(sync["finished_at"].replace("Z", "+00:00"))
-    return f"{(finished - started).total_seconds():.1f}"
+    seconds = sync_seconds(sync)
+    return "" if seconds is None else f"{seconds:.1f}"
 
 
 def _coloured(status: str) -> str:

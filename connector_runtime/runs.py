@@ -24,6 +24,7 @@ from rich.table import Table
 
 from . import masking
 from .config import Config
+from .control import sync_seconds
 from .errors import SyncFailure, SyncInProgress
 from .events import bus
 from .jobs import build_job
@@ -238,7 +239,7 @@ def _follow_all(server, names: list[str], trigger: str, args: argparse.Namespace
             return 130
         if args.json:
             emit_json(document)
-        _summary(document, document.get("elapsed_s") or _elapsed(document))
+        _summary(document, sync_seconds(document) or 0.0)
         if document["status"] == "failed":
             output = server.sync(sync_id, logs=True).get("function_output")
             if output:
@@ -261,14 +262,6 @@ def _follow(server, name: str, sync_id: str) -> dict[str, Any]:
                 progress.show(*now)
                 shown = now
             time.sleep(FOLLOW_EVERY_SECONDS)
-
-
-def _elapsed(document: dict[str, Any]) -> float:
-    from datetime import datetime
-
-    started = datetime.fromisoformat(document["started_at"].replace("Z", "+00:00"))
-    finished = datetime.fromisoformat(document["finished_at"].replace("Z", "+00:00"))
-    return (finished - started).total_seconds()
 
 
 # -- test, validate, serve, secrets ---------------------------------------------------

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..control import Control, NotFound, frame_text
+from ..control import Control, NotFound, frame_text, parse_time, sync_seconds
 from ..errors import SyncInProgress
 
 HERE = Path(__file__).parent
@@ -66,7 +66,7 @@ def _environment() -> Environment:
     env.filters["duration"] = duration_text
     env.filters["frame"] = lambda frame: frame_text(frame, "\n    ")
     env.filters["url"] = lambda text: quote(str(text), safe="")
-    env.filters["sync_seconds"] = _seconds
+    env.filters["sync_seconds"] = sync_seconds
     env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     return env
 
@@ -174,7 +174,7 @@ def sync_chart(syncs: list[dict[str, Any]], width: int = 600, height: int = 120)
     if not syncs:
         return {"bars": [], "line": "", "width": width, "height": height}
     rows = [s["rows_upserted"] + s["rows_deleted"] for s in syncs]
-    seconds = [_seconds(s) or 0.0 for s in syncs]
+    seconds = [sync_seconds(s) or 0.0 for s in syncs]
     slot = width / max(len(syncs), 12)  # a few syncs stay narrow bars, not a wall
     top_rows, top_seconds = max(rows), max(seconds)
     bars = []
@@ -190,7 +190,7 @@ def sync_chart(syncs: list[dict[str, Any]], width: int = 600, height: int = 120)
                 "height": tall,
                 "status": sync["status"],
                 "title": f"{utc_text(sync['started_at'])}: {sync['status']}, {count:,} rows, "
-                f"{duration_text(_seconds(sync))}",
+                f"{duration_text(sync_seconds(sync))}",
             }
         )
     points = " ".join(
@@ -208,25 +208,11 @@ def sync_chart(syncs: list[dict[str, Any]], width: int = 600, height: int = 120)
     }
 
 
-def _seconds(sync: dict[str, Any]) -> float | None:
-    if sync.get("elapsed_s") is not None and sync["status"] == "running":
-        return sync["elapsed_s"]
-    if not sync.get("finished_at") or not sync.get("started_at"):
-        return None
-    return (_time(sync["finished_at"]) - _time(sync["started_at"])).total_seconds()
-
-
-def _time(text: str | datetime) -> datetime:
-    if isinstance(text, datetime):
-        return text
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def ago(moment: str | datetime | None, now: datetime | None = None) -> str:
     """`just now`, `3 min ago`, `2 h ago`, `in 5 min`: how people read recent times."""
     if moment is None:
         return ""
-    delta = ((now or datetime.now(UTC)) - _time(moment)).total_seconds()
+    delta = ((now or datetime.now(UTC)) - parse_time(moment)).total_seconds()
     future, seconds = delta < 0, abs(delta)
     if seconds < 45:
         text = "just now" if not future else "in a moment"
@@ -239,7 +225,11 @@ def ago(moment: str | datetime | None, now: datetime | None = None) -> str:
 
 
 def utc_text(moment: str | datetime | None) -> str:
-    return "" if moment is None else _time(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        ""
+        if moment is None
+        else parse_time(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
 
 
 def duration_text(seconds: float | None) -> str:

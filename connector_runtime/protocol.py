@@ -136,6 +136,12 @@ class Response(BaseModel):
 
 def parse_response(raw: bytes) -> Response:
     """Validate a function's answer; raise FunctionError or InvalidResponse."""
+    return validate_response(decode_answer(raw))
+
+
+def decode_answer(raw: bytes) -> dict[str, Any]:
+    """The answer as a JSON object; InvalidResponse if it is not one, FunctionError if it
+    is the error shape (`errorMessage`)."""
     try:
         # exact: integers beyond 64 bits stay integers, NaN and Infinity are seen as such
         answer = decode_json(raw)
@@ -151,6 +157,11 @@ def parse_response(raw: bytes) -> Response:
         )
     if "errorMessage" in answer:
         raise function_error(answer)
+    return answer
+
+
+def validate_response(answer: dict[str, Any]) -> Response:
+    """A decoded answer (an object without `errorMessage`) checked against the protocol."""
     try:
         return Response.model_validate(answer)
     except ValidationError as exc:

@@ -108,6 +108,46 @@ def test_two_argument_handler_receives_a_lambda_context(make_invoker, isolation)
     assert 55_000 < first["remaining"] <= 60_000
 
 
+@pytest.mark.parametrize(
+    ("source", "handler"),
+    [
+        pytest.param("def lambda_handler(event):\n    return {'state': {}}\n", None, id="default"),
+        pytest.param(
+            "async def lambda_handler(event):\n    return {'state': {}}\n",
+            "lambda_handler",
+            id="async-named",
+        ),
+    ],
+)
+def test_one_argument_lambda_handler_fails_as_on_lambda_with_a_hint(
+    make_invoker, isolation, source, handler
+):
+    """Lambda always calls handler(event, context): what fails there must fail here."""
+    invoker = make_invoker(source, handler=handler, isolation=isolation)
+    error = answer(invoker)
+    assert error["errorType"] == "TypeError"
+    assert error["errorMessage"] == (
+        "lambda_handler() takes 1 positional argument but 2 were given: AWS Lambda calls "
+        "the handler as lambda_handler(event, context) and it fails there the same way; "
+        "add the context parameter: def lambda_handler(event, context)"
+    )
+    assert error["stackTrace"] == []  # no frame of the user's: the call itself failed
+
+
+def test_type_error_inside_a_lambda_handler_is_its_own(make_invoker, isolation):
+    invoker = make_invoker(
+        """
+        def lambda_handler(event, context):
+            return len(event["state"], 2)
+        """,
+        isolation=isolation,
+    )
+    error = answer(invoker)
+    assert error["errorType"] == "TypeError"
+    assert error["errorMessage"] == "len() takes exactly one argument (2 given)"
+    assert [frame[2] for frame in error["stackTrace"]] == ["lambda_handler"]
+
+
 def test_async_handler_keeps_its_event_loop_between_calls(make_invoker, isolation):
     invoker = make_invoker(
         """

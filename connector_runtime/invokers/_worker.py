@@ -1,6 +1,11 @@
 """The function's side of a local Python connector: load the handler, call it the way
 AWS Lambda's Python runtime does, and turn whatever comes back into JSON bytes.
 
+`lambda_handler` is called exactly as Lambda calls it, `lambda_handler(event, context)`:
+a one-parameter `lambda_handler` fails here as it would once deployed, with a hint.
+Other handlers are called by their parameters: one means the runtime's own
+`handler(request)`, two (or `*args`) Lambda's `(event, context)`.
+
 `local.py` imports this module for `isolation="inline"`, and runs it as
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
@@ -43,7 +48,8 @@ LENGTH = struct.Struct(">I")
 # Ends a call's output on fd 2; the NUL keeps any real output from looking like it.
 # `node_worker.mjs` writes the same line.
 END_OF_CALL = b"\x00connector-runtime:end-of-call:"
-DEFAULT_HANDLERS = ("handler", "lambda_handler")
+LAMBDA_HANDLER = "lambda_handler"  # the name that says "written for AWS Lambda"
+DEFAULT_HANDLERS = ("handler", LAMBDA_HANDLER)
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
 
@@ -71,7 +77,7 @@ class HandlerImportError(Exception):
 
 
 class LambdaContext:
-    """The `context` a two-argument handler receives, with AWS Lambda's attributes.
+    """The `context` a Lambda-style handler receives, with AWS Lambda's attributes.
 
     `memory_limit_in_mb` is a string, as Lambda's Python runtime gives it.
     """
@@ -105,8 +111,8 @@ class FunctionHost:
 
     def __init__(self, spec: FunctionSpec) -> None:
         self.spec = spec
-        self._handler = load_handler(Path(spec.path), spec.handler)
-        self._takes_context = _takes_context(self._handler)
+        self._name, self._handler = load_handler(Path(spec.path), spec.handler)
+        self._takes_context = self._name == LAMBDA_HANDLER or _takes_context(self._handler)
         self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -121,31 +127,44 @@ class FunctionHost:
             return encode_json(error_shape(exc))
         return encode_answer(answer)
 
+    def _call_like_lambda(self, request: dict[str, Any]) -> Any:
+        """`handler(event, context)`, as Lambda calls it; a handler that cannot take those
+        two arguments raises Python's own TypeError, with what to change."""
+        context = LambdaContext(self.spec, self._log_stream_name)
+        try:
+            return self._handler(request, context)
+        except TypeError as exc:
+            if _accepts(self._handler, request, context):
+                raise  # raised inside the handler: its own error
+            name = self._name
+            raise TypeError(
+                f"{exc}: AWS Lambda calls the handler as {name}(event, context) and it fails "
+                f"there the same way; add the context parameter: def {name}(event, context)"
+            ) from None
+
     def close(self) -> None:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
 
     def _run(self, request: dict[str, Any]) -> Any:
-        if self._takes_context:
-            answer = self._handler(request, LambdaContext(self.spec, self._log_stream_name))
-        else:
-            answer = self._handler(request)
+        call = self._call_like_lambda if self._takes_context else self._handler
+        answer = call(request)
         if inspect.isawaitable(answer):
             self._loop = self._loop or asyncio.new_event_loop()
             answer = self._loop.run_until_complete(answer)
         return answer
 
 
-def load_handler(path: Path, name: str | None) -> Callable[..., Any]:
-    """Import `path` as a module and return its handler: `name`, else `handler`, else
-    `lambda_handler`."""
+def load_handler(path: Path, name: str | None) -> tuple[str, Callable[..., Any]]:
+    """Import `path` as a module and return its handler and the handler's name: `name`,
+    else `handler`, else `lambda_handler`."""
     module = _import_module(path)
     candidates = (name,) if name else DEFAULT_HANDLERS
     for candidate in candidates:
         handler = getattr(module, candidate, None)
         if callable(handler):
-            return handler
+            return candidate, handler
     wanted = " or ".join(repr(candidate) for candidate in candidates)
     raise HandlerNotFound(f"{path} defines no function {wanted} to use as the handler")
 
@@ -189,6 +208,17 @@ def _takes_context(handler: Callable[..., Any]) -> bool:
         return True  # no signature to read: assume the Lambda convention
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def _accepts(handler: Callable[..., Any], *arguments: Any) -> bool:
+    """Whether `handler`'s signature takes `arguments` (True when it cannot be read)."""
+    try:
+        inspect.signature(handler).bind(*arguments)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read
+        return True
+    return True
 
 
 def error_shape(

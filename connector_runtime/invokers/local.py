@@ -1,7 +1,10 @@
 """Call a local Python handler file the way AWS Lambda's Python runtime would.
 
-A handler with one positional parameter is called as `handler(request)`; with two (or
-`*args`) as `handler(event, context)` with a Lambda-shaped context. `async def` handlers
+`lambda_handler` is always called as Lambda calls it, `lambda_handler(event, context)`
+with a Lambda-shaped context: a one-parameter `lambda_handler` fails with Python's
+TypeError, as it would once deployed, and a hint to add `context`. Another handler with
+one positional parameter is called as `handler(request)` (the runtime's own shape); with
+two (or `*args`) as `handler(event, context)`. `async def` handlers
 are awaited on one event loop that lives as long as the loaded module. The answer is
 serialized to JSON bytes (see `jsonio.encode_json`); an exception becomes Lambda's
 error shape `{errorMessage, errorType, stackTrace: [[file, line, function, code], ...]}`,

@@ -255,7 +255,10 @@ def _secrets_commands(command) -> None:
     )
     encrypt.add_argument("name", metavar="NAME", help="the connector the secret belongs to")
     encrypt.add_argument(
-        "key", metavar="KEY", help="the secret's key under `secrets:` (or header name)"
+        "key",
+        metavar="KEY",
+        help="the secret's key under `secrets:`, dotted for a string inside an object or "
+        "list (auth.password, hosts.0), or a header name; only text can be encrypted",
     )
 
 

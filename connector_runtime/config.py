@@ -35,7 +35,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from connector_runtime.errors import ConfigError
 from connector_runtime.yaml_locations import describe, line_of, parse_yaml, read_file
@@ -121,6 +123,45 @@ def _check_env_references(value: str) -> str:
 
 
 _Expandable = Annotated[str, AfterValidator(_check_env_references)]
+
+
+_SECRET_KINDS = (  # bool before int: a bool is an int too
+    (bool, "boolean"),
+    (str, "string"),
+    (int, "integer"),
+    (float, "number"),
+    (type(None), "null"),
+    (list, "list"),
+    (dict, "object"),
+)
+
+
+def _secret_kind(value: object) -> str | None:
+    """The JSON kind of a secret value; None for what JSON has no word for (a YAML date)."""
+    return next((kind for type_, kind in _SECRET_KINDS if isinstance(value, type_)), None)
+
+
+# Any JSON value, as Fivetran's secrets are (design §2); each string may be an enc:v1: token
+# or hold ${env:VAR}. The tags appear in pydantic's error locations; `yaml_locations`
+# drops them. Integers stay out of the JSON Schema's `oneOf`: they match "number" already.
+SecretValue = TypeAliasType(
+    "SecretValue",
+    Annotated[
+        Annotated[_Expandable, Tag("string")]
+        | Annotated[bool, Tag("boolean")]
+        | Annotated[int, Tag("integer"), SkipJsonSchema()]  # a "number" to JSON Schema
+        | Annotated[float, Field(allow_inf_nan=False), Tag("number")]
+        | Annotated[None, Tag("null")]
+        | Annotated[list["SecretValue"], Tag("list")]
+        | Annotated[dict[str, "SecretValue"], Tag("object")],
+        Discriminator(
+            _secret_kind,
+            custom_error_type="config",
+            custom_error_message="expected a string, number, true/false, null, list or "
+            "mapping (quote a date or other text)",
+        ),
+    ],
+)
 
 
 # --- models --------------------------------------------------------------------------
@@ -334,10 +375,11 @@ class ConnectorConfig(_Model):
     schedule: _Schedule | None = Field(
         None, description="Interval (30s, 15m, 6h, 1d) or {cron: ...}; absent: manual syncs only."
     )
-    secrets: dict[str, _Expandable] = Field(
+    secrets: dict[str, SecretValue] = Field(
         {},
         repr=False,
-        description="Values passed as `secrets`: enc:v1:... tokens, ${env:VAR} or plain text.",
+        description="Values passed as `secrets`, any JSON value; each string in them "
+        "(nested too) an enc:v1:... token, text with ${env:VAR}, or plain text.",
     )
     tables: dict[str, TableConfig] = Field(
         {}, description="Per-table options, keyed by source table name."
@@ -458,17 +500,21 @@ def resolve_secrets(
     name: str,
     decrypt: Callable[[str, str, str], str] | None = None,
     where: Callable[..., str] | None = None,
-) -> dict[str, str]:
-    """The connector's secrets with ${env:VAR} expanded and, given `decrypt`, tokens decrypted.
+) -> dict[str, Any]:
+    """The connector's secrets with ${env:VAR} expanded and, given `decrypt`, tokens
+    decrypted, in every string at any depth; numbers, booleans and null stay as they are.
 
-    `decrypt(token, connector_name, key)`: a token is bound to its connector and its key.
+    `decrypt(token, connector_name, key)`: a token is bound to its connector and its key,
+    the dotted path of the string (`apiToken`, `auth.password`, `hosts.0`).
     `where(*loc)` names a field in errors (`Config.where`: file, line and field).
     """
     where = where or _dotted
-    return {
-        key: _resolve(value, where("connectors", name, "secrets", key), name, key, decrypt)
-        for key, value in connector.secrets.items()
-    }
+
+    def resolve(value: str, path: tuple[str | int, ...]) -> str:
+        field = where("connectors", name, "secrets", *path)
+        return _resolve(value, field, name, _dotted(*path), decrypt)
+
+    return _map_strings(connector.secrets, resolve)
 
 
 def resolve_headers(
@@ -497,12 +543,31 @@ def _dotted(*loc: str | int) -> str:
 
 
 def plaintext_secret_keys(connector: ConnectorConfig) -> list[str]:
-    """Keys of secrets written in plain text: neither an enc:v1: token nor ${env:...}."""
-    return [
-        key
-        for key, value in connector.secrets.items()
-        if value and not value.startswith(_ENCRYPTED_PREFIX) and not _ENV_REFERENCE.search(value)
-    ]
+    """Dotted paths (`apiToken`, `auth.password`) of the secret strings, at any depth,
+    written in plain text: neither an enc:v1: token nor holding ${env:...}. Numbers,
+    booleans and null are settings more than secrets (a page size, a flag): not listed."""
+    found: list[str] = []
+
+    def note(value: str, path: tuple[str | int, ...]) -> str:
+        if value and not value.startswith(_ENCRYPTED_PREFIX) and not _ENV_REFERENCE.search(value):
+            found.append(_dotted(*path))
+        return value
+
+    _map_strings(connector.secrets, note)
+    return found
+
+
+def _map_strings(
+    value: Any, change: Callable[[str, tuple[str | int, ...]], Any], path: tuple = ()
+) -> Any:
+    """`value` with each string inside, at any depth, replaced by `change(string, path)`."""
+    if isinstance(value, str):
+        return change(value, path)
+    if isinstance(value, dict):
+        return {key: _map_strings(item, change, (*path, key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(item, change, (*path, index)) for index, item in enumerate(value)]
+    return value
 
 
 def _resolve(

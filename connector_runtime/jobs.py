@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from functools import partial
 
 import structlog
@@ -25,13 +26,7 @@ from .sync import SyncJob
 def build_job(config: Config, name: str) -> SyncJob:
     """The `SyncJob` of connector `name`; ConfigError if it cannot run as configured."""
     connector = config.connector(name)
-    for key in plaintext_secret_keys(connector):
-        structlog.get_logger().warning(
-            "plaintext_secret",
-            connector=name,
-            secret=key,
-            hint=f"encrypt it: connector secrets encrypt {name} {key}",
-        )
+    _warn_of_plaintext_secrets(config, name, connector)
     retry = connector.function.retry
     decrypt = make_decrypter()
     return SyncJob(
@@ -44,6 +39,28 @@ def build_job(config: Config, name: str) -> SyncJob:
         settings=_table_settings(config, name, connector),
         retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
         max_sync_duration=connector.max_sync_duration,
+    )
+
+
+_plaintext_warned: set[tuple[str, str, tuple[str, ...]]] = set()
+_plaintext_warned_lock = threading.Lock()
+
+
+def _warn_of_plaintext_secrets(config: Config, name: str, connector: ConnectorConfig) -> None:
+    """One warning per connector per process (`serve` builds a job per sync) naming all of
+    its plaintext secrets; again only if the config file or that list changes."""
+    keys = tuple(plaintext_secret_keys(connector))
+    seen = (str(config.path), name, keys)
+    with _plaintext_warned_lock:
+        if not keys or seen in _plaintext_warned:
+            return
+        _plaintext_warned.add(seen)
+    structlog.get_logger().warning(
+        "plaintext_secret",
+        connector=name,
+        secrets=list(keys),
+        hint="encrypt each: "
+        + "; ".join(f"connector secrets encrypt {name} {key}" for key in keys),
     )
 
 

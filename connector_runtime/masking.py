@@ -1,7 +1,8 @@
 """Secret values never leave the process: every text that could carry one is masked.
 
-Connectors register their secret values when a sync starts (`register`); `mask` replaces
-each with `***` in any text (an alert, a stack trace, a log line) before it is stored or
+Connectors register their secret values when a sync starts (`register`: every string in
+them, at any depth; numbers are not masked); `mask` replaces each with `***` in any
+text (an alert, a stack trace, a log line) before it is stored or
 printed. A secret is masked in every rendering it commonly takes in a text, all computed
 once when it is registered and matched by one precompiled regex (a trie of the
 renderings: at each position the longest one wins, so no longer form leaves a tail):
@@ -67,7 +68,14 @@ _renderings: dict[str, frozenset[str]] = {}  # cache: secret → its renderings
 
 
 def register(values: Any) -> None:
-    """Remember every string inside `values` (a dict, list or str) as secret."""
+    """Remember every string inside `values` (a str, or dicts and lists nested to any
+    depth) as secret: `MIN_LENGTH` characters or more, see `_secret_values`.
+
+    Numbers, booleans and null are not registered. A secret may be any JSON value, but a
+    number is mostly a setting (`limit: 100`), and one that is secret, a 4-digit PIN, is
+    too short to mask without masking every `1234` in ordinary text; its digits would also
+    have to be found inside longer numbers, dates and ids. Write a secret number as a
+    string to have it masked (when long enough)."""
     found = _secret_values(values)
     global _secrets
     with _lock:
@@ -123,7 +131,8 @@ def excerpt_frames(frames: list | None, limit: int, *, frame_limit: int | None =
 
 class Masker:
     """Masks the renderings of its own values only, besides the registered secrets: for
-    values secret to one place (an HTTP function's header words and query values)."""
+    values secret to one place (an HTTP function's header words and query values). Its
+    values are taken as `register` takes them: every string at any depth, no numbers."""
 
     def __init__(self, values: Any) -> None:
         forms = set().union(*map(renderings, _secret_values(values)))

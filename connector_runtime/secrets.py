@@ -11,6 +11,12 @@
   `apiToken`'s value into a field the function logs or syncs to the warehouse. The
   price: renaming a key in connectors.yaml means encrypting its value again.
 
+A token holds a string and decrypts to a string. A secret may be any JSON value (a
+number, an object, a list); each string inside one can be a token of its own, whose key
+name is its dotted path under `secrets:` (`auth.password`, `hosts.0`), so it too cannot
+be moved to a sibling. Numbers, booleans and null are not encrypted: a token would turn
+them into text. (A top-level key that itself contains a dot shares its name with a path.)
+
 The key is $CONNECTOR_RUNTIME_KEY (base64 of 32 bytes) if set, else the key file:
 $CONNECTOR_RUNTIME_KEY_FILE, else $XDG_CONFIG_HOME/connector-runtime/key, else
 ~/.config/connector-runtime/key. The file holds the same base64 text and must be mode

@@ -54,7 +54,7 @@ class SyncJob:
     schema: str
     destination_url: str
     invoker: Callable[[], Invoker]
-    secrets: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, Any] = field(default_factory=dict)
     naming: str = "fivetran"
     settings: TableSettings = field(default_factory=TableSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -84,6 +84,7 @@ _MESSAGES = {
     "int_parsing": "expected a whole number",
     "bool_type": "expected true or false",
     "bool_parsing": "expected true or false",
+    "finite_number": "expected a finite number",
 }
 
 
@@ -103,6 +104,8 @@ def _display_loc(loc: tuple) -> tuple:
     parts = [part for part in loc if part != "[key]"]
     if len(parts) > 3 and parts[0] == "connectors" and parts[2] == "schedule":
         del parts[3]
+    if len(parts) > 4 and parts[0] == "connectors" and parts[2] == "secrets":
+        del parts[4::2]  # a secret value's kind tag follows each key or index below it
     return tuple(parts)
 
 

@@ -182,7 +182,7 @@ def test_every_field_has_a_description() -> None:
     undescribed = [
         name
         for model in models
-        for name, field in model["properties"].items()
+        for name, field in model.get("properties", {}).items()  # SecretValue has none
         if not field.get("description")
     ]
     assert undescribed == []
@@ -428,14 +428,15 @@ def test_wrongly_typed_secret_is_not_echoed(tmp_path: Path) -> None:
                 connectors:
                   orders:
                     function: {local: handler.py}
-                    secrets: {pin: 987654321}
+                    secrets: {auth: {since: 1987-06-05}}
                 """,
             )
         )
     assert str(caught.value).endswith(
-        "connectors.yaml:4: connectors.orders.secrets.pin: expected a string"
+        "connectors.yaml:4: connectors.orders.secrets.auth.since: expected a string, number, "
+        "true/false, null, list or mapping (quote a date or other text)"
     )
-    assert "987654321" not in str(caught.value)
+    assert "1987" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 

@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="connector",
         description="Run function connectors: call a function for pages of rows and sync "
         "them into a warehouse.",
+        epilog="What a function receives and answers, with an example for each kind of "
+        "function: docs/protocol.md in the connector-runtime repository; moving a Fivetran "
+        "function: docs/moving-from-fivetran.md.",
         parents=[_global_options(config=None, verbose=False)],
     )
     parser.set_defaults(json=False, reading=False, without_config=False, command_name=None)

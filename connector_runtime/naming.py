@@ -49,7 +49,9 @@ PLANNER_COLUMNS = ("__row", "__row_max")
 RESERVED_COLUMNS = SYSTEM_COLUMNS + HISTORY_COLUMNS + PLANNER_COLUMNS
 
 _CAMEL_LOWER_UPPER = re.compile(r"([a-z0-9])([A-Z])")
-_CAMEL_ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")
+# Between the last two capitals of "HTTPServer": a lookaround, so that a long run of
+# capitals costs linear time (`([A-Z]+)([A-Z][a-z])` backtracked: quadratic).
+_CAMEL_ACRONYM = re.compile(r"(?<=[A-Z])(?=[A-Z][a-z])")
 _OUTSIDE = re.compile(r"[^a-z0-9_]")
 _REPEATED = re.compile(r"_{2,}")
 _LEADING_UNDERSCORES = re.compile(r"^_+(?=[a-z])")
@@ -62,7 +64,7 @@ class UnusableName(ValueError):
 def normalize(source: str, *, table: bool = False) -> str:
     """`"Straße Name"` → `"strasse_name"`, `"userID"` → `"user_id"`, `"2fa"` → `"_2fa"`."""
     name = _to_ascii(source)
-    name = _CAMEL_ACRONYM.sub(r"\1_\2", name)
+    name = _CAMEL_ACRONYM.sub("_", name)
     name = _CAMEL_LOWER_UPPER.sub(r"\1_\2", name).lower()
     name = _REPEATED.sub("_", _OUTSIDE.sub("_", name))
     if table:

@@ -8,21 +8,21 @@ breaks the contract), naming the table, row and field at fault.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool
 
 from . import masking
 from .errors import FunctionError, InvalidResponse
-from .jsonio import NotUnicode, TooDeep, decode_json, describe_path, non_finite_path, token
+from .jsonio import (
+    NotUnicode,
+    TooDeep,
+    decode_json,
+    describe_path,
+    encode_json,
+    non_finite_path,
+    token,
+)
 from .types import LogicalType
 
 # How much of a non-string `errorMessage` an alert shows as JSON text.
@@ -49,7 +49,7 @@ class Request(BaseModel):
 class TableSchema(BaseModel):
     """A table's primary key and, as our extension, declared column types."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True)
 
     primary_key: list[str] = Field(
         default_factory=list, description="Source columns that identify a row; [] to append."
@@ -59,35 +59,26 @@ class TableSchema(BaseModel):
         description='Declared logical types, e.g. {"amount": "DECIMAL(18,2)"}; they win over inference.',
     )
 
-    @field_validator("columns")
-    @classmethod
-    def _known_types(cls, columns: dict[str, str]) -> dict[str, str]:
-        for column, text in columns.items():
-            try:
-                LogicalType.parse(text)
-            except ValueError as exc:
-                raise ValueError(f"column {column!r}: {exc}") from None
-        return columns
-
     def declared(self) -> dict[str, LogicalType]:
         return {column: LogicalType.parse(text) for column, text in self.columns.items()}
 
 
 class Response(BaseModel):
-    """One page of a sync, as the function returns it."""
+    """One page of a sync, as the function returns it.
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    Built by `validate_response` (which checks it in the protocol's own words), never by
+    pydantic's validation: the fields here document the shape (`make schemas`)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     state: dict[str, Any] = Field(
         description="Cursor to send back next time, once this page commits."
     )
-    # Rows are `list[Any]` here and checked by `_rows_are_objects`: letting pydantic
-    # validate every row dict would copy each one, a third of a page's parse time.
-    insert: dict[str, list[Any]] = Field(
+    insert: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict,
         description="Rows to upsert (or append), by table; each a JSON object.",
     )
-    delete: dict[str, list[Any]] = Field(
+    delete: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict,
         description="Rows to mark deleted, by table; each an object with the primary key.",
     )
@@ -101,37 +92,33 @@ class Response(BaseModel):
         alias="softDelete",
         description="Tables whose rows not re-sent by the end of this sync are marked deleted.",
     )
-    has_more: StrictBool = Field(
-        default=False, alias="hasMore", description="True: call again at once with the new state."
+    has_more: (
+        StrictBool | Annotated[str, Field(pattern="^[Tt][Rr][Uu][Ee]$|^[Ff][Aa][Ll][Ss][Ee]$")]
+    ) = Field(
+        default=False,
+        alias="hasMore",
+        description='True (or "true" in any case): call again at once with the new state.',
     )
 
-    @model_validator(mode="after")
-    def _rows_are_objects(self) -> Response:
-        for field_name, tables in (("insert", self.insert), ("delete", self.delete)):
-            for table, rows in tables.items():
-                if not all(type(row) is dict for row in rows):
-                    index = next(i for i, row in enumerate(rows) if type(row) is not dict)
-                    raise ValueError(
-                        f"{field_name}: table {table!r}, row {index}: "
-                        f"a row must be a JSON object, not {_json_kind(rows[index])}"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _state_round_trips(self) -> Response:
-        """The state goes back to the function as JSON: a NaN or ±Infinity in it would
-        come back as null (or not parse at all), and the cursor would be lost."""
-        found = non_finite_path(self.state)
-        if found is not None:
-            path, number = found
-            raise ValueError(
-                f"{describe_path(('state', *path))} is {token(number)}, which JSON cannot carry"
-            )
-        return self
+    # Top-level keys the protocol does not know (and that are no typo): ignored.
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
 
     @property
     def row_count(self) -> int:
         return sum(map(len, self.insert.values())) + sum(map(len, self.delete.values()))
+
+    @property
+    def ignored_keys(self) -> tuple[str, ...]:
+        return self._ignored
+
+
+# The answer's top-level keys, and those of a table's entry in `schema`.
+PROTOCOL_KEYS = ("state", "insert", "delete", "schema", "softDelete", "hasMore")
+TABLE_SCHEMA_KEYS = ("primary_key", "columns")
+# Keys of the error shape and of cloud storage, which a function may echo: not unknown.
+KNOWN_OTHER_KEYS = frozenset({"errorType", "stackTrace", "bucket", "file"})
+TYPO_EDITS = 2  # a key this close to a protocol key is taken for a misspelling of it
+SHOWN_VALUE_CHARS = 80
 
 
 def parse_response(raw: bytes) -> Response:
@@ -148,6 +135,9 @@ def decode_answer(raw: bytes) -> dict[str, Any]:
     except TooDeep as exc:
         raise InvalidResponse(f"the function's answer is {exc}") from None
     except NotUnicode as exc:
+        error = _error_with_lone_surrogates(raw)
+        if error is not None:  # the function's own error still says what went wrong
+            raise error from None
         raise InvalidResponse(f"the function's answer: {exc}") from None
     except ValueError as exc:
         raise InvalidResponse(f"the function's answer is not JSON: {exc}") from None
@@ -161,16 +151,218 @@ def decode_answer(raw: bytes) -> dict[str, Any]:
 
 
 def validate_response(answer: dict[str, Any]) -> Response:
-    """A decoded answer (an object without `errorMessage`) checked against the protocol."""
+    """A decoded answer (an object without `errorMessage`) checked against the protocol.
+
+    Every violation is an `InvalidResponse` in the protocol's words, naming the field,
+    table and row and showing the offending value (masked, cut). Unknown keys that look
+    like a misspelt protocol key are violations too (`misspelt_key`); other unknown keys
+    are left to the caller to warn about (`unknown_keys`)."""
+    misspelt = misspelt_key(answer, PROTOCOL_KEYS)
+    if misspelt is not None:
+        raise InvalidResponse(misspelt)
+    if "state" not in answer:
+        raise InvalidResponse(
+            "state is missing: every answer carries the state to send next time ({} for none)"
+        )
+    state = answer["state"]
+    if type(state) is not dict:
+        raise InvalidResponse(f"state must be an object, got {shown(state)}")
+    found = non_finite_path(state)
+    if found is not None:
+        # the state goes back to the function as JSON: NaN or ±Infinity would come back
+        # as null (or not parse at all), and the cursor would be lost
+        path, number = found
+        raise InvalidResponse(
+            f"{describe_path(('state', *path))} is {token(number)}, which JSON cannot carry"
+        )
+    response = Response.model_construct(
+        state=state,
+        insert=_rows(answer, "insert"),
+        delete=_rows(answer, "delete"),
+        schema_=_schemas(answer.get("schema")),
+        soft_delete=_soft_delete(answer.get("softDelete")),
+        has_more=_has_more(answer.get("hasMore", False)),
+    )
+    response._ignored = tuple(unknown_keys(answer))
+    return response
+
+
+def unknown_keys(answer: dict[str, Any]) -> list[str]:
+    """Top-level keys of an answer that the protocol does not know (and are no typo)."""
+    return [
+        key
+        for key in answer
+        if key not in PROTOCOL_KEYS and key not in KNOWN_OTHER_KEYS and key != "errorMessage"
+    ]
+
+
+def misspelt_key(fields: dict[str, Any], known: tuple[str, ...], where: str = "") -> str | None:
+    """What is wrong when a key of `fields` looks like a misspelling of one of `known`.
+
+    A key is taken for a misspelling of a known key when it is that key in another case
+    (`hasmore`) or one edit from it (`inserts`, `delte`): rows under it would be lost even
+    beside the real key. Two edits away (`has_More`), it is taken for one only while the
+    known key itself is absent: a function answering both `state` and `status` means both."""
+    for key in fields:
+        if key in known or not isinstance(key, str):
+            continue
+        for meant in known:
+            edits = _edits(key.casefold(), meant.casefold())
+            if edits <= 1 or (edits <= TYPO_EDITS and meant not in fields):
+                name = masking.excerpt(json.dumps(key, ensure_ascii=False), SHOWN_VALUE_CHARS)
+                return (
+                    f'{where}unknown key {name}: did you mean "{meant}"? (keys are '
+                    "case-sensitive; a misspelt key would be ignored and could cut the "
+                    "sync short or lose rows)"
+                )
+    return None
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance, giving up (returning a large number) past `TYPO_EDITS`."""
+    if abs(len(a) - len(b)) > TYPO_EDITS:
+        return TYPO_EDITS + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def _rows(answer: dict[str, Any], field: str) -> dict[str, list[Any]]:
+    """`insert` or `delete`: an object of tables, each an array of row objects."""
+    tables = answer.get(field)
+    if tables is None:  # absent, or null as Python's None: nothing to write
+        return {}
+    if type(tables) is not dict:
+        raise InvalidResponse(
+            f"{field} must be an object of tables, each an array of rows, got {shown(tables)}"
+        )
+    for table, rows in tables.items():
+        if type(rows) is not list:
+            raise InvalidResponse(
+                f"{field}: table {table!r} must be an array of rows, got {shown(rows)}"
+            )
+        # `all(...)` first: the usual page has only objects, found at C speed
+        if not all(type(row) is dict for row in rows):
+            index = next(i for i, row in enumerate(rows) if type(row) is not dict)
+            raise InvalidResponse(
+                f"{field}: table {table!r}, row {index}: a row must be an object, "
+                f"got {shown(rows[index])}"
+            )
+    return tables
+
+
+def _schemas(schemas: Any) -> dict[str, TableSchema]:
+    if schemas is None:
+        return {}
+    if type(schemas) is not dict:
+        raise InvalidResponse(
+            f'schema must be an object of tables (e.g. {{"orders": {{"primary_key": '
+            f'["id"]}}}}), got {shown(schemas)}'
+        )
+    return {table: _table_schema(table, entry) for table, entry in schemas.items()}
+
+
+def _table_schema(table: str, entry: Any) -> TableSchema:
+    where = f"schema: table {table!r}"
+    if type(entry) is not dict:
+        raise InvalidResponse(
+            f'{where} must be an object such as {{"primary_key": ["id"]}}, got {shown(entry)}'
+        )
+    misspelt = misspelt_key(entry, TABLE_SCHEMA_KEYS, f"{where}: ")
+    if misspelt is not None:
+        raise InvalidResponse(misspelt)
+    key = entry.get("primary_key")
+    if key is None:
+        key = []
+    elif type(key) is not list or not all(isinstance(column, str) for column in key):
+        raise InvalidResponse(
+            f"{where}: primary_key must be an array of column names, got {shown(key)}"
+        )
+    columns = entry.get("columns")
+    if columns is None:
+        columns = {}
+    elif type(columns) is not dict:
+        raise InvalidResponse(
+            f'{where}: columns must be an object of column types (e.g. {{"amount": '
+            f'"DOUBLE"}}), got {shown(columns)}'
+        )
+    for column, text in columns.items():
+        if not isinstance(text, str):
+            raise InvalidResponse(
+                f'{where}: column {column!r}: a type must be a string such as "LONG", '
+                f"got {shown(text)}"
+            )
+        try:
+            LogicalType.parse(text)
+        except ValueError as exc:
+            raise InvalidResponse(f"{where}: column {column!r}: {exc}") from None
+    return TableSchema.model_construct(primary_key=key, columns=columns)
+
+
+def _soft_delete(tables: Any) -> list[str]:
+    if tables is None:
+        return []
+    if type(tables) is not list or not all(isinstance(table, str) for table in tables):
+        raise InvalidResponse(f"softDelete must be an array of table names, got {shown(tables)}")
+    return tables
+
+
+def _has_more(value: Any) -> bool:
+    """A JSON boolean, or the string "true"/"false" in any case, as Fivetran accepts."""
+    if type(value) is bool:
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidResponse(
+        'hasMore must be true or false (a boolean, or the string "true" or "false"), '
+        f"got {shown(value)}"
+    )
+
+
+def shown(value: Any) -> str:
+    """A JSON value as an error message shows it: `the string "2024-01-01"`, `null`,
+    `the number 5`, `the array [1,2]`, masked and cut to `SHOWN_VALUE_CHARS`."""
+    if value is None:
+        return "null"
+    text = encode_json(masking.mask(value)).decode("utf-8", "replace")
+    text = masking.excerpt(text, SHOWN_VALUE_CHARS, note="…")
+    return f"the {_json_kind(value)} {text}"
+
+
+def _error_with_lone_surrogates(raw: bytes) -> FunctionError | None:
+    """An error answer whose texts hold lone surrogate escapes, each made U+FFFD: the
+    error is only reported, never stored as data, so a stray escape must not hide it."""
     try:
-        return Response.model_validate(answer)
-    except ValidationError as exc:
-        raise InvalidResponse(describe_validation_error(exc)) from None
+        answer = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(answer, dict) or "errorMessage" not in answer:
+        return None
+    try:
+        return function_error(_without_surrogates(answer))
+    except RecursionError:  # nested too deep to walk: refused as not Unicode
+        return None
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    return value
 
 
 def function_error(answer: dict[str, Any]) -> FunctionError:
     """The Lambda error shape (`errorMessage`, `errorType`, `stackTrace`) as an exception."""
     frames = answer.get("stackTrace")
+    if isinstance(frames, str):  # one text, as Python's traceback.format_exc() gives it
+        frames = frames.rstrip().splitlines()
     frames = frames if isinstance(frames, list) else []
     # `logTail`: the function's last log lines, added by invokers that have them (Lambda)
     tail = answer.get("logTail")
@@ -210,29 +402,6 @@ def error_message(message: Any, error_type: str) -> str:
         shown = masking.excerpt(shown, SHOWN_MESSAGE_CHARS, note="...")
         return f"errorMessage was {shown}, not a message"
     return f"{error_type} (the function gave no message)"
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    return "; ".join(_describe(error) for error in exc.errors(include_url=False))
-
-
-def _describe(error: dict) -> str:
-    """('insert', 'users', 3) → 'insert: table users, row 3: Input should be ...'."""
-    if not error["loc"] and error["type"] == "value_error":
-        return error["ctx"]["error"].args[0]  # our own check already names where
-    loc = [str(part) for part in error["loc"]]
-    field, rest = (loc[0], loc[1:]) if loc else ("response", [])
-    where = field
-    if field in ("insert", "delete") and rest:
-        where += f": table {rest[0]!r}" + (f", row {rest[1]}" if len(rest) > 1 else "")
-    elif field == "schema" and rest:
-        where += f": table {rest[0]!r}" + (f", {'.'.join(rest[1:])}" if len(rest) > 1 else "")
-    elif rest:
-        where += "." + ".".join(rest)
-    message = error["msg"]
-    if error["type"] == "missing":
-        message = "required field is missing"
-    return f"{where}: {message}"
 
 
 def _json_kind(value: object) -> str:

@@ -63,11 +63,10 @@ class TableSchema(BaseModel):
         return {column: LogicalType.parse(text) for column, text in self.columns.items()}
 
 
+# Built by `validate_response`, which checks an answer in the protocol's own words, never
+# by pydantic's validation: the fields document the shape (`make schemas`).
 class Response(BaseModel):
-    """One page of a sync, as the function returns it.
-
-    Built by `validate_response` (which checks it in the protocol's own words), never by
-    pydantic's validation: the fields here document the shape (`make schemas`)."""
+    """One page of a sync, as the function returns it."""
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 

@@ -4,12 +4,16 @@
     ├── ConfigError            refuse the config: nothing runs, exit 2
     ├── SyncInProgress         refuse a second sync of one connector: exit 1
     ├── TransientInvokeError   retry the invoke with backoff (never leaves the retry loop)
+    │   └── TransientDeliveryError  retry sending records to a destination function
     ├── TransientDestinationError  retry the page: nothing of it was committed
+    │   └── TransientStorageError  retry reading the page's object in cloud storage
     └── SyncFailure            stop the sync, write an alert of `kind`, exit 1
         ├── FunctionError          kind function_error: the function answered with an error
         ├── InvalidResponse        kind invalid_response: the answer breaks the protocol
         ├── InvokeFailed           kind invoke_failed: the function could not be reached
         ├── DestinationError       kind destination_error: the warehouse refused a write
+        │   └── StorageError       the page's object in cloud storage could not be read
+        ├── DeliveryFailed         kind delivery_failed: a destination function refused a record
         └── Stalled                kind stalled: hasMore without rows, too many times
 
 Nothing outside this module decides anything from an error's message text.
@@ -33,9 +37,26 @@ class SyncInProgress(ConnectorRuntimeError):
 class TransientInvokeError(ConnectorRuntimeError):
     """The function could not answer this time (429, 5xx, timeout, connection): retry."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        answered: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # The function (or its host) was reached and answered with an error status: the
+        # message's head ("<url> answered 500 Internal Server Error") and the rest.
+        self.answered = answered
+
+    def gave_up(self, attempts: int) -> str:
+        """What a failure says once `attempts` calls all ended with this error."""
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if self.answered is not None:
+            head, rest = self.answered
+            return f"{head} after {tries}{rest}"
+        return f"the function could not be reached after {tries}: {self}"
 
 
 class TransientDestinationError(ConnectorRuntimeError):
@@ -83,6 +104,24 @@ class DestinationError(SyncFailure):
     """The warehouse refused the page (a type, constraint or permission error)."""
 
     kind = "destination_error"
+
+
+class StorageError(DestinationError):
+    """Cloud storage (design §2) refused the page's object: no such bucket, access denied."""
+
+
+class TransientStorageError(TransientDestinationError):
+    """Cloud storage could not answer this time (throttling, 5xx, connection): retry."""
+
+
+class TransientDeliveryError(TransientInvokeError):
+    """A destination function did not take a record this time (429, 5xx, threw): retry."""
+
+
+class DeliveryFailed(SyncFailure):
+    """A destination function refused a record, or kept failing (design §12)."""
+
+    kind = "delivery_failed"
 
 
 class Stalled(SyncFailure):

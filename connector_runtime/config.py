@@ -360,6 +360,51 @@ class ServerConfig(_Model):
     )
 
 
+def _check_http_url(url: str | None) -> str | None:
+    if url is not None and not _ENV_REFERENCE.search(url):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _problem("{url} is not an http(s) URL", url=url)
+    return url
+
+
+def _check_bucket(bucket: str) -> str:
+    if not _ENV_REFERENCE.search(bucket) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", bucket):
+        raise _problem(
+            "invalid bucket name {bucket}: a bucket's name alone (no s3://, no /), "
+            "the folder goes in prefix",
+            bucket=bucket,
+        )
+    return bucket
+
+
+class S3StorageConfig(_Model):
+    """An S3 bucket (or any S3 API) where the function may write each page's rows."""
+
+    bucket: Annotated[_Expandable, AfterValidator(_check_bucket)] = Field(
+        description="Bucket name; may use ${env:VAR}."
+    )
+    prefix: _Expandable = Field(
+        "",
+        description="Start of every object key (<prefix><connector>/<sync_id>/<page>.json); "
+        "end it with / for a folder.",
+    )
+    region: _Expandable | None = Field(
+        None, description="The bucket's AWS region; default from the AWS environment."
+    )
+    endpoint_url: Annotated[_Expandable, AfterValidator(_check_http_url)] | None = Field(
+        None,
+        description="S3 API endpoint (MinIO, a local emulator); local function workers get "
+        "it as AWS_ENDPOINT_URL_S3.",
+    )
+
+
+class StorageConfig(_Model):
+    """Cloud storage for pages above what an answer can carry (AWS Lambda: 6 MB)."""
+
+    s3: S3StorageConfig = Field(description="The S3 bucket requests name in `bucket` and `file`.")
+
+
 class ConnectorConfig(_Model):
     """One connector: its function, where its tables go and when it runs."""
 
@@ -395,6 +440,11 @@ class ConnectorConfig(_Model):
     )
     notify: list[NotifyConfig] = Field(
         [], description="Webhooks for this connector's alerts, besides the top-level ones."
+    )
+    storage: StorageConfig | None = Field(
+        None,
+        description="Pages through cloud storage: each request names an object the function "
+        "may write its rows to.",
     )
 
 

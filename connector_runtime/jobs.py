@@ -12,6 +12,7 @@ from . import masking
 from .config import (
     Config,
     ConnectorConfig,
+    expand_env,
     plaintext_secret_keys,
     resolve_headers,
     resolve_secrets,
@@ -20,6 +21,7 @@ from .errors import ConfigError
 from .page import TableSettings
 from .retry import RetryPolicy
 from .secrets import make_decrypter
+from .storage import S3PageStore
 from .sync import SyncJob
 
 
@@ -29,16 +31,18 @@ def build_job(config: Config, name: str) -> SyncJob:
     _warn_of_plaintext_secrets(config, name, connector)
     retry = connector.function.retry
     decrypt = make_decrypter()
+    storage = _page_store(config, name, connector)
     return SyncJob(
         connector=name,
         schema=config.schema_name(name),
         destination_url=config.destination_url(name),
-        invoker=_invoker_factory(config, name, connector, decrypt),
+        invoker=_invoker_factory(config, name, connector, decrypt, storage),
         secrets=resolve_secrets(connector, name, decrypt, config.where),
         naming=connector.naming,
         settings=_table_settings(config, name, connector),
         retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
         max_sync_duration=connector.max_sync_duration,
+        storage=storage,
     )
 
 
@@ -64,7 +68,9 @@ def _warn_of_plaintext_secrets(config: Config, name: str, connector: ConnectorCo
     )
 
 
-def _invoker_factory(config: Config, name: str, connector: ConnectorConfig, decrypt):
+def _invoker_factory(
+    config: Config, name: str, connector: ConnectorConfig, decrypt, storage: S3PageStore | None
+):
     """A callable making the connector's invoker; backends are imported only when used."""
     function = connector.function
     if function.kind == "http":
@@ -76,7 +82,36 @@ def _invoker_factory(config: Config, name: str, connector: ConnectorConfig, decr
     if function.kind == "lambda":
         return _lambda_factory(config, name, function)
 
-    return _local_factory(config, name, connector)
+    env = storage.worker_env() if storage is not None else {}
+    return _local_factory(config, name, connector, env)
+
+
+def _page_store(config: Config, name: str, connector: ConnectorConfig) -> S3PageStore | None:
+    """The connector's cloud storage (design §2), its ${env:VAR} references expanded."""
+    if connector.storage is None:
+        return None
+    s3 = connector.storage.s3
+
+    def value(field: str) -> str | None:
+        text = getattr(s3, field)
+        where = config.where("connectors", name, "storage", "s3", field)
+        return None if text is None else expand_env(text, where)
+
+    function = connector.function
+    if s3.endpoint_url and function.kind == "local" and function.isolation == "inline":
+        # A worker gets AWS_ENDPOINT_URL_S3; setting it in this process would reach every
+        # connector. Without it the function would write elsewhere, unseen: empty pages.
+        raise ConfigError(
+            f"{config.where('connectors', name, 'function', 'isolation')}: storage.s3."
+            "endpoint_url reaches a local function as AWS_ENDPOINT_URL_S3 in its worker "
+            "process, which an inline function does not have; remove `isolation: inline`"
+        )
+    return S3PageStore(
+        value("bucket"),
+        value("prefix"),
+        region=value("region"),
+        endpoint_url=value("endpoint_url"),
+    )
 
 
 def _lambda_factory(config: Config, name: str, function):
@@ -99,7 +134,7 @@ def _lambda_factory(config: Config, name: str, function):
     )
 
 
-def _local_factory(config: Config, name: str, connector: ConnectorConfig):
+def _local_factory(config: Config, name: str, connector: ConnectorConfig, env: dict[str, str]):
     function = connector.function
     path = config.function_path(name)
     if not path.is_file():
@@ -107,7 +142,7 @@ def _local_factory(config: Config, name: str, connector: ConnectorConfig):
             f"{config.where('connectors', name, 'function', 'local')}: no such file {path}"
         )
     if path.suffix in (".js", ".mjs", ".cjs"):
-        return _node_factory(config, name, connector)
+        return _node_factory(config, name, connector, env)
     from .invokers.local import LocalPythonInvoker
 
     return partial(
@@ -118,10 +153,11 @@ def _local_factory(config: Config, name: str, connector: ConnectorConfig):
         timeout=function.timeout,
         memory_mb=function.memory_mb,
         function_name=name,
+        env=env,
     )
 
 
-def _node_factory(config: Config, name: str, connector: ConnectorConfig):
+def _node_factory(config: Config, name: str, connector: ConnectorConfig, env: dict[str, str]):
     function = connector.function
     path = config.function_path(name)
     if function.isolation == "inline":
@@ -145,6 +181,7 @@ def _node_factory(config: Config, name: str, connector: ConnectorConfig):
         timeout=function.timeout,
         memory_mb=function.memory_mb,
         function_name=name,
+        env=env,
     )
 
 

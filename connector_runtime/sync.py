@@ -25,18 +25,23 @@ from . import __version__, masking
 from .destination import Alert, Destination, PageResult, SyncRecord, open_destination
 from .errors import (
     DestinationError,
+    InvalidResponse,
     InvokeFailed,
     Stalled,
+    StorageError,
     SyncFailure,
     TransientDestinationError,
     TransientInvokeError,
+    TransientStorageError,
 )
 from .events import bus
 from .invokers import Invoker, OutputTail
 from .naming import NameMap
 from .page import PagePlanner, TableSettings
-from .protocol import Request, Response, parse_response
+from .protocol import Request, Response, decode_answer, validate_response
 from .retry import RetryPolicy, with_retries
+from .storage import S3PageStore
+from .storage import url as object_url
 
 MAX_EMPTY_PAGES = 10  # consecutive `hasMore: true` pages without a row before `stalled`
 # An alert's texts are masked, then cut to these many characters (`syncs.error`: one line)
@@ -59,18 +64,30 @@ class SyncJob:
     settings: TableSettings = field(default_factory=TableSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_sync_duration: float = 6 * 3600.0
+    storage: S3PageStore | None = None  # sync through cloud storage (design §2)
 
     def request(
-        self, state: dict[str, Any], sync_id: str, *, setup_test: bool | None = None
+        self,
+        state: dict[str, Any],
+        sync_id: str,
+        *,
+        setup_test: bool | None = None,
+        location: dict[str, str] | None = None,
     ) -> dict:
-        """The request the function gets (design §2)."""
+        """The request the function gets (design §2); `location`: its `bucket` and `file`."""
         return Request(
             agent=f"connector-runtime/{__version__}/{self.connector}/{self.schema}",
             state=state,
             secrets=self.secrets,
             sync_id=sync_id,
             setup_test=setup_test,
-        ).payload()
+        ).payload() | (location or {})
+
+    def page_object(self, sync_id: str, page: int | str) -> dict[str, str] | None:
+        """Where the function may write page `page` of sync `sync_id`; None without storage."""
+        if self.storage is None:
+            return None
+        return self.storage.location(self.connector, sync_id, page)
 
 
 @dataclass(frozen=True)
@@ -155,7 +172,16 @@ def check_function(job: SyncJob) -> tuple[str, str]:
     page would be (against empty tables), written nowhere. Returns a summary and what the
     function printed. Raises SyncFailure, with `function_output` set."""
     masking.register(job.secrets)
-    request = job.request({}, str(uuid.uuid4()), setup_test=True)
+    sync_id = str(uuid.uuid4())
+    location = job.page_object(sync_id, "test")
+    try:
+        return _check(job, job.request({}, sync_id, setup_test=True, location=location))
+    finally:
+        if location is not None:
+            discard_page_object(job, location, structlog.get_logger())
+
+
+def _check(job: SyncJob, request: dict) -> tuple[str, str]:
     with job.invoker() as invoker:
         try:
             raw = with_retries(
@@ -178,11 +204,48 @@ def check_function(job: SyncJob) -> tuple[str, str]:
 
 
 def _judge(job: SyncJob, request: dict, raw: bytes) -> str:
-    response = parse_response(raw)
+    stored = "file" in request and job.storage is not None
+    location = {"bucket": request["bucket"], "file": request["file"]} if stored else None
+    response = read_page(job, raw, location)
     planner = PagePlanner(job.connector, job.schema, NameMap(job.naming), {}, job.settings)
     page = planner.plan(response, sync_id=request["sync_id"], number=1, synced_at=datetime.now(UTC))
     tables = ", ".join(f"{w.table.name}: {len(w.table.columns)} columns" for w in page.tables)
     return f"{response.row_count} rows; {tables or 'no tables'}; hasMore {response.has_more}"
+
+
+def read_page(job: SyncJob, raw: bytes, location: dict[str, str] | None) -> Response:
+    """The function's answer, merged with the page's object in cloud storage when there is
+    storage (design §2), then validated. Reading the object is retried when S3's error is
+    transient; any other S3 error fails the page (`StorageError`), never as an empty page."""
+    answer = decode_answer(raw)
+    if location is None:
+        return validate_response(answer)
+    try:
+        merged = with_retries(
+            lambda: job.storage.merge(answer, location),
+            job.retry,
+            TransientStorageError,
+            what="read_page_object",
+        )
+    except TransientStorageError as exc:
+        raise StorageError(f"{exc} (after {job.retry.attempts} attempts)") from exc
+    try:
+        return validate_response(merged)
+    except InvalidResponse as exc:
+        if merged is answer:  # no object: the answer alone is at fault
+            raise
+        exc.message += f" (the page: the answer merged with {object_url(location)})"
+        exc.args = (exc.message,)
+        raise
+
+
+def discard_page_object(job: SyncJob, location: dict[str, str], log: Any) -> None:
+    """Delete a page's object in cloud storage; a failure is only logged (the page's
+    outcome stands, and a leftover object is never read again: keys are per sync)."""
+    try:
+        job.storage.delete(location)
+    except (StorageError, TransientStorageError) as exc:
+        log.warning("page_object_not_deleted", object=object_url(location), error=str(exc))
 
 
 class _Sync:
@@ -203,6 +266,7 @@ class _Sync:
         self.soft_delete: set[str] = set()
         self.output: OutputTail | None = None
         self.resolved: list[Alert] = []  # open alerts this sync's success resolves
+        self.page_object: dict[str, str] | None = None  # in cloud storage, until deleted
 
     def run(self) -> SyncOutcome:
         snapshot = self.destination.begin_sync(
@@ -293,7 +357,9 @@ class _Sync:
                     return "rescheduled"
 
     def invoke(self, invoker: Invoker, state: dict[str, Any]) -> Response:
-        request = self.job.request(state, self.record.sync_id)
+        # pages are requested one at a time, so the next page's number names its object
+        self.page_object = self.job.page_object(self.record.sync_id, self.record.pages + 1)
+        request = self.job.request(state, self.record.sync_id, location=self.page_object)
 
         def call() -> bytes:
             try:
@@ -309,7 +375,7 @@ class _Sync:
             raise InvokeFailed(
                 f"the function could not be reached after {self.job.retry.attempts} attempts: {exc}"
             ) from exc
-        return parse_response(raw)
+        return read_page(self.job, raw, self.page_object)
 
     def apply(self, response: Response) -> None:
         """Plan and write one page with its state; on any failure nothing of it remains."""
@@ -330,6 +396,7 @@ class _Sync:
                 raise
             raise DestinationError(f"page {number} could not be written: {exc}") from exc
         self.planner.commit(page)
+        self.discard_page_object()
         self.soft_delete.update(self.planner.names.table(t) for t in response.soft_delete)
         self.count(number, result)
         self.on_page(PageProgress(number, response.row_count, result, response.has_more))
@@ -388,9 +455,16 @@ class _Sync:
             self.record, rows_deleted=self.record.rows_deleted + sum(marked.values())
         )
 
+    def discard_page_object(self) -> None:
+        """Delete the current page's object in cloud storage, once applied or failed."""
+        location, self.page_object = self.page_object, None
+        if location is not None:
+            discard_page_object(self.job, location, self.log)
+
     def fail(self, failure: SyncFailure) -> None:
         """One alert for the failure: every text masked first, then bounded (a function
         may answer with a megabyte of `errorMessage`); `syncs.error` gets one short line."""
+        self.discard_page_object()  # a failed page leaves nothing behind in storage either
         message = masking.excerpt(failure.message, ALERT_MESSAGE_CHARS, note=masking.CUT)
         error_type = masking.excerpt(failure.error_type, ERROR_TYPE_CHARS, one_line=True)
         stack_trace = failure.stack_trace

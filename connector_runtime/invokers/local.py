@@ -80,7 +80,11 @@ OUTPUT_CATCH_UP_SECONDS = 5.0
 
 
 class LocalPythonInvoker(Invoker):
-    """Calls a handler in a local `.py` file, in a warm worker process or inline."""
+    """Calls a handler in a local `.py` file, in a warm worker process or inline.
+
+    `env` is added to the worker's environment (design §2: `AWS_ENDPOINT_URL_S3`); inline
+    refuses it, as setting it in this process would reach every other connector.
+    """
 
     def __init__(
         self,
@@ -92,9 +96,12 @@ class LocalPythonInvoker(Invoker):
         memory_mb: int | None = 4096,
         function_name: str = "connector",
         log: Any = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         if isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', not {isolation!r}")
+        if env and isolation == "inline":
+            raise ValueError("env is for a worker process; isolation 'inline' has none")
         self.spec = FunctionSpec(
             path=str(Path(path).resolve()),
             handler=handler,
@@ -104,7 +111,9 @@ class LocalPythonInvoker(Invoker):
         )
         self.isolation = isolation
         log = log if log is not None else structlog.get_logger()
-        self._worker = WarmWorker(lambda: _python_command(self.spec), self.spec, log, self.output)
+        self._worker = WarmWorker(
+            lambda: _python_command(self.spec), self.spec, log, self.output, env=env
+        )
         self._host: FunctionHost | None = None
 
     def invoke(self, request: dict[str, Any]) -> bytes:
@@ -150,14 +159,18 @@ class WarmWorker:
         spec: FunctionSpec,
         log: Any,
         output: OutputTail | None = None,
+        *,
+        env: dict[str, str] | None = None,
     ) -> None:
-        self.command, self.spec, self.log = command, spec, log
+        self.command, self.spec, self.log, self.env = command, spec, log, env
         self.output = output if output is not None else OutputTail()
         self._worker: _Worker | None = None
 
     def call(self, request: dict[str, Any]) -> bytes:
         if self._worker is None:
-            self._worker = _Worker(self.command(), self.spec.function_name, self.log, self.output)
+            self._worker = _Worker(
+                self.command(), self.spec.function_name, self.log, self.output, self.env
+            )
         try:
             kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
         except errors.FunctionError:
@@ -204,11 +217,17 @@ class _Worker:
     """
 
     def __init__(
-        self, command: list[str], function_name: str, log: Any, output: OutputTail
+        self,
+        command: list[str],
+        function_name: str,
+        log: Any,
+        output: OutputTail,
+        env: dict[str, str] | None = None,
     ) -> None:
         try:
             self._process = subprocess.Popen(
                 command,
+                env={**os.environ, **env} if env else None,  # added to the runtime's own
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

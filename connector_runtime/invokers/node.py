@@ -53,7 +53,8 @@ _PROTOCOL_ON_FDS_3_AND_4 = 'exec "$0" "$@" 3<&0 4>&1 </dev/null >&2'
 
 
 class NodeInvoker(Invoker):
-    """Calls a handler in a local `.js`, `.mjs` or `.cjs` file, in a warm node worker."""
+    """Calls a handler in a local `.js`, `.mjs` or `.cjs` file, in a warm node worker;
+    `env` is added to the worker's environment."""
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class NodeInvoker(Invoker):
         memory_mb: int | None = 4096,
         function_name: str = "connector",
         log: Any = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.spec = FunctionSpec(
             path=str(Path(path).resolve()),
@@ -74,7 +76,7 @@ class NodeInvoker(Invoker):
         )
         self.node = shutil.which("node")
         log = log if log is not None else structlog.get_logger()
-        self._worker = WarmWorker(self._command, self.spec, log, self.output)
+        self._worker = WarmWorker(self._command, self.spec, log, self.output, env=env)
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         return self._worker.call(request)

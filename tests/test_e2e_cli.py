@@ -357,8 +357,12 @@ def test_unserialisable_answer_is_a_marshal_error(project):
 INVALID = [
     pytest.param([{"state": {"page": 2}}], ["array", "not an object"], id="answer-is-a-list"),
     pytest.param("all good", ["string", "not an object"], id="answer-is-a-string"),
-    pytest.param(spoiled(state=DROP), ["state:", "missing"], id="missing-state"),
-    pytest.param(spoiled(state=["page", 2]), ["state:"], id="state-not-an-object"),
+    pytest.param(spoiled(state=DROP), ["state is missing"], id="missing-state"),
+    pytest.param(
+        spoiled(state=["page", 2]),
+        ['state must be an object, got the array ["page",2]'],
+        id="state-not-an-object",
+    ),
     pytest.param(
         spoiled(insert={"bad": [{"id": 1}, "row two"]}),
         ["insert", "'bad'", "row 1"],
@@ -387,7 +391,11 @@ INVALID = [
         ["delete", "'bad'", "primary key"],
         id="delete-without-primary-key",
     ),
-    pytest.param(spoiled(hasMore="yes"), ["hasMore:", "boolean"], id="hasMore-not-boolean"),
+    pytest.param(
+        spoiled(hasMore="yes"),
+        ["hasMore must be true or false", 'got the string "yes"'],
+        id="hasMore-not-boolean",
+    ),
     pytest.param(
         spoiled(schema={"good": {"primary_key": ["id", "name"]}}),
         ["'good'", "primary key", "connector resync demo"],

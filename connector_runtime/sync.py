@@ -10,6 +10,7 @@ committed page.
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import traceback
 import uuid
@@ -188,7 +189,7 @@ def _check(job: SyncJob, request: dict) -> tuple[str, str]:
                 lambda: invoker.invoke(request), job.retry, TransientInvokeError, what="invoke"
             )
         except TransientInvokeError as exc:
-            failure = InvokeFailed(f"the function could not be reached: {exc}")
+            failure = InvokeFailed(exc.gave_up(job.retry.attempts))
             failure.function_output = invoker.output.text()
             raise failure from exc
         except SyncFailure as failure:
@@ -210,7 +211,14 @@ def _judge(job: SyncJob, request: dict, raw: bytes) -> str:
     planner = PagePlanner(job.connector, job.schema, NameMap(job.naming), {}, job.settings)
     page = planner.plan(response, sync_id=request["sync_id"], number=1, synced_at=datetime.now(UTC))
     tables = ", ".join(f"{w.table.name}: {len(w.table.columns)} columns" for w in page.tables)
-    return f"{response.row_count} rows; {tables or 'no tables'}; hasMore {response.has_more}"
+    summary = f"{response.row_count} rows; {tables or 'no tables'}; hasMore {response.has_more}"
+    if response.ignored_keys:
+        summary += f"; ignored unknown keys: {', '.join(map(_shown_key, response.ignored_keys))}"
+    return summary
+
+
+def _shown_key(key: str) -> str:
+    return masking.excerpt(json.dumps(key, ensure_ascii=False), 60, one_line=True)
 
 
 def read_page(job: SyncJob, raw: bytes, location: dict[str, str] | None) -> Response:
@@ -267,6 +275,7 @@ class _Sync:
         self.output: OutputTail | None = None
         self.resolved: list[Alert] = []  # open alerts this sync's success resolves
         self.page_object: dict[str, str] | None = None  # in cloud storage, until deleted
+        self.ignored_keys: set[str] = set()  # unknown answer keys already warned about
 
     def run(self) -> SyncOutcome:
         snapshot = self.destination.begin_sync(
@@ -341,6 +350,7 @@ class _Sync:
             while True:
                 with gc_paused():
                     response = self.invoke(invoker, state)
+                    self.warn_ignored(response)
                     empty_in_a_row = (
                         empty_in_a_row + 1 if response.has_more and not response.row_count else 0
                     )
@@ -372,10 +382,19 @@ class _Sync:
         try:
             raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
         except TransientInvokeError as exc:
-            raise InvokeFailed(
-                f"the function could not be reached after {self.job.retry.attempts} attempts: {exc}"
-            ) from exc
+            raise InvokeFailed(exc.gave_up(self.job.retry.attempts)) from exc
         return read_page(self.job, raw, self.page_object)
+
+    def warn_ignored(self, response: Response) -> None:
+        """One warning per sync for each unknown key the function answers with."""
+        new = [key for key in response.ignored_keys if key not in self.ignored_keys]
+        if new:
+            self.ignored_keys.update(new)
+            self.log.warning(
+                "unknown_answer_keys_ignored",
+                keys=[_shown_key(key) for key in new],
+                hint="the protocol's keys are state, insert, delete, schema, softDelete, hasMore",
+            )
 
     def apply(self, response: Response) -> None:
         """Plan and write one page with its state; on any failure nothing of it remains."""

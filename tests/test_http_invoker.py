@@ -519,4 +519,24 @@ def test_a_function_that_stays_down_fails_after_every_attempt(host, tmp_path):
         ((kind, message),) = con.execute(
             "SELECT kind, message FROM connector_runtime.alerts"
         ).fetchall()
-    assert kind == "invoke_failed" and "5 attempts" in message and "503" in message
+    assert kind == "invoke_failed"
+    # it was reached, and said no: the alert says so, not "could not be reached"
+    assert message == (
+        f"{host.url()} answered 503 Service Unavailable after 5 attempts (no content type): "
+        "down for maintenance"
+    )
+
+
+def test_a_function_that_cannot_be_reached_says_so_after_every_attempt(tmp_path):
+    with socket.socket() as closed:  # a port nothing listens on: refused at once
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/fn"
+
+    outcome = sync_over_http(tmp_path, url)
+
+    assert outcome.record.status == "failed"
+    assert outcome.alert.kind == "invoke_failed"
+    assert outcome.alert.message.startswith(
+        f"the function could not be reached after 5 attempts: {url} could not be reached: "
+        "ConnectionRefusedError"
+    )

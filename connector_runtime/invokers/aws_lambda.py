@@ -262,7 +262,11 @@ class LambdaInvoker(Invoker):
         if code in _TRANSIENT_CODES or (
             code not in _PERMANENT_CODES and (status == 429 or status >= 500)
         ):
-            return errors.TransientInvokeError(f"{what}: {description}", _retry_after(exc))
+            head = f"{what}: Lambda answered {' '.join(filter(None, (str(status or ''), code)))}"
+            rest = f": {error.get('Message') or 'no message'}"
+            return errors.TransientInvokeError(
+                f"{what}: {description}", _retry_after(exc), answered=(head, rest)
+            )
         return errors.InvokeFailed(f"{what}: {description}")
 
     def _what(self, operation: str) -> str:

@@ -63,12 +63,16 @@ class HttpInvoker(Invoker):
         headers: dict[str, str] | None = None,
         timeout: float = 900.0,
         verify_tls: bool = True,
+        status_answers: bool = False,
     ) -> None:
         parts = urlsplit(url)
         self.where = _without_query(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.InvokeFailed(f"not an http(s) URL: {self.where!r}")
         self.url, self.timeout = url, timeout
+        # A destination function's 2xx is its answer whatever the body (design §12): it
+        # is returned as {"statusCode", "message"} unless the body is one already.
+        self.status_answers = status_answers
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -105,6 +109,13 @@ class HttpInvoker(Invoker):
 
     def _judge(self, answer: _Answer) -> bytes:
         status = answer.status
+        if 200 <= status < 300 and self.status_answers:
+            parsed = answer.parsed()
+            if isinstance(parsed, dict) and "statusCode" in parsed:
+                return answer.body
+            text = self._mask(answer.body.decode("utf-8", "replace"))
+            said = masking.excerpt(text, EXCERPT_CHARS, one_line=True)
+            return json.dumps({"statusCode": status, "message": said}).encode()
         if 200 <= status < 300:
             if answer.is_json():
                 return answer.body
@@ -113,13 +124,20 @@ class HttpInvoker(Invoker):
             return answer.body
         if status in (408, 429) or status >= 500:
             retry_after = _retry_after(answer.headers.get("Retry-After"))
-            raise errors.TransientInvokeError(self._describe(answer), retry_after=retry_after)
+            head, rest = self._describe_parts(answer)
+            raise errors.TransientInvokeError(
+                head + rest, retry_after=retry_after, answered=(head, rest)
+            )
         if 300 <= status < 400:
             raise errors.InvokeFailed(self._describe(answer, REDIRECT_HINT))
         raise errors.InvokeFailed(self._describe(answer, TOO_LARGE_HINT if status == 413 else ""))
 
     def _describe(self, answer: _Answer, note: str = "") -> str:
         """Status, reason, content type and the first characters of the body, masked."""
+        return "".join(self._describe_parts(answer, note))
+
+    def _describe_parts(self, answer: _Answer, note: str = "") -> tuple[str, str]:
+        """`_describe` as "<url> answered <status> <reason>" and the rest."""
         content_type = answer.headers.get("Content-Type") or "no content type"
         # the whole body masked before it is cut: a cut through a secret leaves a prefix
         body = self._mask(answer.body.decode("utf-8", "replace"))
@@ -127,8 +145,8 @@ class HttpInvoker(Invoker):
         if 300 <= answer.status < 400 and (location := answer.headers.get("Location")):
             note = f" to {_without_query(location)}{note}"
         return (
-            f"{self.where} answered {answer.status} {answer.reason} ({content_type}){note}: "
-            f"{excerpt}"
+            f"{self.where} answered {answer.status} {answer.reason}",
+            f" ({content_type}){note}: {excerpt}",
         )
 
     def _unreachable(self, reason: object) -> errors.ConnectorRuntimeError:

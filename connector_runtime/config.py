@@ -405,6 +405,41 @@ class StorageConfig(_Model):
     s3: S3StorageConfig = Field(description="The S3 bucket requests name in `bucket` and `file`.")
 
 
+class FunctionDestinationConfig(_Model):
+    """Records sent to a function instead of written to warehouse tables."""
+
+    function: FunctionConfig = Field(
+        description="The function each record goes to: local, lambda or http, as a source's."
+    )
+    batch_size: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        strict=True,
+        description='Records per call; above 1 the function gets {"events": [...]}.',
+    )
+    concurrency: int = Field(
+        4,
+        ge=1,
+        le=64,
+        strict=True,
+        description="Calls at once (records of one key always go in order, one at a time).",
+    )
+
+
+def _destination_kind(value: object) -> str:
+    if isinstance(value, FunctionDestinationConfig | dict):
+        return "function"
+    return "warehouse"
+
+
+_Destination = Annotated[
+    Annotated[_WarehouseUrl, Tag("warehouse")]
+    | Annotated[FunctionDestinationConfig, Tag("function")],
+    Discriminator(_destination_kind),
+]
+
+
 class ConnectorConfig(_Model):
     """One connector: its function, where its tables go and when it runs."""
 
@@ -414,8 +449,11 @@ class ConnectorConfig(_Model):
         alias="schema",
         description="Warehouse schema for the tables; default the connector's name.",
     )
-    destination: _WarehouseUrl | None = Field(
-        None, description="Warehouse URL for this connector; default `warehouse`."
+    destination: _Destination | None = Field(
+        None,
+        description="Warehouse URL for this connector (default `warehouse`), or "
+        "{function: ...} to send each record to a function; the runtime's own tables then "
+        "stay in `warehouse`.",
     )
     schedule: _Schedule | None = Field(
         None, description="Interval (30s, 15m, 6h, 1d) or {cron: ...}; absent: manual syncs only."
@@ -482,15 +520,26 @@ class Config(_Model):
         return f"{self.path}:{line}: {_dotted(*loc)}"
 
     def destination_url(self, name: str) -> str:
-        """The connector's warehouse URL, a relative DuckDB/SQLite file made absolute."""
-        url = self.connector(name).destination or self.warehouse
+        """The connector's warehouse URL, a relative DuckDB/SQLite file made absolute; for
+        a connector with a function destination, where its state, syncs and alerts go."""
+        destination = self.connector(name).destination
+        url = destination if isinstance(destination, str) else self.warehouse
         return _resolve_file_url(url, self._directory())
+
+    def function_destination(self, name: str) -> FunctionDestinationConfig | None:
+        """The connector's destination function, if its records go to one."""
+        destination = self.connector(name).destination
+        return destination if isinstance(destination, FunctionDestinationConfig) else None
 
     def function_path(self, name: str) -> Path:
         """The connector's `local` function file, resolved against the config's directory."""
         local = self.connector(name).function.local
         if local is None:
             raise ConfigError(f"{self.path}: connectors.{name}.function: not a local function")
+        return self.local_path(local)
+
+    def local_path(self, local: str) -> Path:
+        """A `local:` function file, resolved against the config's directory."""
         return self._directory() / Path(local).expanduser()
 
     def schema_name(self, name: str) -> str:
@@ -572,14 +621,17 @@ def resolve_headers(
     name: str,
     decrypt: Callable[[str, str, str], str] | None = None,
     where: Callable[..., str] | None = None,
+    *,
+    function: FunctionConfig | None = None,
+    at: tuple[str, ...] = ("function",),
 ) -> dict[str, str]:
-    """The function's HTTP headers, expanded like `resolve_secrets` (the header name is the key)."""
+    """The function's HTTP headers, expanded like `resolve_secrets` (the header name is the
+    key); `function` at `at` in the connector (default its source function)."""
     where = where or _dotted
+    function = function or connector.function
     return {
-        key: _resolve(
-            value, where("connectors", name, "function", "headers", key), name, key, decrypt
-        )
-        for key, value in connector.function.headers.items()
+        key: _resolve(value, where("connectors", name, *at, "headers", key), name, key, decrypt)
+        for key, value in function.headers.items()
     }
 
 

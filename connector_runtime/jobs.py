@@ -12,11 +12,13 @@ from . import masking
 from .config import (
     Config,
     ConnectorConfig,
+    FunctionConfig,
     expand_env,
     plaintext_secret_keys,
     resolve_headers,
     resolve_secrets,
 )
+from .delivery import DeliverySettings
 from .errors import ConfigError
 from .page import TableSettings
 from .retry import RetryPolicy
@@ -43,6 +45,7 @@ def build_job(config: Config, name: str) -> SyncJob:
         retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
         max_sync_duration=connector.max_sync_duration,
         storage=storage,
+        delivery=_delivery(config, name, connector, decrypt),
     )
 
 
@@ -72,18 +75,55 @@ def _invoker_factory(
     config: Config, name: str, connector: ConnectorConfig, decrypt, storage: S3PageStore | None
 ):
     """A callable making the connector's invoker; backends are imported only when used."""
-    function = connector.function
+    env = storage.worker_env() if storage is not None else {}
+    return _function_factory(
+        config, name, connector, connector.function, ("function",), decrypt, env
+    )
+
+
+def _function_factory(
+    config: Config,
+    name: str,
+    connector: ConnectorConfig,
+    function: FunctionConfig,
+    at: tuple[str, ...],
+    decrypt,
+    env: dict[str, str],
+):
+    """A callable making an invoker for `function`, found at `at` in the connector's
+    config (its source `function`, or its `destination.function`)."""
     if function.kind == "http":
         from .invokers.http import HttpInvoker
 
-        headers = resolve_headers(connector, name, decrypt, config.where)
+        headers = resolve_headers(connector, name, decrypt, config.where, function=function, at=at)
         masking.register(headers)
-        return partial(HttpInvoker, function.http, headers=headers, timeout=function.timeout)
+        return partial(
+            HttpInvoker,
+            function.http,
+            headers=headers,
+            timeout=function.timeout,
+            status_answers=at != ("function",),
+        )
     if function.kind == "lambda":
-        return _lambda_factory(config, name, function)
+        return _lambda_factory(config, name, function, at)
+    return _local_factory(config, name, function, at, env)
 
-    env = storage.worker_env() if storage is not None else {}
-    return _local_factory(config, name, connector, env)
+
+def _delivery(config: Config, name: str, connector: ConnectorConfig, decrypt):
+    """How the connector's records reach its destination function, if it has one."""
+    destination = config.function_destination(name)
+    if destination is None:
+        return None
+    function = destination.function
+    retry = function.retry
+    return DeliverySettings(
+        invoker=_function_factory(
+            config, name, connector, function, ("destination", "function"), decrypt, {}
+        ),
+        batch_size=destination.batch_size,
+        concurrency=destination.concurrency,
+        retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
+    )
 
 
 def _page_store(config: Config, name: str, connector: ConnectorConfig) -> S3PageStore | None:
@@ -114,12 +154,12 @@ def _page_store(config: Config, name: str, connector: ConnectorConfig) -> S3Page
     )
 
 
-def _lambda_factory(config: Config, name: str, function):
+def _lambda_factory(config: Config, name: str, function: FunctionConfig, at: tuple[str, ...]):
     try:
         from .invokers.aws_lambda import LambdaInvoker
     except ImportError as exc:
         raise ConfigError(
-            f"{config.where('connectors', name, 'function', 'lambda')}: AWS Lambda needs boto3: "
+            f"{config.where('connectors', name, *at, 'lambda')}: AWS Lambda needs boto3: "
             "pip install 'connector-runtime[lambda]'"
         ) from exc
     return partial(
@@ -134,15 +174,14 @@ def _lambda_factory(config: Config, name: str, function):
     )
 
 
-def _local_factory(config: Config, name: str, connector: ConnectorConfig, env: dict[str, str]):
-    function = connector.function
-    path = config.function_path(name)
+def _local_factory(
+    config: Config, name: str, function: FunctionConfig, at: tuple[str, ...], env: dict[str, str]
+):
+    path = config.local_path(function.local)
     if not path.is_file():
-        raise ConfigError(
-            f"{config.where('connectors', name, 'function', 'local')}: no such file {path}"
-        )
+        raise ConfigError(f"{config.where('connectors', name, *at, 'local')}: no such file {path}")
     if path.suffix in (".js", ".mjs", ".cjs"):
-        return _node_factory(config, name, connector, env)
+        return _node_factory(config, name, function, at, env)
     from .invokers.local import LocalPythonInvoker
 
     return partial(
@@ -157,18 +196,19 @@ def _local_factory(config: Config, name: str, connector: ConnectorConfig, env: d
     )
 
 
-def _node_factory(config: Config, name: str, connector: ConnectorConfig, env: dict[str, str]):
-    function = connector.function
-    path = config.function_path(name)
+def _node_factory(
+    config: Config, name: str, function: FunctionConfig, at: tuple[str, ...], env: dict[str, str]
+):
+    path = config.local_path(function.local)
     if function.isolation == "inline":
         raise ConfigError(
-            f"{config.where('connectors', name, 'function', 'isolation')}: inline runs "
+            f"{config.where('connectors', name, *at, 'isolation')}: inline runs "
             f"Python handlers only; {path.name} always runs in a node worker process, so "
             "remove `isolation: inline`"
         )
     if shutil.which("node") is None:
         raise ConfigError(
-            f"{config.where('connectors', name, 'function', 'local')}: {path.name} is "
+            f"{config.where('connectors', name, *at, 'local')}: {path.name} is "
             "JavaScript, run by Node.js, and there is no `node` on PATH; install Node.js 18 "
             "or later"
         )

@@ -183,6 +183,18 @@ def _summary(sync: dict[str, Any], seconds: float) -> None:
         f"{sync['rows_deleted']:,} deleted",
         highlight=False,
     )
+    delivery = sync.get("delivery")
+    if delivery:
+        latency = (
+            f", p50 {delivery['p50_ms']:.0f} ms, p95 {delivery['p95_ms']:.0f} ms"
+            if delivery["p95_ms"] is not None
+            else ""
+        )
+        console.print(
+            f"destination function: {delivery['delivered']:,} records delivered, "
+            f"{delivery['retried']:,} retried, {delivery['failed']:,} failed{latency}",
+            highlight=False,
+        )
     if sync.get("tables"):
         table = Table("table", "upserted", "deleted", "delete keys not found", box=None)
         for name, counts in sorted(sync["tables"].items()):

@@ -23,7 +23,15 @@ from typing import Any
 import structlog
 
 from . import __version__, masking
-from .destination import Alert, Destination, PageResult, SyncRecord, open_destination
+from .delivery import Deliverer, DeliverySettings, DeliveryStats, PageContext, page_events
+from .destination import (
+    Alert,
+    Destination,
+    PageResult,
+    SyncRecord,
+    TableCounts,
+    open_destination,
+)
 from .errors import (
     DestinationError,
     InvalidResponse,
@@ -38,7 +46,7 @@ from .errors import (
 from .events import bus
 from .invokers import Invoker, OutputTail
 from .naming import NameMap
-from .page import PagePlanner, TableSettings
+from .page import PagePlanner, PageWrite, TableSettings
 from .protocol import Request, Response, decode_answer, validate_response
 from .retry import RetryPolicy, with_retries
 from .storage import S3PageStore
@@ -66,6 +74,7 @@ class SyncJob:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_sync_duration: float = 6 * 3600.0
     storage: S3PageStore | None = None  # sync through cloud storage (design §2)
+    delivery: DeliverySettings | None = None  # records go to a function (design §12)
 
     def request(
         self,
@@ -77,12 +86,15 @@ class SyncJob:
     ) -> dict:
         """The request the function gets (design §2); `location`: its `bucket` and `file`."""
         return Request(
-            agent=f"connector-runtime/{__version__}/{self.connector}/{self.schema}",
+            agent=self.agent(),
             state=state,
             secrets=self.secrets,
             sync_id=sync_id,
             setup_test=setup_test,
         ).payload() | (location or {})
+
+    def agent(self) -> str:
+        return f"connector-runtime/{__version__}/{self.connector}/{self.schema}"
 
     def page_object(self, sync_id: str, page: int | str) -> dict[str, str] | None:
         """Where the function may write page `page` of sync `sync_id`; None without storage."""
@@ -109,6 +121,7 @@ class SyncOutcome:
     tables: dict[str, dict[str, int]] = field(default_factory=dict)
     alert: Alert | None = None
     function_output: str = ""  # the tail of what the function printed, masked
+    delivery: dict[str, Any] | None = None  # a destination function's counts (design §12)
 
     @property
     def ok(self) -> bool:
@@ -120,6 +133,7 @@ class SyncOutcome:
             **self.record.document(),
             "tables": self.tables,
             "alert": self.alert.document() if self.alert is not None else None,
+            **({"delivery": self.delivery} if self.delivery is not None else {}),
         }
 
 
@@ -345,10 +359,11 @@ class _Sync:
     def pages(self, state: dict[str, Any]) -> str:
         """Ask for pages until the function says it is done; return the sync's status."""
         empty_in_a_row = 0
-        with self.job.invoker() as invoker:
+        with self.job.invoker() as invoker, self.deliverer():
             self.output = invoker.output
             while True:
                 with gc_paused():
+                    self.requested_state = state
                     response = self.invoke(invoker, state)
                     self.warn_ignored(response)
                     empty_in_a_row = (
@@ -396,12 +411,72 @@ class _Sync:
                 hint="the protocol's keys are state, insert, delete, schema, softDelete, hasMore",
             )
 
+    @contextmanager
+    def deliverer(self) -> Iterator[None]:
+        """The destination function's senders for this sync, if records go to one."""
+        if self.job.delivery is None:
+            yield
+            return
+        self.delivery_stats = DeliveryStats()
+        try:
+            with Deliverer(self.job.delivery, self.delivery_stats, self.log) as self.sender:
+                yield
+        finally:
+            self.save_deliveries()
+
+    def save_deliveries(self) -> None:
+        self.outcome.delivery = self.delivery_stats.document()
+        try:
+            self.destination.save_deliveries(
+                self.record.sync_id, self.job.connector, self.delivery_stats.document()
+            )
+        except Exception as exc:  # the counts are a record; the page's outcome stands
+            self.log.warning("deliveries_not_saved", error=str(exc))
+
+    def deliver(self, response: Response, page: PageWrite) -> PageWrite:
+        """Send the page's records to the destination function; return the page as it is
+        then committed: its state (and names) only, no tables."""
+        context = PageContext(
+            connector=self.job.connector,
+            schema=self.job.schema,
+            agent=self.job.agent(),
+            sync_id=self.record.sync_id,
+            page=page.number,
+            synced_at=self.record.started_at,
+            requested_state=self.requested_state,
+        )
+        names = self.planner.names
+        keys = {}  # each table's key columns, by the names the function sent
+        for write in page.tables:
+            source = write.table.source
+            sent = {n: c for (t, c), n in names.entries.items() if t == source and c}
+            keys[source] = [sent.get(column, column) for column in write.table.primary_key]
+        events = page_events(response, context, names, self.job.settings, keys)
+        self.sender.deliver(events)
+        self.save_deliveries()
+        counts: dict[str, TableCounts] = {}
+        for event in events:
+            tally = counts.setdefault(names.table(event.table), TableCounts())
+            if event.payload["context"]["operation"] == "delete":
+                tally.deleted += 1
+            else:
+                tally.upserted += 1
+        self.delivered_counts = PageResult(counts)
+        return replace(page, tables=[])
+
     def apply(self, response: Response) -> None:
         """Plan and write one page with its state; on any failure nothing of it remains."""
         number = self.record.pages + 1
         page = self.planner.plan(
             response, sync_id=self.record.sync_id, number=number, synced_at=self.record.started_at
         )
+        planned = page
+        if self.job.delivery is not None:
+            try:
+                page = self.deliver(response, page)
+            except Exception:
+                self.planner.rollback(planned)
+                raise
         try:
             result = with_retries(
                 lambda: self.destination.apply_page(page),
@@ -414,7 +489,9 @@ class _Sync:
             if isinstance(exc, SyncFailure):
                 raise
             raise DestinationError(f"page {number} could not be written: {exc}") from exc
-        self.planner.commit(page)
+        self.planner.commit(planned)
+        if self.job.delivery is not None:
+            result = self.delivered_counts
         self.discard_page_object()
         self.soft_delete.update(self.planner.names.table(t) for t in response.soft_delete)
         self.count(number, result)
@@ -455,6 +532,15 @@ class _Sync:
 
     def finish(self, cutoff: datetime, *, resync: bool) -> None:
         """Soft deletes at the successful end of a sync cycle (softDelete tables, re-sync)."""
+        if self.job.delivery is not None:
+            # records went to a function: no table holds what was not re-sent
+            if self.soft_delete:
+                self.log.warning(
+                    "soft_delete_not_delivered",
+                    tables=sorted(self.soft_delete),
+                    hint="a destination function gets deletes only as delete records",
+                )
+            return
         catalog = self.planner.catalog
         tables = {t for t in self.soft_delete if t in catalog}
         if resync:

@@ -100,10 +100,10 @@ def describe(exc: ValidationError, root: yaml.Node, path: Path, model: type[Base
 
 
 def _display_loc(loc: tuple) -> tuple:
-    """The location as written in YAML: without dict-key markers and schedule union tags."""
+    """The location as written in YAML: without dict-key markers and union tags."""
     parts = [part for part in loc if part != "[key]"]
-    if len(parts) > 3 and parts[0] == "connectors" and parts[2] == "schedule":
-        del parts[3]
+    if len(parts) > 3 and parts[0] == "connectors" and parts[2] in ("schedule", "destination"):
+        del parts[3]  # the union's tag: every/cron, warehouse/function
     if len(parts) > 4 and parts[0] == "connectors" and parts[2] == "secrets":
         del parts[4::2]  # a secret value's kind tag follows each key or index below it
     return tuple(parts)

@@ -19,6 +19,8 @@ from .naming import NameEntry
 from .page import PageWrite, TableInfo
 
 RUNTIME_SCHEMA = "connector_runtime"
+# what a sync into a destination function counts, as `connector_runtime.deliveries` keeps it
+DELIVERY_STATS = ("delivered", "retried", "failed", "p50_ms", "p95_ms")
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,17 @@ class Destination(ABC):
     def function_output(self, sync_id: str) -> str | None:
         """The function output kept for a sync, if any."""
         raise NotImplementedError(f"{type(self).__name__} cannot keep function output")
+
+    def save_deliveries(self, sync_id: str, connector: str, stats: dict[str, Any]) -> None:
+        """Keep a sync's delivery counts and latencies (`DELIVERY_STATS`: `delivered`,
+        `retried`, `failed` as ints, `p50_ms`, `p95_ms` as floats or None), replacing what
+        the sync kept before: called after each page and at the end, in its own transaction."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep delivery counts")
+
+    def deliveries(self, sync_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The kept delivery stats by sync id, for those of `sync_ids` that have them, in one
+        query. A backend that cannot keep them has none to show."""
+        return {}
 
     def save_state(self, connector: str, state: dict[str, Any]) -> None:
         """Replace the saved state (the caller holds the connector's lock); `{}` resets it

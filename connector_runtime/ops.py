@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import masking
-from .control import frame_text, parse_time, sync_seconds
+from .control import delivery_text, frame_text, parse_time, sync_seconds
 from .jsonio import decode_json, encode_json
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -109,9 +109,9 @@ def cmd_syncs(backend, args: argparse.Namespace, out: Console, err: Console) -> 
     if args.json:
         emit_json({"syncs": syncs, "function_output": output} if args.logs else syncs)
         return OK
-    table = Table(
-        "started", "trigger", "status", "seconds", "pages", "upserted", "deleted", "error"
-    )
+    delivering = any(sync.get("delivery") for sync in syncs)  # records sent to a function
+    columns = ["started", "trigger", "status", "seconds", "pages", "upserted", "deleted"]
+    table = Table(*columns, *(["delivered"] if delivering else []), "error")
     table.box = None
     for sync in syncs:
         table.add_row(
@@ -122,6 +122,7 @@ def cmd_syncs(backend, args: argparse.Namespace, out: Console, err: Console) -> 
             str(sync["pages"]),
             f"{sync['rows_upserted']:,}",
             f"{sync['rows_deleted']:,}",
+            *([delivery_text(sync.get("delivery"))] if delivering else []),
             escape(masking.excerpt(sync["error"] or "", SYNC_ERROR_CHARS, one_line=True)),
         )
     out.print(table)

@@ -23,6 +23,7 @@ import duckdb
 import orjson
 
 from connector_runtime.destination import (
+    DELIVERY_STATS,
     RUNTIME_SCHEMA,
     Alert,
     Destination,
@@ -73,6 +74,9 @@ CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.names (
 CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.tables (
   connector VARCHAR, name VARCHAR, source VARCHAR, primary_key JSON, columns JSON,
   declared JSON, deleted_column BOOLEAN);
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.deliveries (
+  sync_id VARCHAR, connector VARCHAR, delivered BIGINT, retried BIGINT, failed BIGINT,
+  p50_ms DOUBLE, p95_ms DOUBLE, updated_at TIMESTAMPTZ);
 ALTER TABLE {RUNTIME_SCHEMA}.state ADD COLUMN IF NOT EXISTS paused BOOLEAN DEFAULT false;
 ALTER TABLE {RUNTIME_SCHEMA}.syncs ADD COLUMN IF NOT EXISTS function_output VARCHAR;
 """
@@ -449,6 +453,29 @@ class DuckDBDestination(Destination):
             f"SELECT function_output FROM {RUNTIME_SCHEMA}.syncs WHERE sync_id = ?", [sync_id]
         ).fetchone()
         return None if row is None else row[0]
+
+    def save_deliveries(self, sync_id: str, connector: str, stats: dict) -> None:
+        values = [stats[k] for k in DELIVERY_STATS]
+        try:
+            with self._transaction() as con:
+                con.execute(f"DELETE FROM {RUNTIME_SCHEMA}.deliveries WHERE sync_id = ?", [sync_id])
+                con.execute(
+                    f"INSERT INTO {RUNTIME_SCHEMA}.deliveries (sync_id, connector,"
+                    f" {', '.join(DELIVERY_STATS)}, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+                    [sync_id, connector, *values],
+                )
+        except duckdb.Error as exc:
+            raise DestinationError(f"DuckDB refused the delivery counts: {exc}") from exc
+
+    def deliveries(self, sync_ids: list[str]) -> dict[str, dict]:
+        if not sync_ids:
+            return {}
+        rows = self.con.execute(
+            f"SELECT sync_id, {', '.join(DELIVERY_STATS)} FROM {RUNTIME_SCHEMA}.deliveries"
+            " WHERE list_contains(?, sync_id)",
+            [list(sync_ids)],
+        ).fetchall()
+        return {r[0]: dict(zip(DELIVERY_STATS, r[1:], strict=True)) for r in rows}
 
     # -- pages ------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@
     any other SQLAlchemy URL whose dialect is installed (generic SQL, see sql/base.py)
 
 Where tables live. PostgreSQL has schemas: data tables are `<schema>.<table>`, the
-runtime's tables `connector_runtime.state`, `.syncs`, `.alerts`, `.names`, `.tables`.
+runtime's tables `connector_runtime.state`, `.syncs`, `.alerts`, `.names`, `.tables`,
+`.deliveries`.
 MySQL and SQLite keep everything in the URL's database (a MySQL "schema" is a database the
 URL's user may not be allowed to create): data tables are `<schema>__<table>`, the
 runtime's `connector_runtime__state` and so on. Names longer than the database allows are
@@ -37,6 +38,7 @@ import orjson
 
 from connector_runtime.destination import (
     _BACKENDS,
+    DELIVERY_STATS,
     Alert,
     Destination,
     PageResult,
@@ -178,6 +180,14 @@ def runtime_tables(flavor) -> dict[str, sa.Table]:
             *(sa.Column(c, text) for c in ("name", "source")),
             *(sa.Column(c, JsonDocument()) for c in ("primary_key", "columns", "declared")),
             sa.Column("deleted_column", sa.Boolean()),
+        ),
+        "deliveries": table(
+            "deliveries",
+            sa.Column("sync_id", key, primary_key=True),
+            sa.Column("connector", key),
+            *(sa.Column(c, sa.BigInteger()) for c in ("delivered", "retried", "failed")),
+            *(sa.Column(c, sa.Double()) for c in ("p50_ms", "p95_ms")),
+            sa.Column("updated_at", when()),
         ),
     }
 
@@ -538,6 +548,28 @@ class SQLAlchemyDestination(Destination):
             return conn.execute(
                 sa.select(syncs.c.function_output).where(syncs.c.sync_id == sync_id)
             ).scalar()
+
+    def save_deliveries(self, sync_id: str, connector: str, stats: dict) -> None:
+        table = self.runtime["deliveries"]
+        mine = table.c.sync_id == sync_id
+        values = {k: stats[k] for k in DELIVERY_STATS}
+        values.update(connector=connector, updated_at=datetime.now(UTC))
+        with self._transaction("recording the delivery counts") as conn:
+            # a plain read, then a write by key: no gap locks on MySQL for concurrent syncs
+            if conn.execute(sa.select(sa.func.count()).where(mine)).scalar():
+                conn.execute(sa.update(table).where(mine).values(values))
+            else:
+                conn.execute(sa.insert(table).values(sync_id=sync_id, **values))
+
+    def deliveries(self, sync_ids: list[str]) -> dict[str, dict]:
+        if not sync_ids:
+            return {}
+        table = self.runtime["deliveries"]
+        columns = [table.c[k] for k in DELIVERY_STATS]
+        query = sa.select(table.c.sync_id, *columns).where(table.c.sync_id.in_(sync_ids))
+        with self._transaction("reading the delivery counts") as conn:
+            rows = conn.execute(query).all()
+        return {r[0]: dict(zip(DELIVERY_STATS, r[1:], strict=True)) for r in rows}
 
     # -- pages ------------------------------------------------------------------------
 

@@ -646,6 +646,63 @@ def test_a_killed_sync_keeps_the_pages_and_rows_it_committed(destination_url):
         assert (found.status, found.pages, found.rows_upserted) == ("failed", 2, 3)
 
 
+# -- delivery counts of function destinations -------------------------------------------
+
+
+def test_delivery_counts_are_kept_one_row_per_sync_and_read_by_sync_ids(destination_url):
+    """A sync saves its counts after each page and at its end: the latest replace the
+    earlier ones; a page of syncs reads its counts at once, syncs without any left out."""
+    first = {"delivered": 10, "retried": 0, "failed": 0, "p50_ms": None, "p95_ms": None}
+    last = {"delivered": 3_000_000_000, "retried": 3, "failed": 1, "p50_ms": 12.25, "p95_ms": 41.5}
+    other = {"delivered": 7, "retried": 1, "failed": 0, "p50_ms": 0.125, "p95_ms": 2.0}
+    with open_destination(destination_url) as destination:
+        assert destination.deliveries(["s1"]) == {}
+        destination.save_deliveries("s1", "demo", first)
+        destination.save_deliveries("s2", "other", other)
+        destination.save_deliveries("s1", "demo", last)
+        assert destination.deliveries([]) == {}
+    with open_destination(destination_url) as destination:
+        assert destination.deliveries(["s1", "s2", "never"]) == {"s1": last, "s2": other}
+        assert destination.deliveries(["s2"]) == {"s2": other}
+    kept = runtime_rows(Warehouse(destination_url), "deliveries", "sync_id, delivered", "sync_id")
+    assert kept == [("s1", 3_000_000_000)]  # connector demo's only row, saved twice
+
+
+def older_warehouse(url: str, tmp_path: Path) -> str:
+    """`url` as a version without delivery counts left it: no `deliveries` table. A DuckDB
+    file is copied too, so that this process opens it as a file it has not prepared."""
+    wh = Warehouse(url)
+    drop = f"DROP TABLE {wh.runtime('deliveries')}"
+    if wh.backend == "duckdb":
+        import duckdb
+
+        path = url.split(":///", 1)[1]
+        con = duckdb.connect(path)
+        con.execute(drop)
+        con.close()
+        shutil.copy(path, tmp_path / "older.duckdb")
+        return f"duckdb:///{tmp_path}/older.duckdb"
+    import sqlalchemy as sa
+
+    from destinations.sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(drop))
+    engine.dispose()
+    return url
+
+
+def test_a_warehouse_made_before_delivery_counts_gains_their_table(destination_url, tmp_path):
+    done, _ = sync(destination_url, [page([{"id": 1}])])
+    url = older_warehouse(destination_url, tmp_path)
+    stats = {"delivered": 1, "retried": 0, "failed": 0, "p50_ms": 3.5, "p95_ms": 3.5}
+    with open_destination(url) as destination:
+        destination.save_deliveries(done.record.sync_id, "demo", stats)
+        assert destination.deliveries([done.record.sync_id]) == {done.record.sync_id: stats}
+        assert destination.get_sync(done.record.sync_id).status == "succeeded"
+
+
 # -- hostile values: big integers, NaN, deep nesting (issue 11) ---------------------------
 
 

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..control import Control, NotFound, frame_text, parse_time, sync_seconds
+from ..control import Control, NotFound, delivery_text, frame_text, parse_time, sync_seconds
 from ..errors import SyncInProgress
 
 HERE = Path(__file__).parent
@@ -67,6 +67,7 @@ def _environment() -> Environment:
     env.filters["frame"] = lambda frame: frame_text(frame, "\n    ")
     env.filters["url"] = lambda text: quote(str(text), safe="")
     env.filters["sync_seconds"] = sync_seconds
+    env.filters["delivery"] = delivery_text
     env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     return env
 

@@ -11,6 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
+pytest.register_assert_rewrite("lambda_rie")
+pytest_plugins = ["lambda_rie"]
+
 SOURCE = """
 import json, pathlib
 
@@ -42,7 +45,7 @@ import json, pathlib
 HERE = pathlib.Path(__file__).parent
 
 
-def handler(event):
+def handler(event, context=None):
     refuse = json.loads((HERE / "refuse.json").read_text()) if (HERE / "refuse.json").exists() else []
     events = event.get("events", [event])
     for one in events:
@@ -227,3 +230,25 @@ def test_a_destination_config_is_checked(project):
     result = demo.run()
     assert result.returncode != 0
     assert result.said("destination.function.local: no such file")
+
+
+def test_records_go_to_a_lambda_function(project, lambda_function, monkeypatch):
+    """The real AWS SDK against a real Lambda runtime on loopback (one call at a time)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDUMMYTESTKEY00000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "dummy-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    demo = fan_out_project(project, {"function": {"local": "receiver.py"}})
+    (demo.root / "receiver.py").write_text(RECEIVER)
+    url = lambda_function("receiver.handler", directory=demo.root)
+    document = yaml.safe_load(demo.config.read_text())
+    document["connectors"]["demo"]["destination"] = {
+        "function": {"lambda": "function", "endpoint_url": url, "region": "us-east-1"},
+        "concurrency": 1,
+    }
+    demo.config.write_text(yaml.safe_dump(document))
+
+    result = demo.run()
+
+    assert result.returncode == 0, result.stderr
+    assert len(received(demo)) == 6
+    assert deliveries(demo)[0][:3] == (6, 0, 0)

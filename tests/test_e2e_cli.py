@@ -858,3 +858,25 @@ def test_kill_9_mid_sync_loses_and_doubles_nothing(project):
     finished_before_a_kill = {"succeeded"} if progress[-1] == CRASH_PAGES else set()
     assert statuses[-1] == "succeeded", context
     assert set(statuses[:-1]) <= {"failed"} | finished_before_a_kill, context
+
+
+def test_example_fan_out(tmp_path, connector, warehouse):
+    """Contacts go to a JavaScript destination function that appends them to a file."""
+    folder = copy_example("fan_out", tmp_path)
+    result = connector("run", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (folder / "contacts.ndjson").read_text().splitlines()]
+    assert sorted(line["id"] for line in lines) == list(range(1, 121))
+    assert sorted(line["id"] for line in lines if line["op"] == "delete") == list(range(7, 121, 7))
+    assert all(len(line["email"]) == 64 for line in lines if line["op"] == "upsert")  # hashed
+    assert len({line["event_id"] for line in lines}) == 120
+    with warehouse(folder / "warehouse.duckdb") as con:
+        assert con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'crm'"
+        ).fetchone() == (0,)
+        assert con.execute(
+            "SELECT delivered, retried, failed FROM connector_runtime.deliveries"
+        ).fetchall() == [(120, 0, 0)]
+    # nothing changed since: the next sync delivers nothing again
+    assert connector("run", cwd=folder).returncode == 0
+    assert len((folder / "contacts.ndjson").read_text().splitlines()) == 120

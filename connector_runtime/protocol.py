@@ -41,6 +41,14 @@ class Request(BaseModel):
     setup_test: bool | None = Field(
         default=None, description="True only for `connector test`; absent otherwise."
     )
+    bucket: str | None = Field(
+        default=None,
+        description="With cloud storage: the bucket the function may write its rows to.",
+    )
+    file: str | None = Field(
+        default=None,
+        description="With cloud storage: the object key for this page's insert and delete.",
+    )
 
     def payload(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

@@ -91,7 +91,8 @@ class SyncJob:
             secrets=self.secrets,
             sync_id=sync_id,
             setup_test=setup_test,
-        ).payload() | (location or {})
+            **(location or {}),
+        ).payload()
 
     def agent(self) -> str:
         return f"connector-runtime/{__version__}/{self.connector}/{self.schema}"

@@ -9,14 +9,16 @@ from __future__ import annotations
 import difflib
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ConfigError
 from .naming import NameEntry
 from .page import PageWrite, TableInfo
+from .types import LogicalType
 
 RUNTIME_SCHEMA = "connector_runtime"
 # what a sync into a destination function counts, as `connector_runtime.deliveries` keeps it
@@ -63,6 +65,68 @@ class Alert:
         return _document(self)
 
 
+# what `connector_runtime.schema_changes` records (design §6), in the order a page applies them
+SCHEMA_CHANGES = ("table_created", "history_enabled", "column_added", "column_widened")
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """A row of `connector_runtime.schema_changes`: one change to a data table's shape.
+
+    `table` and `column` are warehouse names (`column` is None for `table_created` and
+    `history_enabled`); `from_type`/`to_type` are logical types as text (`LONG`,
+    `DECIMAL(38,0)`), as stored. `from_sql_type`/`to_sql_type` are the same types in the
+    warehouse's own words (`BIGINT`), filled in by the destination that read or wrote the
+    row, for people to read; they are not stored.
+    """
+
+    connector: str
+    sync_id: str
+    changed_at: datetime
+    table: str
+    column: str | None
+    change: str  # one of SCHEMA_CHANGES
+    from_type: str | None = None
+    to_type: str | None = None
+    from_sql_type: str | None = None
+    to_sql_type: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The change as JSON-ready data (times as ISO 8601 UTC), for the API and `--json`."""
+        return _document(self)
+
+    def in_words_of(self, sql_type: Callable[[LogicalType], str]) -> SchemaChange:
+        """This change with `from_sql_type`/`to_sql_type` named by `sql_type`."""
+
+        def named(text: str | None) -> str | None:
+            return None if text is None else sql_type(LogicalType.parse(text))
+
+        return replace(self, from_sql_type=named(self.from_type), to_sql_type=named(self.to_type))
+
+
+def schema_changes_of(page: PageWrite, at: datetime) -> list[SchemaChange]:
+    """What `page` changes in its tables' shape (design §6), in the order it is applied;
+    each one microsecond after the one before, so that ordering by `changed_at` alone
+    replays a page's changes in order. A new table is one `table_created` (its first
+    columns come with it); system columns (`_fivetran_*`) are the runtime's, not recorded."""
+    changes: list[tuple[str, str | None, str, str | None, str | None]] = []
+    for write in page.tables:
+        name, previous = write.table.name, write.previous
+        if previous is None:
+            changes.append((name, None, "table_created", None, None))
+            continue
+        if not getattr(previous, "history", False) and getattr(write.table, "history", False):
+            changes.append((name, None, "history_enabled", None, None))
+        for column, logical in write.added_columns.items():
+            changes.append((name, column, "column_added", None, str(logical)))
+        for column, (old, new) in write.changed_columns.items():
+            changes.append((name, column, "column_widened", str(old), str(new)))
+    return [
+        SchemaChange(page.connector, page.sync_id, at + timedelta(microseconds=i), *change)
+        for i, change in enumerate(changes)
+    ]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What a sync needs to know before its first page."""
@@ -86,6 +150,7 @@ class TableCounts:
 @dataclass
 class PageResult:
     tables: dict[str, TableCounts] = field(default_factory=dict)
+    schema_changes: list[SchemaChange] = field(default_factory=list)  # as recorded, in order
 
     @property
     def upserted(self) -> int:
@@ -124,8 +189,9 @@ class Destination(ABC):
 
     @abstractmethod
     def apply_page(self, page: PageWrite) -> PageResult:
-        """Create, widen, upsert, append, delete, save names, catalog and state, and count the
-        page in the sync's row (pages, rows): one transaction."""
+        """Create, widen, upsert, append, delete, save names, catalog and state, record the
+        page's `schema_changes_of` in `connector_runtime.schema_changes` (returned in the
+        result), and count the page in the sync's row (pages, rows): one transaction."""
 
     @abstractmethod
     def finish_cycle(
@@ -203,6 +269,19 @@ class Destination(ABC):
         """The kept delivery stats by sync id, for those of `sync_ids` that have them, in one
         query. A backend that cannot keep them has none to show."""
         return {}
+
+    def schema_changes(
+        self,
+        connector: str,
+        *,
+        limit: int | None = 50,
+        before: datetime | None = None,
+        sync_id: str | None = None,
+    ) -> list[SchemaChange]:
+        """The connector's recorded schema changes, newest first, named in this warehouse's
+        words (`from_sql_type`, `to_sql_type`): only those changed before `before`, only
+        those of the sync `sync_id`. A backend that cannot keep them has none to show."""
+        return []
 
     def save_state(self, connector: str, state: dict[str, Any]) -> None:
         """Replace the saved state (the caller holds the connector's lock); `{}` resets it

@@ -28,6 +28,7 @@ from .destination import (
     Alert,
     Destination,
     PageResult,
+    SchemaChange,
     SyncRecord,
     TableCounts,
     open_destination,
@@ -123,16 +124,18 @@ class SyncOutcome:
     alert: Alert | None = None
     function_output: str = ""  # the tail of what the function printed, masked
     delivery: dict[str, Any] | None = None  # a destination function's counts (design §12)
+    schema_changes: list[SchemaChange] = field(default_factory=list)  # in the order applied
 
     @property
     def ok(self) -> bool:
         return self.record.status in ("succeeded", "rescheduled")
 
     def document(self) -> dict[str, Any]:
-        """The sync's document with its per-table counts and its alert, if any."""
+        """The sync's document with its per-table counts, its schema changes and its alert."""
         return {
             **self.record.document(),
             "tables": self.tables,
+            "schema_changes": [change.document() for change in self.schema_changes],
             "alert": self.alert.document() if self.alert is not None else None,
             **({"delivery": self.delivery} if self.delivery is not None else {}),
         }
@@ -491,6 +494,7 @@ class _Sync:
                 raise
             raise DestinationError(f"page {number} could not be written: {exc}") from exc
         self.planner.commit(planned)
+        self.outcome.schema_changes += result.schema_changes
         if self.job.delivery is not None:
             result = self.delivered_counts
         self.discard_page_object()

@@ -28,9 +28,11 @@ from connector_runtime.destination import (
     Alert,
     Destination,
     PageResult,
+    SchemaChange,
     Snapshot,
     SyncRecord,
     TableCounts,
+    schema_changes_of,
 )
 from connector_runtime.errors import ConfigError, DestinationError
 from connector_runtime.events import bus
@@ -77,6 +79,9 @@ CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.tables (
 CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.deliveries (
   sync_id VARCHAR, connector VARCHAR, delivered BIGINT, retried BIGINT, failed BIGINT,
   p50_ms DOUBLE, p95_ms DOUBLE, updated_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.schema_changes (
+  connector VARCHAR, sync_id VARCHAR, changed_at TIMESTAMPTZ, "table" VARCHAR,
+  "column" VARCHAR, change VARCHAR, from_type VARCHAR, to_type VARCHAR);
 ALTER TABLE {RUNTIME_SCHEMA}.state ADD COLUMN IF NOT EXISTS paused BOOLEAN DEFAULT false;
 ALTER TABLE {RUNTIME_SCHEMA}.syncs ADD COLUMN IF NOT EXISTS function_output VARCHAR;
 """
@@ -84,6 +89,7 @@ _SYNC_COLUMNS = (
     "sync_id, connector, trigger, {started}, {finished}, status, pages, rows_upserted,"
     " rows_deleted, error"
 ).format(started="epoch_us(started_at)", finished="epoch_us(finished_at)")
+_CHANGE_COLUMNS = 'connector, sync_id, changed_at, "table", "column", change, from_type, to_type'
 _ALERT_COLUMNS = (
     "alert_id, connector, sync_id, epoch_us(created_at), severity, kind, error_type, message,"
     " CAST(stack_trace AS VARCHAR), epoch_us(resolved_at)"
@@ -477,6 +483,39 @@ class DuckDBDestination(Destination):
         ).fetchall()
         return {r[0]: dict(zip(DELIVERY_STATS, r[1:], strict=True)) for r in rows}
 
+    def schema_changes(
+        self,
+        connector: str,
+        *,
+        limit: int | None = 50,
+        before: datetime | None = None,
+        sync_id: str | None = None,
+    ) -> list[SchemaChange]:
+        rows = self.con.execute(
+            f"SELECT {_CHANGE_COLUMNS.replace('changed_at', _epoch('changed_at'))}"
+            f" FROM {RUNTIME_SCHEMA}.schema_changes WHERE connector = ?"
+            " AND (CAST(? AS TIMESTAMPTZ) IS NULL OR changed_at < ?)"
+            " AND (CAST(? AS VARCHAR) IS NULL OR sync_id = ?)"
+            " ORDER BY changed_at DESC LIMIT ?",
+            [connector, before, before, sync_id, sync_id, limit],
+        ).fetchall()
+        return [SchemaChange(r[0], r[1], _time(r[2]), *r[3:]).in_words_of(sql_type) for r in rows]
+
+    def _record_schema_changes(self, con, page: PageWrite) -> list[SchemaChange]:
+        """The page's changes of shape, written in its transaction (design §6)."""
+        changes = schema_changes_of(page, datetime.now(UTC))
+        if changes:
+            con.executemany(
+                f"INSERT INTO {RUNTIME_SCHEMA}.schema_changes ({_CHANGE_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [c.connector, c.sync_id, c.changed_at, c.table, c.column, c.change]
+                    + [c.from_type, c.to_type]
+                    for c in changes
+                ],
+            )
+        return [c.in_words_of(sql_type) for c in changes]
+
     # -- pages ------------------------------------------------------------------------
 
     def apply_page(self, page: PageWrite) -> PageResult:
@@ -487,6 +526,7 @@ class DuckDBDestination(Destination):
                 for write in page.tables:
                     result.tables[write.table.name] = self._apply_table(con, page, write)
                 self._save_catalog(con, page)
+                result.schema_changes = self._record_schema_changes(con, page)
                 con.execute(
                     f"UPDATE {RUNTIME_SCHEMA}.syncs SET pages = ?, rows_upserted = rows_upserted"
                     " + ?, rows_deleted = rows_deleted + ? WHERE sync_id = ?",

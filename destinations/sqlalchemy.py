@@ -42,9 +42,11 @@ from connector_runtime.destination import (
     Alert,
     Destination,
     PageResult,
+    SchemaChange,
     Snapshot,
     SyncRecord,
     TableCounts,
+    schema_changes_of,
 )
 from connector_runtime.errors import ConfigError, DestinationError, TransientDestinationError
 from connector_runtime.jsonio import decode_json, encode_json, json_depth_exceeds
@@ -188,6 +190,13 @@ def runtime_tables(flavor) -> dict[str, sa.Table]:
             *(sa.Column(c, sa.BigInteger()) for c in ("delivered", "retried", "failed")),
             *(sa.Column(c, sa.Double()) for c in ("p50_ms", "p95_ms")),
             sa.Column("updated_at", when()),
+        ),
+        "schema_changes": table(
+            "schema_changes",
+            *(sa.Column(c, key) for c in ("connector", "sync_id")),
+            sa.Column("changed_at", when()),
+            *(sa.Column(c, text) for c in ("table", "column")),  # quoted: reserved words
+            *(sa.Column(c, key) for c in ("change", "from_type", "to_type")),
         ),
     }
 
@@ -571,17 +580,63 @@ class SQLAlchemyDestination(Destination):
             rows = conn.execute(query).all()
         return {r[0]: dict(zip(DELIVERY_STATS, r[1:], strict=True)) for r in rows}
 
+    def schema_changes(
+        self,
+        connector: str,
+        *,
+        limit: int | None = 50,
+        before: datetime | None = None,
+        sync_id: str | None = None,
+    ) -> list[SchemaChange]:
+        table = self.runtime["schema_changes"]
+        query = sa.select(table).where(table.c.connector == connector)
+        if before is not None:
+            query = query.where(table.c.changed_at < before)
+        if sync_id is not None:
+            query = query.where(table.c.sync_id == sync_id)
+        query = query.order_by(table.c.changed_at.desc()).limit(limit)
+        with self._transaction("reading schema changes") as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            SchemaChange(**{**row, "changed_at": _aware(row["changed_at"])}).in_words_of(
+                self.flavor.sql_type
+            )
+            for row in rows
+        ]
+
+    def _record_schema_changes(self, conn, changes: list[SchemaChange]) -> None:
+        """Write the page's changes of shape (design §6), each once: on MySQL this runs with
+        the page's DDL, which commits by itself, and again with its rows, and a page may be
+        replayed after a failure; what its sync already recorded is not written again."""
+        if not changes:
+            return
+        table = self.runtime["schema_changes"]
+        fields = ("table", "column", "change", "from_type", "to_type")
+        mine = (table.c.connector == changes[0].connector) & (table.c.sync_id == changes[0].sync_id)
+        recorded = {
+            tuple(r) for r in conn.execute(sa.select(*(table.c[f] for f in fields)).where(mine))
+        }
+        rows = [
+            {f: getattr(c, f) for f in ("connector", "sync_id", "changed_at", *fields)}
+            for c in changes
+            if tuple(getattr(c, f) for f in fields) not in recorded
+        ]
+        if rows:
+            conn.execute(sa.insert(table), rows)
+
     # -- pages ------------------------------------------------------------------------
 
     def apply_page(self, page: PageWrite) -> PageResult:
         writes = [(w, self.flavor.data_table(page.schema, w.table)) for w in page.tables]
         changed = [(w, table) for w, table in writes if w.table != w.previous]
+        changes = schema_changes_of(page, datetime.now(UTC))
         if changed and not self.flavor.transactional_ddl:
             with self._transaction(f"the DDL of page {page.number}") as conn:
                 for write, table in changed:
                     self.flavor.evolve(conn, table, write.previous)
                 # the catalog follows the committed DDL at once, so it never lags the tables
                 self._save_tables(conn, page)
+                self._record_schema_changes(conn, changes)  # so does the change log
         result = PageResult()
         with self._transaction(f"page {page.number}") as conn:
             for write, table in writes:
@@ -589,6 +644,7 @@ class SQLAlchemyDestination(Destination):
                     self.flavor.evolve(conn, table, write.previous)
                 result.tables[write.table.name] = self._write(conn, page, write, table)
             self._save_catalog(conn, page)
+            self._record_schema_changes(conn, changes)
             syncs = self.runtime["syncs"]
             conn.execute(
                 sa.update(syncs)
@@ -599,6 +655,7 @@ class SQLAlchemyDestination(Destination):
                     rows_deleted=syncs.c.rows_deleted + result.deleted,
                 )
             )
+        result.schema_changes = [c.in_words_of(self.flavor.sql_type) for c in changes]
         return result
 
     def _write(self, conn, page: PageWrite, write: TableWrite, table: DataTable) -> TableCounts:

@@ -378,18 +378,23 @@ def breaking_page():
     }
 
 
+def sync_breaking_once(url: str, monkeypatch, retried: bool):
+    """`breaking_page()` synced into a destination that fails before its first commit:
+    with a transient error (`retried`, so the sync applies the page again) or not."""
+    error = TransientDestinationError("lost") if retried else RuntimeError("broken")
+    real_open = sync_module.open_destination
+    monkeypatch.setattr(sync_module, "open_destination", lambda u: FailsOnce(real_open(u), error))
+    outcome, _ = sync(url, [breaking_page()])
+    monkeypatch.undo()
+    return outcome
+
+
 @pytest.mark.parametrize("retried", [True, False], ids=["retried-in-sync", "next-sync"])
 def test_a_page_that_fails_before_commit_is_replayed_without_doubling(
     destination_url, monkeypatch, retried
 ):
     sync(destination_url, [page([{"id": 1, "v": 1}, {"id": 2, "v": 2}], state={"p": 1})])
-    error = TransientDestinationError("lost") if retried else RuntimeError("broken")
-    real_open = sync_module.open_destination
-    monkeypatch.setattr(
-        sync_module, "open_destination", lambda url: FailsOnce(real_open(url), error)
-    )
-    outcome, _ = sync(destination_url, [breaking_page()])
-    monkeypatch.undo()
+    outcome = sync_breaking_once(destination_url, monkeypatch, retried)
     wh = Warehouse(destination_url)
     if not retried:
         assert outcome.record.status == "failed"
@@ -668,11 +673,11 @@ def test_delivery_counts_are_kept_one_row_per_sync_and_read_by_sync_ids(destinat
     assert kept == [("s1", 3_000_000_000)]  # connector demo's only row, saved twice
 
 
-def older_warehouse(url: str, tmp_path: Path) -> str:
-    """`url` as a version without delivery counts left it: no `deliveries` table. A DuckDB
-    file is copied too, so that this process opens it as a file it has not prepared."""
+def older_warehouse(url: str, tmp_path: Path, table: str = "deliveries") -> str:
+    """`url` as a version without runtime table `table` (delivery counts, say) left it. A
+    DuckDB file is copied too, so that this process opens it as a file it has not prepared."""
     wh = Warehouse(url)
-    drop = f"DROP TABLE {wh.runtime('deliveries')}"
+    drop = f"DROP TABLE {wh.runtime(table)}"
     if wh.backend == "duckdb":
         import duckdb
 
@@ -750,3 +755,106 @@ def test_nan_and_infinity_in_a_double_column(destination_url):
         "mariadb": [None, None, None, 1.5],
     }[backend_of(destination_url)]
     assert ["nan" if x != x else x for x in stored] == expected
+
+
+# -- the schema change log (design §6) ----------------------------------------------------
+
+# the warehouse's name of each type, as `SchemaChange.from_sql_type`/`to_sql_type` give it
+SQL_NAMES = {
+    "duckdb": {"LONG": "BIGINT", "DOUBLE": "DOUBLE", "STRING": "VARCHAR"},
+    "sqlite": {"LONG": "INTEGER", "DOUBLE": "REAL", "STRING": "TEXT"},
+    "postgresql": {"LONG": "bigint", "DOUBLE": "double precision", "STRING": "text"},
+    "mariadb": {"LONG": "BIGINT", "DOUBLE": "DOUBLE", "STRING": "LONGTEXT"},
+}
+
+
+def logged_changes(url: str) -> list[tuple]:
+    """`connector_runtime.schema_changes` of `demo` as stored, in the order applied."""
+    wh = Warehouse(url)
+    columns = ", ".join(
+        wh.q(c) for c in ("sync_id", "table", "column", "change", "from_type", "to_type")
+    )
+    return runtime_rows(wh, "schema_changes", columns, "changed_at")
+
+
+def test_schema_changes_log_new_tables_added_and_widened_columns_in_order(destination_url):
+    pages = [
+        page([{"id": 1, "v": 5}], more=True),
+        {
+            "state": {},
+            "insert": {"t": [{"id": 2, "v": 2.5, "w": "x"}], "u": [{"id": 1}]},
+            "schema": {"t": {"primary_key": ["id"]}, "u": {"primary_key": ["id"]}},
+            "hasMore": True,
+        },
+        page([{"id": 3, "v": "text", "w": "y"}]),
+    ]
+    first, _ = sync(destination_url, pages)
+    assert first.record.status == "succeeded", first.alert
+    again, _ = sync(destination_url, [page([{"id": 4, "v": "more", "w": "z"}])])
+    assert again.schema_changes == []  # nothing changed shape: nothing logged
+    sync_id = first.record.sync_id
+    expected = [
+        (sync_id, "t", None, "table_created", None, None),
+        (sync_id, "t", "w", "column_added", None, "STRING"),
+        (sync_id, "t", "v", "column_widened", "LONG", "DOUBLE"),
+        (sync_id, "u", None, "table_created", None, None),
+        (sync_id, "t", "v", "column_widened", "DOUBLE", "STRING"),
+    ]
+    assert logged_changes(destination_url) == expected
+
+    names = SQL_NAMES[backend_of(destination_url)]
+    applied = [
+        (c.sync_id, c.table, c.column, c.change, c.from_type, c.to_type, c.to_sql_type)
+        for c in first.schema_changes
+    ]
+    assert applied == [(*row, names.get(row[-1])) for row in expected]
+    with open_destination(destination_url) as destination:
+        newest_first = destination.schema_changes("demo")
+        assert newest_first == list(reversed(first.schema_changes))  # times exact, to the µs
+        assert [c.changed_at for c in newest_first] == sorted(
+            (c.changed_at for c in newest_first), reverse=True
+        )
+        assert newest_first[0].changed_at.tzinfo is not None
+        widened = newest_first[2]
+        assert (widened.from_sql_type, widened.to_sql_type) == (names["LONG"], names["DOUBLE"])
+        assert destination.schema_changes("demo", limit=2) == newest_first[:2]
+        before = destination.schema_changes("demo", before=newest_first[1].changed_at)
+        assert before == newest_first[2:]
+        assert destination.schema_changes("demo", sync_id=again.record.sync_id) == []
+        assert destination.schema_changes("other") == []
+
+
+@pytest.mark.parametrize("retried", [True, False], ids=["retried-in-sync", "next-sync"])
+def test_a_failed_page_logs_no_schema_change_and_a_replay_logs_each_once(
+    destination_url, monkeypatch, retried
+):
+    created, _ = sync(destination_url, [page([{"id": 1, "v": 1}], state={"p": 1})])
+    broken = sync_breaking_once(destination_url, monkeypatch, retried)
+    page_changes = [
+        ("t", "w", "column_added", None, "BOOLEAN"),
+        ("t", "v", "column_widened", "LONG", "STRING"),
+        ("log", None, "table_created", None, None),
+    ]
+    mysql = backend_of(destination_url) == "mariadb"
+    first_log = [(created.record.sync_id, "t", None, "table_created", None, None)]
+    changed_by = broken.record.sync_id
+    if not retried:
+        assert broken.record.status == "failed" and broken.schema_changes == []
+        # rolled back with the page; on MySQL its DDL committed by itself, and so did its log
+        logged = [(changed_by, *c) for c in page_changes] if mysql else []
+        assert logged_changes(destination_url) == first_log + logged
+        broken, _ = sync(destination_url, [breaking_page()])
+        changed_by = changed_by if mysql else broken.record.sync_id
+    assert broken.record.status == "succeeded", broken.alert
+    logged = [(changed_by, *c) for c in page_changes]
+    assert logged_changes(destination_url) == first_log + logged  # each change once
+
+
+def test_a_warehouse_made_before_the_schema_change_log_gains_its_table(destination_url, tmp_path):
+    sync(destination_url, [page([{"id": 1}])])
+    url = older_warehouse(destination_url, tmp_path, "schema_changes")
+    added, _ = sync(url, [page([{"id": 2, "note": "new"}])])
+    assert added.record.status == "succeeded", added.alert
+    assert logged_changes(url) == [
+        (added.record.sync_id, "t", "note", "column_added", None, "STRING")
+    ]

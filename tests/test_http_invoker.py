@@ -540,3 +540,56 @@ def test_a_function_that_cannot_be_reached_says_so_after_every_attempt(tmp_path)
         f"the function could not be reached after 5 attempts: {url} could not be reached: "
         "ConnectionRefusedError"
     )
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # connections stay open between requests
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.peers.append(self.client_address)
+        body = json.dumps(PAGE).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if len(self.server.peers) in self.server.close_after:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def keep_alive_host(close_after=()) -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    server.peers, server.close_after = [], set(close_after)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_calls_reuse_one_connection_while_the_host_keeps_it_open():
+    with keep_alive_host(close_after={2}) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/fn"
+        with HttpInvoker(url, timeout=5) as invoker:
+            for _ in range(4):
+                assert json.loads(invoker.invoke(REQUEST)) == PAGE
+    first, second, third, fourth = server.peers
+    assert first == second  # kept open
+    assert third == fourth != second  # the host said close after the second: a new one
+
+
+def test_a_connection_the_host_dropped_while_idle_is_replaced_without_a_failure():
+    with keep_alive_host() as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/fn"
+        with HttpInvoker(url, timeout=5) as invoker:
+            assert json.loads(invoker.invoke(REQUEST)) == PAGE
+            invoker._connection.sock.shutdown(socket.SHUT_RDWR)  # as an idle timeout would
+            assert json.loads(invoker.invoke(REQUEST)) == PAGE
+    assert len(server.peers) == 2 and server.peers[0] != server.peers[1]

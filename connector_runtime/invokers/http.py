@@ -16,13 +16,14 @@ import urllib.request
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from connector_runtime import __version__, errors, masking
 from connector_runtime.invokers import Invoker
 from connector_runtime.masking import MIN_LENGTH
 
 EXCERPT_CHARS = 200
+MAX_REDIRECTS = 5
 LENIENT_TYPES = ("", "text/plain")  # absent, or a Fetch `new Response(string)` default
 TOO_LARGE_HINT = (
     " - the request or response is too large for the function host: "
@@ -84,9 +85,16 @@ class HttpInvoker(Invoker):
         context = ssl.create_default_context()
         if not verify_tls:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        self._context = context
         self._opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=context), _SameOriginRedirects()
         )
+        # One connection kept open across calls (each concurrent sender has its own
+        # invoker: together a pool), unless a proxy is configured for the URL: then
+        # urllib, which knows proxies, opens one per call.
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        self._proxied = bool(proxy) and not urllib.request.proxy_bypass(parts.hostname)
+        self._connection: http.client.HTTPConnection | None = None
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         body = json.dumps(request, allow_nan=False).encode()
@@ -99,13 +107,72 @@ class HttpInvoker(Invoker):
             raise self._unreachable(exc) from exc
         return self._judge(answer)
 
+    def close(self) -> None:
+        self._drop_connection()
+
     def _exchange(self, post: urllib.request.Request) -> _Answer:
+        if not self._proxied:
+            return self._exchange_kept(post.data)
         try:
             response = self._opener.open(post, timeout=self.timeout)
         except urllib.error.HTTPError as exc:  # a non-2xx answer: judged like any other
             response = exc
         with response:
             return _Answer(response.status, response.reason, response.headers, response.read())
+
+    def _exchange_kept(self, body: bytes) -> _Answer:
+        """POST over the kept connection, following 307/308 within the same origin."""
+        url = self.url
+        for _ in range(MAX_REDIRECTS):
+            answer = self._post(url, body)
+            location = answer.headers.get("Location")
+            if answer.status not in (307, 308) or not location:
+                return answer
+            target = urljoin(url, location)
+            if _origin(target) != _origin(url):
+                return answer  # judged: a redirect elsewhere is not followed
+            url = target
+        return answer
+
+    def _post(self, url: str, body: bytes) -> _Answer:
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for attempt in range(2):
+            reused = self._connection is not None
+            connection = self._connection or self._connect(parts)
+            try:
+                connection.request("POST", target, body=body, headers=self._headers)
+                response = connection.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._drop_connection()
+                if reused and attempt == 0:
+                    continue  # the host closed the idle connection: once more on a new one
+                raise
+            except BaseException:
+                self._drop_connection()
+                raise
+            if response.will_close:
+                self._drop_connection()
+            return _Answer(response.status, response.reason, response.headers, data)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _connect(self, parts) -> http.client.HTTPConnection:
+        if parts.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=self.timeout, context=self._context
+            )
+        else:
+            connection = http.client.HTTPConnection(
+                parts.hostname, parts.port, timeout=self.timeout
+            )
+        self._connection = connection
+        return connection
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _judge(self, answer: _Answer) -> bytes:
         status = answer.status

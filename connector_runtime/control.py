@@ -25,6 +25,7 @@ from .events import bus
 
 # `scheme://user:password@host`: the password never leaves the process
 _PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
+SCHEMA_CHANGES_SHOWN = 20  # the latest schema changes a connector's document lists
 
 
 def display_url(url: str) -> str:
@@ -71,6 +72,28 @@ def delivery_text(stats: dict[str, Any] | None) -> str:
         p95 = stats["p95_ms"]
         notes.append(f"p95 {p95:,.0f} ms" if p95 >= 10 else f"p95 {p95:.1f} ms")
     return f"{stats['delivered']:,}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def schema_change_text(change: dict[str, Any]) -> str:
+    """`orders.amount widened BIGINT → DOUBLE`: one schema change as a person reads it.
+
+    Types are named as the warehouse names them, as its own `DESCRIBE` would show them;
+    where the warehouse stores both types alike (SQLite keeps DECIMAL and STRING as TEXT)
+    the logical types say what changed instead."""
+    table, kind = change["table"], change["change"]
+    if kind == "table_created":
+        return f"{table} created"
+    if kind == "history_enabled":
+        return f"{table} keeps history from now on"
+    old, new = change.get("from_sql_type"), change.get("to_sql_type")
+    if new is None or old == new:
+        old, new = change["from_type"], change["to_type"]
+    where = f"{table}.{change['column']}"
+    if kind == "column_added":
+        return f"{where} added as {str(new).upper()}"
+    if kind == "column_widened":
+        return f"{where} widened {str(old).upper()} → {str(new).upper()}"
+    return f"{where}: {kind}"
 
 
 def frame_text(frame, separator: str = ": ") -> str:
@@ -248,6 +271,8 @@ class Control:
                 }
                 for table in tables
             ]
+            changes = destination.schema_changes(name, limit=SCHEMA_CHANGES_SHOWN)
+            document["schema_changes"] = [change.document() for change in changes]
         return document
 
     def _stored_overview(self, destination: Destination, name: str, paused: bool) -> dict[str, Any]:
@@ -307,10 +332,19 @@ class Control:
             for r in records
         ]
 
+    def schema_changes(
+        self, name: str, *, limit: int = 50, before: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The connector's schema changes, newest first; only those before `before`."""
+        self.config.connector(name)
+        with self.warehouse(name) as destination:
+            changes = destination.schema_changes(name, limit=limit, before=before)
+        return [change.document() for change in changes]
+
     def sync(self, sync_id: str, *, logs: bool = False) -> dict[str, Any]:
         """One sync; while it runs, with page, rows, rows_per_s and elapsed_s (what the
         running sync reports, nothing read from the warehouse); once it ended, with its
-        `delivery` counts."""
+        `delivery` counts and its `schema_changes` in the order applied."""
         for running in self._running().values():
             if running["sync_id"] == sync_id:
                 return running
@@ -323,6 +357,10 @@ class Control:
                 if record is not None:
                     stats = destination.deliveries([sync_id]).get(sync_id)
                     document = _with_delivery(record.document(), stats)
+                    changes = destination.schema_changes(
+                        record.connector, limit=None, sync_id=sync_id
+                    )
+                    document["schema_changes"] = [c.document() for c in reversed(changes)]
                     if logs:
                         document["function_output"] = destination.function_output(sync_id)
                     return document

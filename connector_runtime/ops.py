@@ -20,7 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import masking
-from .control import delivery_text, frame_text, parse_time, sync_seconds
+from .control import (
+    SCHEMA_CHANGES_SHOWN,
+    delivery_text,
+    frame_text,
+    parse_time,
+    schema_change_text,
+    sync_seconds,
+)
 from .jsonio import decode_json, encode_json
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -163,9 +170,22 @@ def cmd_show(backend, args: argparse.Namespace, out: Console, err: Console) -> i
         for column in t["columns"]:
             marker = " (key)" if column["name"] in t["primary_key"] else ""
             out.print(f"  {escape(column['name'])}  {column['type']}{marker}", highlight=False)
+    _show_schema_changes(out, c.get("schema_changes") or [])
     first = c["tables"][0]["reference"]
     out.print(f"\ntry: SELECT * FROM {escape(first)} LIMIT 10;", highlight=False)
     return OK
+
+
+def _show_schema_changes(out: Console, changes: list[dict[str, Any]]) -> None:
+    """The latest schema changes, newest first; where to find the older ones."""
+    if not changes:
+        return
+    out.print("\n[bold]schema changes[/bold], newest first:", highlight=False)
+    for change in changes:
+        text = escape(schema_change_text(change))
+        out.print(f"  {when(change['changed_at'])}  {text}", highlight=False)
+    if len(changes) >= SCHEMA_CHANGES_SHOWN:
+        out.print("  older ones: connector_runtime.schema_changes", highlight=False)
 
 
 def cmd_state_show(backend, args: argparse.Namespace, out: Console, err: Console) -> int:

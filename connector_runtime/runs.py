@@ -24,7 +24,7 @@ from rich.table import Table
 
 from . import masking
 from .config import Config
-from .control import sync_seconds
+from .control import schema_change_text, sync_seconds
 from .errors import SyncFailure, SyncInProgress
 from .events import bus
 from .jobs import build_job
@@ -39,6 +39,7 @@ ERROR_TYPE_CHARS = 80  # of an error type on one of those lines
 TEST_MESSAGE_CHARS = 4000  # `test` shows this much of a failure's message
 TEST_TRACE_CHARS = 8000  # and of its stack trace (as JSON), each frame up to
 TEST_FRAME_CHARS = 500
+SCHEMA_CHANGE_LINES = 20  # of a sync's schema changes in `run`'s summary (all are in the table)
 
 
 def cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -205,6 +206,7 @@ def _summary(sync: dict[str, Any], seconds: float) -> None:
                 f"{counts['missing']:,}",
             )
         console.print(table)
+    _schema_change_lines(sync)
     alert = sync.get("alert")
     if alert is not None:
         console.print(_alert_line(sync["connector"], alert), highlight=False)
@@ -213,6 +215,20 @@ def _summary(sync: dict[str, Any], seconds: float) -> None:
                 "the state stays at the last committed page; the next sync resumes there",
                 highlight=False,
             )
+
+
+def _schema_change_lines(sync: dict[str, Any]) -> None:
+    """One line per change of the tables' shape, as applied: `orders.amount widened BIGINT
+    → DOUBLE`."""
+    changes = sync.get("schema_changes") or []
+    for change in changes[:SCHEMA_CHANGE_LINES]:
+        console.print(escape(schema_change_text(change)), highlight=False)
+    if len(changes) > SCHEMA_CHANGE_LINES:
+        more = len(changes) - SCHEMA_CHANGE_LINES
+        console.print(
+            f"… and {more} more schema changes, all in connector_runtime.schema_changes",
+            highlight=False,
+        )
 
 
 def _alert_line(connector: str, alert: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -158,6 +159,26 @@ def browser() -> Iterator[Browser]:
 class Served:
     """A running `connector serve`: its URL, login URL, token and folder."""
 
+    @classmethod
+    def start(cls, root: Path, config: str = "connectors.yaml") -> Served:
+        """`connector -c CONFIG serve` in `root`, once it serves (stop it with `stop`)."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "connector_runtime.cli", "-c", config, "serve"],
+            cwd=root,
+            env=cli_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        served = cls(root, process)
+        try:
+            served.wait_serving()
+        except BaseException:
+            served.stop()
+            raise
+        return served
+
     def __init__(self, root: Path, process: subprocess.Popen) -> None:
         self.root, self.process = root, process
         self.lines: list[str] = []
@@ -248,18 +269,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
         },
     }
     (root / "connectors.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector_runtime.cli", "-c", "connectors.yaml", "serve"],
-        cwd=root,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = Served(root, process)
+    server = Served.start(root)
     try:
-        server.wait_serving()
         assert urlsplit(server.url).hostname == "127.0.0.1", server.url
         # history to show: three syncs of steady, one failure each of broken and flaky
         with ThreadPoolExecutor(4) as pool:  # different connectors sync side by side
@@ -330,6 +341,23 @@ def log_in(page: Page, served: Served) -> None:
     """Open the login URL `serve` printed: it sets the cookie and lands on the overview."""
     page.goto(served.login)
     expect(page).to_have_url(served.url + "/")
+
+
+@contextmanager
+def watched_page(browser: Browser, served: Served, path: str) -> Iterator[Page]:
+    """A page of a fresh browser context, logged in to `served` and at `path`; the context's
+    requests and errors are checked when the block ends (`Watch`)."""
+    context = new_context(browser, served)
+    watch = Watch(context)
+    try:
+        page = context.new_page()
+        log_in(page, served)
+        response = page.goto(served.url + path)
+        assert response is not None and response.status == 200, (path, response)
+        yield page
+    finally:
+        context.close()
+    watch.check()
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ sync writes them, so these tests need no destination function.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import Project, cli_env
-from test_dashboard import Served, Watch, history, log_in, new_context
+from conftest import Project
+from test_dashboard import Served, history, watched_page
 from test_dashboard import browser as browser  # fixture
 
 from connector_runtime.control import delivery_text
@@ -110,18 +108,8 @@ def serving(tmp_path_factory) -> Iterator[tuple[Project, Served]]:
     made.write_config()
     record_syncs(made)
     save_counts(made)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector_runtime.cli", "-c", str(made.config), "serve"],
-        cwd=made.root,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    served = Served(made.root, process)
+    served = Served.start(made.root, str(made.config))
     try:
-        served.wait_serving()
         yield made, served
     finally:
         served.stop()
@@ -146,16 +134,8 @@ def test_the_dashboard_shows_delivered_on_the_connector_page(browser, serving):
     from playwright.sync_api import expect  # installed: the browser fixture skips otherwise
 
     _, served = serving
-    context = new_context(browser, served)
-    watch = Watch(context)
-    try:
-        page = context.new_page()
-        log_in(page, served)
-        assert page.goto(served.url + "/connectors/demo").status == 200
+    with watched_page(browser, served, "/connectors/demo") as page:
         expect(page.locator("table.syncs thead")).to_contain_text("Delivered")
         newest, older = history(page).all()
         expect(newest.locator('[data-label="Delivered"]')).to_have_text(SHOWN)
         expect(older.locator('[data-label="Delivered"]')).to_have_text("")
-    finally:
-        context.close()
-    watch.check()

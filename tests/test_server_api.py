@@ -362,6 +362,7 @@ ROUTES = [
     ("GET", "/api/connectors", {}, 200),
     ("GET", "/api/connectors/{name}", {"name": "slow"}, 200),
     ("GET", "/api/connectors/{name}/syncs", {"name": "broken"}, 200),
+    ("GET", "/api/connectors/{name}/schema_changes", {"name": "slow"}, 200),
     ("GET", "/api/syncs/{sync_id}", {}, 200),
     ("GET", "/api/alerts", {}, 200),
     ("GET", "/api/events", {}, 200),

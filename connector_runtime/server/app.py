@@ -59,6 +59,7 @@ def create_app(
         Route("/api/connectors", api.connectors),
         Route("/api/connectors/{name}", api.connector),
         Route("/api/connectors/{name}/syncs", api.syncs),
+        Route("/api/connectors/{name}/schema_changes", api.schema_changes),
         Route("/api/connectors/{name}/run", api.run, methods=["POST"]),
         Route("/api/connectors/{name}/resync", api.resync, methods=["POST"]),
         Route("/api/connectors/{name}/pause", api.pause, methods=["POST"]),
@@ -107,11 +108,14 @@ class _Api:
         return JSON(self.control.connector(request.path_params["name"]))
 
     def syncs(self, request: Request) -> Response:
-        limit = _int(request.query_params.get("limit"), 20)
-        before = request.query_params.get("before")
-        moment = _time(before) if before else None
-        found = self.control.syncs(request.path_params["name"], limit=limit, before=moment)
+        limit, before = _paging(request, 20)
+        found = self.control.syncs(request.path_params["name"], limit=limit, before=before)
         return JSON({"syncs": found})
+
+    def schema_changes(self, request: Request) -> Response:
+        limit, before = _paging(request, 50)
+        found = self.control.schema_changes(request.path_params["name"], limit=limit, before=before)
+        return JSON({"schema_changes": found})
 
     def sync(self, request: Request) -> Response:
         logs = request.query_params.get("logs") in ("1", "true")
@@ -198,6 +202,12 @@ def _offer(queue: asyncio.Queue, item: Any) -> None:
         with contextlib.suppress(asyncio.QueueEmpty):
             queue.get_nowait()
     queue.put_nowait(item)
+
+
+def _paging(request: Request, default_limit: int) -> tuple[int, datetime | None]:
+    """`?limit=&before=`: how many, and only those before an ISO 8601 time."""
+    before = request.query_params.get("before")
+    return _int(request.query_params.get("limit"), default_limit), _time(before) if before else None
 
 
 def _int(text: str | None, default: int) -> int:

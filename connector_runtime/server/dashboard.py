@@ -25,7 +25,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..control import Control, NotFound, delivery_text, frame_text, parse_time, sync_seconds
+from ..control import (
+    SCHEMA_CHANGES_SHOWN,
+    Control,
+    NotFound,
+    delivery_text,
+    frame_text,
+    parse_time,
+    schema_change_text,
+    sync_seconds,
+)
 from ..errors import SyncInProgress
 
 HERE = Path(__file__).parent
@@ -68,6 +77,8 @@ def _environment() -> Environment:
     env.filters["url"] = lambda text: quote(str(text), safe="")
     env.filters["sync_seconds"] = sync_seconds
     env.filters["delivery"] = delivery_text
+    env.filters["schema_change"] = schema_change_text
+    env.globals["schema_changes_shown"] = SCHEMA_CHANGES_SHOWN
     env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
     return env
 

@@ -31,6 +31,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -198,6 +199,12 @@ class RetryConfig(_Model):
 class FunctionConfig(_Model):
     """The connector's function: exactly one of `local`, `lambda` or `http`."""
 
+    # before `local`, whose file-type check it turns off (design §13)
+    runtime: Literal["provided", "provided.al2023", "provided.al2"] | None = Field(
+        None,
+        description="provided (or Lambda's provided.al2023, provided.al2): `local` is an "
+        "executable speaking AWS Lambda's Runtime API (Go, Rust, Java, .NET, a bash bootstrap).",
+    )
     local: str | None = Field(
         None, description="Path to a .py, .js, .mjs or .cjs file, relative to the config file."
     )
@@ -256,7 +263,10 @@ class FunctionConfig(_Model):
 
     @field_validator("local")
     @classmethod
-    def _known_file_type(cls, local: str | None) -> str | None:
+    def _known_file_type(cls, local: str | None, info: ValidationInfo) -> str | None:
+        # any executable runs with a runtime; a wrong `runtime` (absent here) is error enough
+        if info.data.get("runtime", "wrong") is not None:
+            return local
         if local is not None and PurePath(local).suffix not in _LOCAL_SUFFIXES:
             raise _problem("{local} is not a .py, .js, .mjs or .cjs file", local=local)
         return local
@@ -269,6 +279,12 @@ class FunctionConfig(_Model):
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise _problem("{url} is not an http(s) URL", url=url)
         return url
+
+    @model_validator(mode="after")
+    def _runtime_runs_a_local_file(self) -> FunctionConfig:
+        if self.runtime is not None and self.local is None:
+            raise _problem(f"runtime: {self.runtime} runs an executable: set local (./bootstrap)")
+        return self
 
     @model_validator(mode="after")
     def _exactly_one_function(self) -> FunctionConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from functools import partial
@@ -180,6 +181,8 @@ def _local_factory(
     path = config.local_path(function.local)
     if not path.is_file():
         raise ConfigError(f"{config.where('connectors', name, *at, 'local')}: no such file {path}")
+    if function.runtime is not None:
+        return _runtime_api_factory(config, name, function, at, env)
     if path.suffix in (".js", ".mjs", ".cjs"):
         return _node_factory(config, name, function, at, env)
     from .invokers.local import LocalPythonInvoker
@@ -216,6 +219,35 @@ def _node_factory(
 
     return partial(
         NodeInvoker,
+        path,
+        handler=function.handler,
+        timeout=function.timeout,
+        memory_mb=function.memory_mb,
+        function_name=name,
+        env=env,
+    )
+
+
+def _runtime_api_factory(
+    config: Config, name: str, function: FunctionConfig, at: tuple[str, ...], env: dict[str, str]
+):
+    """`runtime: provided`: an executable speaking the Lambda Runtime API (design §13)."""
+    path = config.local_path(function.local)
+    if function.isolation == "inline":
+        raise ConfigError(
+            f"{config.where('connectors', name, *at, 'isolation')}: runtime: "
+            f"{function.runtime} runs {path.name} as a process of its own; remove "
+            "`isolation: inline`"
+        )
+    if not os.access(path, os.X_OK):
+        raise ConfigError(
+            f"{config.where('connectors', name, *at, 'local')}: {path} is not executable, "
+            f"as runtime: {function.runtime} needs (chmod +x {path.name})"
+        )
+    from .invokers.runtime_api import RuntimeApiInvoker
+
+    return partial(
+        RuntimeApiInvoker,
         path,
         handler=function.handler,
         timeout=function.timeout,

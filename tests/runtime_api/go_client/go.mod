@@ -1,0 +1,3 @@
+module connector-runtime.test/goclient
+
+go 1.19

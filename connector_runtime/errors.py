@@ -14,6 +14,7 @@
         ├── DestinationError       kind destination_error: the warehouse refused a write
         │   └── StorageError       the page's object in cloud storage could not be read
         ├── DeliveryFailed         kind delivery_failed: a destination function refused a record
+        ├── ConfigConflict         kind config_error: the config asks what the warehouse refuses
         └── Stalled                kind stalled: hasMore without rows, too many times
 
 Nothing outside this module decides anything from an error's message text.
@@ -122,6 +123,13 @@ class DeliveryFailed(SyncFailure):
     """A destination function refused a record, or kept failing (design §12)."""
 
     kind = "delivery_failed"
+
+
+class ConfigConflict(SyncFailure):
+    """The config asks for what the warehouse's tables cannot become (history mode turned
+    off); the message names the table and what to do instead."""
+
+    kind = "config_error"
 
 
 class Stalled(SyncFailure):

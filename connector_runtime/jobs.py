@@ -267,12 +267,6 @@ def _table_settings(config: Config, name: str, connector: ConnectorConfig) -> Ta
     def column(col: str) -> str:
         return col if connector.naming == "source" else normalize(col)
 
-    for table, options in connector.tables.items():
-        if options.history:
-            raise ConfigError(
-                f"{config.where('connectors', name, 'tables', table, 'history')}: history "
-                "mode is not supported by this version yet"
-            )
     tables = connector.tables.items()
     return TableSettings(
         skip=frozenset(key(t) for t, o in tables if not o.sync),
@@ -284,4 +278,5 @@ def _table_settings(config: Config, name: str, connector: ConnectorConfig) -> Ta
             key(t): frozenset(column(c) for c, m in o.columns.items() if m == "hash")
             for t, o in tables
         },
+        history=frozenset(key(t) for t, o in tables if o.history),
     )

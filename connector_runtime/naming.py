@@ -12,7 +12,8 @@ same names on every warehouse:
   connector behaves the same there. So `Name` then `name` in one table give `Name` and
   `name_2`, `Orders` then `orders` give tables `Orders` and `orders_2`.
 - A column never takes one of the runtime's own columns (`RESERVED_COLUMNS`: the system
-  columns, and history mode's `_fivetran_start`, `_fivetran_end`, `_fivetran_active`),
+  columns, and history mode's `_fivetran_start`, `_fivetran_end`, `_fivetran_active`,
+  `_fivetran_hash`),
   whatever its case: `_FIVETRAN_SYNCED` becomes `_FIVETRAN_SYNCED_2`.
 - A collision's later name gets `_2`, `_3`, ... (the first suffix whose fold is free), in
   the order names arrive; every decision is stored (`connector_runtime.names`), and stored
@@ -41,8 +42,9 @@ from dataclasses import dataclass, field
 # Columns the runtime writes itself; a source column normalising to one of them is a
 # collision and gets a suffix, never the runtime's column.
 SYSTEM_COLUMNS = ("_fivetran_synced", "_fivetran_deleted", "_fivetran_batch", "_fivetran_index")
-# History mode's columns (design §14): reserved now, so turning history on never collides.
-HISTORY_COLUMNS = ("_fivetran_start", "_fivetran_end", "_fivetran_active")
+# History mode's columns (design §14), and the hash of each version's values that decides
+# whether an upsert changes it (`history.py`): reserved, so turning history on never collides.
+HISTORY_COLUMNS = ("_fivetran_start", "_fivetran_end", "_fivetran_active", "_fivetran_hash")
 # The page planner's own Arrow columns (a row's position in its page, and the last
 # position of a key): a source column of that name would be overwritten by them.
 PLANNER_COLUMNS = ("__row", "__row_max")

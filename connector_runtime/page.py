@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 
 from .batches import ValueRejected, column_array, hashed
-from .errors import InvalidResponse
+from .errors import ConfigConflict, InvalidResponse
+from .history import HASH, row_hashes
 from .naming import NameEntry, NameMap, UnusableName
 from .protocol import Response, TableSchema
 from .types import JSON, STRING, LogicalType, infer_column, widen
@@ -35,6 +36,7 @@ class TableInfo:
     columns: Mapping[str, LogicalType] = field(default_factory=dict)
     declared: frozenset[str] = frozenset()
     deleted_column: bool = False  # has `_fivetran_deleted`
+    history: bool = False  # keeps every version of a row (design §14); never `deleted_column`
 
     def stored(self) -> dict:
         """The catalog row's values (`connector_runtime.tables`), as JSON-ready data."""
@@ -43,11 +45,15 @@ class TableInfo:
             "columns": {c: str(t) for c, t in self.columns.items()},
             "declared": sorted(self.declared),
             "deleted_column": self.deleted_column,
+            "history": self.history,
         }
 
     @classmethod
-    def from_stored(cls, name, source, primary_key, columns, declared, deleted_column) -> TableInfo:
-        """A catalog row read back: the inverse of `stored`."""
+    def from_stored(
+        cls, name, source, primary_key, columns, declared, deleted_column, history=False
+    ) -> TableInfo:
+        """A catalog row read back: the inverse of `stored` (`history` NULL in a catalog
+        written before history mode: False)."""
         return cls(
             name,
             source,
@@ -55,16 +61,20 @@ class TableInfo:
             {c: LogicalType.parse(t) for c, t in columns.items()},
             frozenset(declared),
             bool(deleted_column),
+            bool(history),
         )
 
 
 @dataclass(frozen=True)
 class TableWrite:
-    """One table's part of a page. `previous` is None when the table is new."""
+    """One table's part of a page. `previous` is None when the table is new; a `table`
+    with `history` whose `previous` has none turns history mode on for its rows."""
 
     table: TableInfo
     previous: TableInfo | None
-    upserts: pa.Table | None = None  # primary-keyed rows, deduplicated, last one wins
+    # primary-keyed rows, deduplicated, last one wins; in a history table with the
+    # `_fivetran_hash` of each row's values
+    upserts: pa.Table | None = None
     appends: pa.Table | None = None  # rows of a table without a primary key
     deletes: pa.Table | None = None  # primary-key columns of rows to mark deleted
 
@@ -77,6 +87,11 @@ class TableWrite:
     def changed_columns(self) -> dict[str, tuple[LogicalType, LogicalType]]:
         old = self.previous.columns if self.previous else {}
         return {c: (old[c], t) for c, t in self.table.columns.items() if c in old and old[c] != t}
+
+    @property
+    def history_enabled(self) -> bool:
+        """Whether this page turns history mode on for a table that had rows without it."""
+        return self.table.history and self.previous is not None and not self.previous.history
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class TableSettings:
     skip: frozenset[str] = frozenset()
     blocked: Mapping[str, frozenset[str]] = field(default_factory=dict)
     hashed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    history: frozenset[str] = frozenset()  # tables in history mode (design §14)
 
 
 @dataclass
@@ -119,7 +135,9 @@ class PagePlanner:
     def plan(
         self, response: Response, *, sync_id: str, number: int, synced_at: datetime
     ) -> PageWrite:
-        """Validate and type one page; raises InvalidResponse and changes nothing then."""
+        """Validate and type one page; raises InvalidResponse and changes nothing then
+        (ConfigConflict if the config turned history mode off for a table)."""
+        self._check_history()
         names_before = len(self.names.added)
         try:
             writes = [self._table_write(source, response) for source in _tables_of(response)]
@@ -148,6 +166,18 @@ class PagePlanner:
     def rollback(self, page: PageWrite) -> None:
         """Forget names given by a page that did not commit."""
         self.names.forget(page.names)
+
+    def _check_history(self) -> None:
+        """History mode cannot be turned off: the versions would have no meaning left."""
+        for name, info in self.catalog.items():
+            if info.history and name not in self.settings.history | self.settings.skip:
+                raise ConfigConflict(
+                    f"connector {self.connector!r}, table {info.source!r}: history mode was "
+                    f"turned off, but {self.schema}.{name} keeps every version of its rows "
+                    "and cannot go back to one row per key; to stop keeping history, set "
+                    "another `schema:` for the connector and re-sync into it (`connector "
+                    f"resync {self.connector}`), or set `history: true` again"
+                )
 
     def _table_name(self, source: str, field_name: str) -> str:
         try:
@@ -181,15 +211,19 @@ class PagePlanner:
         keys = self._columns(source, name, table, deletes, "delete")
         keys = {k: keys[k] for k in table.primary_key} if deletes else {}
         table = self._typed(source, table, schema, rows, keys)
-        write = TableWrite(replace(table, deleted_column=True) if deletes else table, previous)
+        marks = deletes and not table.history  # a history table closes versions instead
+        write = TableWrite(replace(table, deleted_column=True) if marks else table, previous)
         if deletes:
             write = replace(write, deletes=self._arrow(source, table, keys, len(deletes)))
         if not inserts:
             return write
         typed = self._arrow(source, table, rows, len(inserts))
-        if table.primary_key:
-            return replace(write, upserts=_dedupe(typed, table.primary_key))
-        return replace(write, appends=typed)
+        if not table.primary_key:
+            return replace(write, appends=typed)
+        upserts = _dedupe(typed, table.primary_key)
+        if table.history:
+            upserts = upserts.append_column(HASH, row_hashes(upserts, table.columns))
+        return replace(write, upserts=upserts)
 
     def _table_info(
         self, name: str, source: str, schema: TableSchema | None, previous: TableInfo | None
@@ -200,15 +234,27 @@ class PagePlanner:
             if schema
             else None
         )
+        history = name in self.settings.history
         if previous is None:
-            return TableInfo(name, source, declared_key or ())
-        if declared_key is not None and declared_key != previous.primary_key:
+            table = TableInfo(name, source, declared_key or (), history=history)
+        elif declared_key is not None and declared_key != previous.primary_key:
             raise InvalidResponse(
                 f"schema: table {source!r}: primary key {list(declared_key)} differs from "
                 f"{list(previous.primary_key)}, the key the table was created with; to change "
                 f"it, run `connector resync {self.connector}` after dropping the table"
             )
-        return previous
+        elif history and not previous.history:  # its rows become first versions
+            table = replace(previous, history=True, deleted_column=False)
+        else:
+            table = previous
+        if table.history and not table.primary_key:
+            raise ConfigConflict(
+                f"connector {self.connector!r}, table {source!r}: history mode keeps the "
+                "versions of rows by their primary key, and the function sends this table "
+                "without one (its rows are appended, every one kept already); declare a key "
+                f'in "schema": {{"{source}": {{"primary_key": [...]}}}} or remove `history: true`'
+            )
+        return table
 
     def _columns(
         self, source: str, table: str, info: TableInfo, rows: list[dict], field_name: str

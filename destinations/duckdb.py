@@ -42,6 +42,8 @@ from connector_runtime.naming import NameEntry
 from connector_runtime.page import PageWrite, TableInfo, TableWrite
 from connector_runtime.types import LogicalType
 
+from . import duckdb_history as history
+
 SQL_TYPES = {
     "BOOLEAN": "BOOLEAN",
     "LONG": "BIGINT",
@@ -84,6 +86,7 @@ CREATE TABLE IF NOT EXISTS {RUNTIME_SCHEMA}.schema_changes (
   "column" VARCHAR, change VARCHAR, from_type VARCHAR, to_type VARCHAR);
 ALTER TABLE {RUNTIME_SCHEMA}.state ADD COLUMN IF NOT EXISTS paused BOOLEAN DEFAULT false;
 ALTER TABLE {RUNTIME_SCHEMA}.syncs ADD COLUMN IF NOT EXISTS function_output VARCHAR;
+ALTER TABLE {RUNTIME_SCHEMA}.tables ADD COLUMN IF NOT EXISTS history BOOLEAN DEFAULT false;
 """
 _SYNC_COLUMNS = (
     "sync_id, connector, trigger, {started}, {finished}, status, pages, rows_upserted,"
@@ -274,9 +277,9 @@ class DuckDBDestination(Destination):
             ).fetchall()
         ]
         catalog = {
-            r[0]: TableInfo.from_stored(r[0], r[1], *map(orjson.loads, r[2:5]), r[5])
+            r[0]: TableInfo.from_stored(r[0], r[1], *map(orjson.loads, r[2:5]), *r[5:7])
             for r in con.execute(
-                f"SELECT name, source, primary_key, columns, declared, deleted_column"
+                f"SELECT name, source, primary_key, columns, declared, deleted_column, history"
                 f" FROM {RUNTIME_SCHEMA}.tables WHERE connector = ?",
                 [connector],
             ).fetchall()
@@ -540,11 +543,16 @@ class DuckDBDestination(Destination):
         target = f"{self._schema(page.schema)}.{q(write.table.name)}"
         self._evolve(con, target, write)
         counts = TableCounts()
-        if write.upserts is not None:
+        versions = write.table.history  # design §14: versions are closed, never replaced
+        if write.upserts is not None and versions:
+            counts.upserted = history.upsert(con, target, write, page.synced_at)
+        elif write.upserts is not None:
             counts.upserted = self._upsert(con, target, page, write)
         if write.appends is not None:
             counts.upserted = self._append(con, target, page, write)
-        if write.deletes is not None:
+        if write.deletes is not None and versions:
+            counts.deleted, counts.missing = history.close(con, target, write, page.synced_at)
+        elif write.deletes is not None:
             counts.deleted, counts.missing = self._delete(con, target, page, write)
         return counts
 
@@ -560,6 +568,7 @@ class DuckDBDestination(Destination):
                 else []
             )
             columns += ["_fivetran_deleted BOOLEAN DEFAULT false"] if table.deleted_column else []
+            columns += history.COLUMNS_DDL if table.history else []
             con.execute(f"CREATE TABLE {target} ({', '.join(columns)})")
             return
         for column, logical in write.added_columns.items():
@@ -576,6 +585,10 @@ class DuckDBDestination(Destination):
             )
         if table.deleted_column and not write.previous.deleted_column:
             con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
+        if write.history_enabled:
+            history.start(con, target, write.previous, table)
+        elif table.history and write.changed_columns:  # values may read differently now
+            history.rehash(con, target, table, active_only=True)
 
     def _upsert(self, con, target: str, page: PageWrite, write: TableWrite) -> int:
         rows = write.upserts
@@ -654,13 +667,15 @@ class DuckDBDestination(Destination):
             [connector, table.name],
         )
         con.execute(
-            f"INSERT INTO {RUNTIME_SCHEMA}.tables VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {RUNTIME_SCHEMA}.tables (connector, name, source, primary_key, columns,"
+            " declared, deleted_column, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 connector,
                 table.name,
                 table.source,
                 *(orjson.dumps(stored[k]).decode() for k in ("primary_key", "columns", "declared")),
                 stored["deleted_column"],
+                stored["history"],
             ],
         )
 
@@ -694,6 +709,8 @@ class DuckDBDestination(Destination):
         synced_at: datetime,
     ) -> int:
         target = f"{self._schema(schema)}.{q(table.name)}"
+        if table.history:
+            return history.close_unsent(con, target, cutoff, synced_at)
         if not table.deleted_column:
             con.execute(f"ALTER TABLE {target} ADD COLUMN _fivetran_deleted BOOLEAN DEFAULT false")
             self._save_table(con, connector, replace(table, deleted_column=True))

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -63,7 +64,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         "'connector-runtime[postgres]' (or [mysql], [sqlite])"
     ) from exc
 
-from .sql import MYSQL_NAMES, DataTable, UtcTimestamp, flavor_for
+from .sql import MYSQL_NAMES, DataTable, UtcTimestamp, flavor_for, history
 
 DEFAULT_DRIVERS = {
     "postgresql": "postgresql+psycopg",
@@ -182,6 +183,7 @@ def runtime_tables(flavor) -> dict[str, sa.Table]:
             *(sa.Column(c, text) for c in ("name", "source")),
             *(sa.Column(c, JsonDocument()) for c in ("primary_key", "columns", "declared")),
             sa.Column("deleted_column", sa.Boolean()),
+            sa.Column("history", sa.Boolean()),  # design §14; NULL in older catalogs: off
         ),
         "deliveries": table(
             "deliveries",
@@ -354,6 +356,7 @@ class SQLAlchemyDestination(Destination):
                     tables.c.columns,
                     tables.c.declared,
                     tables.c.deleted_column,
+                    tables.c.history,
                 ).where(tables.c.connector == connector)
             ).all()
         names = [NameEntry(*r) for r in stored_names]
@@ -661,14 +664,17 @@ class SQLAlchemyDestination(Destination):
     def _write(self, conn, page: PageWrite, write: TableWrite, table: DataTable) -> TableCounts:
         counts = TableCounts()
         stage = f"_cr_stage_{next(self._stages)}"
+        versions = write.table.history  # design §14: versions are closed, never replaced
         if write.upserts is not None:
-            self.flavor.upsert(conn, table, write.upserts, page.synced_at, stage)
+            upsert = partial(history.upsert, self.flavor) if versions else self.flavor.upsert
+            upsert(conn, table, write.upserts, page.synced_at, stage)
             counts.upserted = write.upserts.num_rows
         if write.appends is not None:
             self.flavor.append(conn, table, write.appends, page.synced_at, page.batch, stage)
             counts.upserted = write.appends.num_rows
         if write.deletes is not None:
-            counts.deleted, counts.missing = self.flavor.mark_deleted(
+            mark = partial(history.close, self.flavor) if versions else self.flavor.mark_deleted
+            counts.deleted, counts.missing = mark(
                 conn, table, write.deletes, page.synced_at, f"{stage}_keys"
             )
         return counts
@@ -727,8 +733,8 @@ class SQLAlchemyDestination(Destination):
         self, connector: str, schema: str, tables: list[str], cutoff: datetime, synced_at: datetime
     ) -> dict[str, int]:
         catalog = self.load(connector).catalog
-        marked_tables = [
-            (catalog[name], replace(catalog[name], deleted_column=True)) for name in tables
+        marked_tables = [  # a history table closes versions instead (design §14)
+            (t, replace(t, deleted_column=not t.history)) for t in map(catalog.get, tables)
         ]
         targets = [(old, new, self.flavor.data_table(schema, new)) for old, new in marked_tables]
         what = "the end-of-sync soft deletes"
@@ -741,9 +747,10 @@ class SQLAlchemyDestination(Destination):
             for old, new, table in targets:
                 if self.flavor.transactional_ddl:
                     self.flavor.evolve(conn, table, old)
-                if not old.deleted_column:
+                if new != old:
                     self._save_table(conn, connector, new)
-                marked[new.name] = self.flavor.mark_unsent(conn, table, cutoff, synced_at)
+                mark = history.close_unsent if new.history else self.flavor.mark_unsent
+                marked[new.name] = mark(conn, table, cutoff, synced_at)
             state = self.runtime["state"]
             conn.execute(
                 sa.update(state)

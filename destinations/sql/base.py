@@ -20,9 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from connector_runtime.destination import RUNTIME_SCHEMA
+from connector_runtime.history import HASH
 from connector_runtime.locks import file_lock
 from connector_runtime.page import TableInfo
 from connector_runtime.types import BOOLEAN, LONG, STRING, LogicalType
+
+from . import history  # history mode's statements, built on this module's flavor
 
 SYNCED, BATCH, INDEX, DELETED = (
     "_fivetran_synced",
@@ -136,6 +139,8 @@ class Flavor:
             columns += [self.column(BATCH, BATCH), self.column(INDEX, INDEX)]
         if info.deleted_column:
             columns.append(self.column(DELETED, DELETED, sa.Boolean()))
+        if info.history:
+            columns += history.core_columns(self)
         ref = ".".join(self.q(part) for part in (schema_name, name) if part)
         core = sa.Table(sa.sql.quoted_name(ref, False), sa.MetaData(), *columns)
         return DataTable(schema_name, name, ref, core, info)
@@ -188,8 +193,12 @@ class Flavor:
             ]
         if info.deleted_column:
             defs.append(self.deleted_column())
+        key = [dt.q(k) for k in keys]
+        if info.history:  # design §14: a version's key is the row's key plus its start
+            defs += history.column_defs(self)
+            key.append(self.q(history.START))
         if keys:
-            defs.append(f"PRIMARY KEY ({', '.join(dt.q(k) for k in keys)})")
+            defs.append(f"PRIMARY KEY ({', '.join(key)})")
         return f"CREATE TABLE {ref or dt.ref} ({', '.join(defs)}){self.table_options}"
 
     def ddl(self, conn: sa.Connection, statement: str) -> None:
@@ -202,6 +211,9 @@ class Flavor:
         if previous is None:
             self.ddl(conn, self.create_sql(dt))
             return
+        if dt.info.history and not previous.history:  # the copy takes new columns and types
+            history.start(self, conn, dt, dict(previous.columns), previous.deleted_column)
+            return
         added = [c for c in dt.info.columns if c not in previous.columns]
         changed = {
             c: (previous.columns[c], new)
@@ -211,6 +223,8 @@ class Flavor:
         add_deleted = dt.info.deleted_column and not previous.deleted_column
         if added or changed or add_deleted:
             self.alter(conn, dt, previous, added, changed, add_deleted)
+        if dt.info.history and history.widened(previous, dt.info):  # values may read anew
+            history.rehash(self, conn, dt, active_only=True)
 
     def rewrites(self, old: LogicalType, new: LogicalType) -> bool:
         """Whether widening `old` to `new` changes the stored column or its values."""
@@ -270,8 +284,9 @@ class Flavor:
         the staging DDL, the COPY or the executemany.
         """
         staged = {c: c if c == "__row" else f"c{i}" for i, c in enumerate(rows.column_names)}
+        numbers = ("__row", HASH)  # the row's position; a history version's hash
         defs = [
-            f"{self.q(s)} {self.sql_type(LONG) if c == '__row' else self.column_type(dt.info, c)}"
+            f"{self.q(s)} {self.sql_type(LONG) if c in numbers else self.column_type(dt.info, c)}"
             for c, s in staged.items()
         ]
         self.ddl(conn, self.stage_sql(self.q(name), ", ".join(defs)))
@@ -285,6 +300,14 @@ class Flavor:
 
     def drop_stage(self, conn, name: str) -> None:
         self.ddl(conn, f"DROP TABLE {name}")
+
+    def drop_leftover(self, conn, dt: DataTable) -> None:
+        """Drop a copy a stopped table swap left behind (only MySQL can leave one)."""
+
+    def swap_in(self, conn, dt: DataTable, copy: DataTable) -> None:
+        """Replace table `dt` by `copy`, its new version, in this transaction."""
+        self.ddl(conn, f"DROP TABLE {dt.ref}")
+        self.ddl(conn, f"ALTER TABLE {copy.ref} RENAME TO {self.q(dt.name)}")
 
     def fill(self, conn, table: sa.Table, rows: pa.Table, types: dict[str, LogicalType]) -> None:
         conn.execute(sa.insert(table), self.records(rows, types))

@@ -14,9 +14,11 @@ import structlog
 from sqlalchemy.dialects import mysql
 
 from connector_runtime.errors import SyncInProgress
+from connector_runtime.naming import HISTORY_COLUMNS
 from connector_runtime.page import TableInfo
 from connector_runtime.types import BOOLEAN, JSON, LONG, STRING, LogicalType, decimal
 
+from . import history
 from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit
 
 MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031}
@@ -166,6 +168,13 @@ class MySQL(Flavor):
         return new == JSON or (new == STRING and old.name in rewritten)
 
     def evolve(self, conn, dt: DataTable, previous: TableInfo | None) -> None:
+        self.evolve_table(conn, dt, previous)
+        if dt.info.history and previous and previous.history and history.widened(previous, dt.info):
+            # by the catalog, not the table: a page replayed after its DDL hashes again
+            history.rehash(self, conn, dt, active_only=True)
+
+    def evolve_table(self, conn, dt: DataTable, previous: TableInfo | None) -> None:
+        """Create, convert to history, add and widen, as the table now needs."""
         name = dt.name
         old_copy = self.fit(f"{name}__cr_old")
         stored = self.stored(conn, [name, old_copy])
@@ -178,6 +187,11 @@ class MySQL(Flavor):
         info = dt.info
         keys = info.primary_key
         physical = {c: self.fit(c) for c in info.columns}
+        if info.history and history.START not in actual:  # turned on: copy and swap
+            old = {c: self.read_back(actual[physical[c]], previous, c) for c in info.columns}
+            old = {c: t for c, t in old.items() if physical[c] in actual}
+            history.start(self, conn, dt, old, DELETED in actual)
+            return
         added = [c for c in info.columns if physical[c] not in actual]
         changed = {
             c: (self.read_back(actual[physical[c]], previous, c), new)
@@ -254,7 +268,8 @@ class MySQL(Flavor):
         self.ddl(conn, f"DROP TABLE IF EXISTS {self.q(new_name)}")
         self.ddl(conn, self.create_sql(dt, self.q(new_name)))
         kept = [c for c in dt.info.columns if self.fit(c) in actual]
-        meta = [m for m in (SYNCED, BATCH, INDEX, DELETED) if m in actual and m in dt.core.c]
+        meta = (SYNCED, BATCH, INDEX, DELETED, *HISTORY_COLUMNS)
+        meta = [m for m in meta if m in actual and m in dt.core.c]
         targets = [dt.q(c) for c in kept] + [self.q(m) for m in meta]
         sources = [
             self.convert(*changed[c], dt.q(c)) if c in changed else dt.q(c) for c in kept
@@ -269,6 +284,15 @@ class MySQL(Flavor):
             f"RENAME TABLE {dt.ref} TO {self.q(old_name)}, {self.q(new_name)} TO {dt.ref}",
         )
         self.ddl(conn, f"DROP TABLE {self.q(old_name)}")
+
+    def drop_leftover(self, conn, dt: DataTable) -> None:
+        self.ddl(conn, f"DROP TABLE IF EXISTS {dt.ref}")
+
+    def swap_in(self, conn, dt: DataTable, copy: DataTable) -> None:
+        """One RENAME TABLE: readers see the old table or the new one, never neither."""
+        old = self.q(self.fit(f"{dt.name}__cr_old"))
+        self.ddl(conn, f"RENAME TABLE {dt.ref} TO {old}, {copy.ref} TO {dt.ref}")
+        self.ddl(conn, f"DROP TABLE {old}")
 
     def stage(self, conn, dt, rows, name):
         # a TEMPORARY table neither commits the transaction nor goes away on rollback

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from connector_runtime.locks import file_lock
+from connector_runtime.naming import HISTORY_COLUMNS
 from connector_runtime.page import TableInfo
 from connector_runtime.types import BOOLEAN, LogicalType
 
@@ -108,6 +109,7 @@ class SQLite(Flavor):
         kept = [c for c in dt.info.columns if c in previous.columns]
         meta = [SYNCED] + ([] if previous.primary_key else [BATCH, INDEX])
         meta += [DELETED] if previous.deleted_column else []
+        meta += list(HISTORY_COLUMNS) if previous.history else []
         targets = [dt.q(c) for c in kept] + [self.q(m) for m in meta]
         sources = [self.convert(*changed[c], dt.q(c)) if c in changed else dt.q(c) for c in kept]
         sources += [self.q(m) for m in meta]

@@ -208,6 +208,11 @@ class FunctionConfig(_Model):
     local: str | None = Field(
         None, description="Path to a .py, .js, .mjs or .cjs file, relative to the config file."
     )
+    netlify: str | None = Field(
+        None,
+        description="A function in `functions_dir`, by name (hello: hello.ts, hello/index.ts, "
+        "...), found as Netlify finds it.",
+    )
     handler: str | None = Field(
         None, description="Name of the local handler; default `handler`, else `lambda_handler`."
     )
@@ -253,11 +258,17 @@ class FunctionConfig(_Model):
     retry: RetryConfig = Field(
         RetryConfig(), description="Retries of transient invocation failures."
     )
+    background: bool | None = Field(
+        None,
+        description="Start the function without waiting for its answer; it POSTs its page to "
+        "the request's `callback` within `timeout`. Default: true when the function's "
+        "name (netlify, file or URL) ends in -background.",
+    )
 
     @property
     def kind(self) -> Literal["local", "lambda", "http"]:
-        """Which of the three ways this function is called."""
-        if self.local is not None:
+        """Which of the three ways this function is called (a `netlify` one is local)."""
+        if self.local is not None or self.netlify is not None:
             return "local"
         return "lambda" if self.lambda_ is not None else "http"
 
@@ -270,6 +281,16 @@ class FunctionConfig(_Model):
         if local is not None and PurePath(local).suffix not in _LOCAL_SUFFIXES:
             raise _problem("{local} is not a .py, .js, .mjs or .cjs file", local=local)
         return local
+
+    @field_validator("netlify")
+    @classmethod
+    def _function_name(cls, netlify: str | None) -> str | None:
+        from connector_runtime.functions_dir import NAME
+
+        if netlify is not None and not re.match(NAME, netlify):
+            message = "{netlify} is not a function name: letters, digits, - and _, no path"
+            raise _problem(message, netlify=netlify)
+        return netlify
 
     @field_validator("http")
     @classmethod
@@ -290,13 +311,34 @@ class FunctionConfig(_Model):
     def _exactly_one_function(self) -> FunctionConfig:
         chosen = [key for key, value in self._sources().items() if value is not None]
         if not chosen:
-            raise _problem("no function: set one of local, lambda or http")
+            raise _problem("no function: set one of local, netlify, lambda or http")
         if len(chosen) > 1:
-            raise _problem(f"set only one of local, lambda or http, not {' and '.join(chosen)}")
+            raise _problem(
+                f"set only one of local, netlify, lambda or http, not {' and '.join(chosen)}"
+            )
         return self
 
     def _sources(self) -> dict[str, str | None]:
-        return {"local": self.local, "lambda": self.lambda_, "http": self.http}
+        return {
+            "local": self.local,
+            "netlify": self.netlify,
+            "lambda": self.lambda_,
+            "http": self.http,
+        }
+
+    @property
+    def runs_in_background(self) -> bool:
+        """`background`, else whether the function's name ends in -background (design §13)."""
+        from connector_runtime.functions_dir import is_background
+
+        if self.background is not None:
+            return self.background
+        if self.netlify is not None:
+            return is_background(self.netlify)
+        if self.local is not None:
+            path = PurePath(self.local)
+            return is_background(path.parent.name if path.stem == "index" else path.stem)
+        return self.http is not None and is_background(urlsplit(self.http).path.rstrip("/"))
 
 
 class CronSchedule(_Model):
@@ -373,6 +415,15 @@ class ServerConfig(_Model):
 
     listen: Annotated[str, AfterValidator(_check_listen)] = Field(
         "127.0.0.1:8765", description="host:port to listen on; port 0 picks a free port."
+    )
+    # the lambda: `_check_http_url` is defined further down
+    public_url: Annotated[_Expandable, AfterValidator(lambda url: _check_http_url(url))] | None = (
+        Field(
+            None,
+            description="The URL functions elsewhere reach this server at (a proxy, a tunnel); "
+            "background functions POST their pages under it. Default: the listen address. "
+            "May use ${env:VAR}.",
+        )
     )
 
 
@@ -521,6 +572,11 @@ class Config(_Model):
     notify: list[NotifyConfig] = Field(
         [], description="Webhooks for every connector's alerts (alert.opened, alert.resolved)."
     )
+    functions_dir: str = Field(
+        "netlify/functions",
+        description="Where `function: {netlify: NAME}` finds its functions, relative to the "
+        "config file.",
+    )
 
     _path: Path = PrivateAttr(default_factory=lambda: Path(_DEFAULT_CONFIG_FILE))
     _root: Any = PrivateAttr(default=None)  # the YAML node tree, for `where`
@@ -548,11 +604,40 @@ class Config(_Model):
         return destination if isinstance(destination, FunctionDestinationConfig) else None
 
     def function_path(self, name: str) -> Path:
-        """The connector's `local` function file, resolved against the config's directory."""
-        local = self.connector(name).function.local
-        if local is None:
+        """The connector's `local` (or `netlify`) function file, resolved against the
+        config's directory."""
+        function = self.connector(name).function
+        if function.kind != "local":
             raise ConfigError(f"{self.path}: connectors.{name}.function: not a local function")
-        return self.local_path(local)
+        return self.function_file(name, function)
+
+    def function_file(
+        self, name: str, function: FunctionConfig, at: tuple[str, ...] = ("function",)
+    ) -> Path:
+        """The file of a `local` or `netlify` function at `at` in connector `name`; for
+        `netlify`, ConfigError saying where it was looked for if it is in none of them."""
+        if function.netlify is None:
+            return self.local_path(function.local)
+        from connector_runtime import functions_dir
+
+        directory = self.functions_directory()
+        found = functions_dir.find(directory, function.netlify)
+        if found is None:
+            there = ", ".join(functions_dir.discover(directory)) or "none"
+            raise ConfigError(
+                f"{self.where('connectors', name, *at, 'netlify')}: no function "
+                f"{function.netlify!r} in {directory} (looked for "
+                f"{functions_dir.looked_for(function.netlify)}; functions there: {there})"
+                if directory.is_dir()
+                else f"{self.where('connectors', name, *at, 'netlify')}: no functions "
+                f"directory {directory} (functions_dir: {self.functions_dir!r}, relative to "
+                "the config file)"
+            )
+        return found
+
+    def functions_directory(self) -> Path:
+        """`functions_dir`, resolved against the config's directory."""
+        return self._directory() / Path(self.functions_dir).expanduser()
 
     def local_path(self, local: str) -> Path:
         """A `local:` function file, resolved against the config's directory."""

@@ -75,10 +75,19 @@ def _warn_of_plaintext_secrets(config: Config, name: str, connector: ConnectorCo
 def _invoker_factory(
     config: Config, name: str, connector: ConnectorConfig, decrypt, storage: S3PageStore | None
 ):
-    """A callable making the connector's invoker; backends are imported only when used."""
+    """A callable making the connector's invoker; backends are imported only when used.
+    A background function (design §13) is wrapped to get its page by callback."""
     env = storage.worker_env() if storage is not None else {}
-    return _function_factory(
-        config, name, connector, connector.function, ("function",), decrypt, env
+    function = connector.function
+    runner = _function_factory(config, name, connector, function, ("function",), decrypt, env)
+    if not function.runs_in_background:
+        return runner
+    from .invokers.background import BackgroundInvoker
+
+    # a local or Lambda call lasts as long as the function runs; an HTTP host answers first
+    ends_with_return = function.kind != "http"
+    return partial(
+        BackgroundInvoker, runner, timeout=function.timeout, ends_with_return=ends_with_return
     )
 
 
@@ -103,7 +112,8 @@ def _function_factory(
             function.http,
             headers=headers,
             timeout=function.timeout,
-            status_answers=at != ("function",),
+            # a background function's 2xx (Netlify: 202, no body) only says it started
+            status_answers=at != ("function",) or function.runs_in_background,
         )
     if function.kind == "lambda":
         return _lambda_factory(config, name, function, at)
@@ -116,6 +126,12 @@ def _delivery(config: Config, name: str, connector: ConnectorConfig, decrypt):
     if destination is None:
         return None
     function = destination.function
+    if function.runs_in_background:
+        raise ConfigError(
+            f"{config.where('connectors', name, 'destination', 'function')}: a destination "
+            "function answers each call itself; only a source function can run in the "
+            "background (remove `background: true` or the -background ending of its name)"
+        )
     retry = function.retry
     return DeliverySettings(
         invoker=_function_factory(
@@ -178,7 +194,7 @@ def _lambda_factory(config: Config, name: str, function: FunctionConfig, at: tup
 def _local_factory(
     config: Config, name: str, function: FunctionConfig, at: tuple[str, ...], env: dict[str, str]
 ):
-    path = config.local_path(function.local)
+    path = config.function_file(name, function, at)
     if not path.is_file():
         raise ConfigError(f"{config.where('connectors', name, *at, 'local')}: no such file {path}")
     if function.runtime is not None:
@@ -202,7 +218,7 @@ def _local_factory(
 def _node_factory(
     config: Config, name: str, function: FunctionConfig, at: tuple[str, ...], env: dict[str, str]
 ):
-    path = config.local_path(function.local)
+    path = config.function_file(name, function, at)
     if function.isolation == "inline":
         raise ConfigError(
             f"{config.where('connectors', name, *at, 'isolation')}: inline runs "

@@ -332,8 +332,32 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
 
     for name in [None, *config.connectors]:
         notify.webhooks_for(config, name)  # unset ${env:} in a webhook, with file:line
+    _list_functions_dir(config)
     console.print(f"[green]{config.path}: {len(config.connectors)} connector(s), all valid[/green]")
     return OK
+
+
+def _list_functions_dir(config: Config) -> None:
+    """`validate`'s report of the functions directory (design §13): each function found,
+    its file, and the connectors that call it (marked when in the background)."""
+    from .functions_dir import discover
+
+    directory = config.functions_directory()
+    found = discover(directory)
+    callers: dict[str, list[str]] = {}
+    for name, connector in config.connectors.items():
+        function = connector.function
+        if function.netlify is not None:
+            mode = " (background)" if function.runs_in_background else ""
+            callers.setdefault(function.netlify, []).append(name + mode)
+    if not found and not callers:
+        return
+    out.print(f"functions in {directory}: {len(found)}", highlight=False)
+    table = Table("function", "file", "connectors", box=None)
+    for function, path in found.items():
+        file = str(path.relative_to(directory))
+        table.add_row(escape(function), escape(file), escape(", ".join(callers.get(function, []))))
+    out.print(table)
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:

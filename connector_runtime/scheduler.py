@@ -29,8 +29,8 @@ import structlog
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import masking, notify
-from .config import Config, CronSchedule
+from . import callbacks, masking, notify
+from .config import Config, CronSchedule, expand_env
 from .control import Control
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
 from .events import bus
@@ -170,6 +170,7 @@ class Server:
                 f"(pid {other.pid}, {other.url})"
             )
         listener = self._bind()
+        callbacks.board.served_at = self._public_url()  # background functions POST here
         notifier = notify.start(self.config, dashboard_url=self.url)
         self._install_signal_handlers()
         self.scheduler.start()
@@ -188,6 +189,7 @@ class Server:
                 pass
         finally:
             discovery.remove(self.config.path)
+            callbacks.board.served_at = None
             self.scheduler.shutdown(wait=False)
             self.pool.shutdown(wait=True, cancel_futures=True)  # running syncs finish their page
             if self.http is not None:
@@ -231,6 +233,13 @@ class Server:
                 hint="put TLS in front (a reverse proxy): the token travels in every request",
             )
         return listener
+
+    def _public_url(self) -> str:
+        """Where functions reach this server: `server.public_url`, else the listen address."""
+        public_url = self.config.server.public_url
+        if public_url is None:
+            return self.url
+        return expand_env(public_url, self.config.where("server", "public_url"))
 
     def _start_http(self, listener: socket.socket) -> threading.Thread:
         app = create_app(self.control, self, bus, self.metrics.registry, self.token)

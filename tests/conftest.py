@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -210,6 +211,18 @@ def project(tmp_path: Path):
         return made
 
     return make
+
+
+@pytest.fixture
+def node() -> str:
+    """The path of `node`; the test skips without it, or fails under CI=true."""
+    found = shutil.which("node")
+    if found is None:
+        message = "node is not on PATH; install Node.js 18+ to run the JavaScript tests"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 @pytest.fixture

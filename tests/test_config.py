@@ -228,7 +228,7 @@ def test_every_field_has_a_description() -> None:
                   http: https://example.net/sync
             """,
             "connectors.yaml:4: connectors.orders.function: "
-            "set only one of local, lambda or http, not local and http",
+            "set only one of local, netlify, lambda or http, not local and http",
             id="two-functions",
         ),
         pytest.param(
@@ -239,7 +239,7 @@ def test_every_field_has_a_description() -> None:
                   handler: handler
             """,
             "connectors.yaml:3: connectors.orders.function: "
-            "no function: set one of local, lambda or http",
+            "no function: set one of local, netlify, lambda or http",
             id="no-function",
         ),
         pytest.param(

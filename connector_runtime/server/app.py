@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import callbacks
 from ..control import Control, NotFound
 from ..errors import ConfigError, ConnectorRuntimeError, SyncInProgress
 from ..events import EventBus
@@ -69,6 +70,7 @@ def create_app(
         Route("/api/alerts", api.alerts),
         Route("/api/alerts/{alert_id}/resolve", api.resolve, methods=["POST"]),
         Route("/api/events", api.events),
+        callbacks.route(),  # background functions' pages; their own token authorizes them
         *dashboard.routes(control, syncs, JSON),
     ]
     expected = (ConfigError, NotFound, SyncInProgress, ValueError, ConnectorRuntimeError)

@@ -3,7 +3,8 @@
 - Scripts send `Authorization: Bearer <token>`.
 - A browser opens `/login?token=<token>` once and then holds an HttpOnly,
   SameSite=Strict cookie (an HMAC of the token, never the token itself).
-- Everything but `/healthz` and `/login` answers 401 without one of them.
+- Everything but `/healthz`, `/login` and background functions' callbacks (each
+  authorized by its own token, `callbacks`) answers 401 without one of them.
 - A POST (every request that changes something) must also come from this origin: an
   `Origin` header naming another site is refused with 403, and a cookie-authenticated
   POST without an `Origin` is refused too, so a form on another site cannot act.
@@ -19,6 +20,8 @@ from http.cookies import SimpleCookie
 
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..callbacks import PATH_PREFIX as CALLBACKS
 
 COOKIE = "connector_runtime_session"
 OPEN_PATHS = frozenset({"/healthz", "/login"})
@@ -37,7 +40,11 @@ class TokenAuth:
         self.session = hmac.new(token.encode(), b"browser session", hashlib.sha256).hexdigest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/healthz":
+        if (
+            scope["type"] != "http"
+            or scope["path"] == "/healthz"
+            or scope["path"].startswith(CALLBACKS)
+        ):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

@@ -29,6 +29,17 @@ from .types import LogicalType
 SHOWN_MESSAGE_CHARS = 200
 
 
+class Callback(BaseModel):
+    """Where a background function POSTs its page instead of answering."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str = Field(description="POST the page here, as the JSON a function answers with.")
+    token: str = Field(
+        description="Send it as Authorization: Bearer <token>; it is good for this call only."
+    )
+
+
 class Request(BaseModel):
     """What the runtime sends the function on every call."""
 
@@ -48,6 +59,10 @@ class Request(BaseModel):
     file: str | None = Field(
         default=None,
         description="With cloud storage: the object key for this page's insert and delete.",
+    )
+    callback: Callback | None = Field(
+        default=None,
+        description="For a background function: where to POST the page instead of answering.",
     )
 
     def payload(self) -> dict[str, Any]:

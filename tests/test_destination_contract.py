@@ -23,6 +23,8 @@ from warehouses import postgres_url as postgres_url
 import connector_runtime.sync as sync_module
 from connector_runtime.destination import open_destination
 from connector_runtime.errors import ConfigError, SyncInProgress, TransientDestinationError
+from connector_runtime.history import END_OF_TIME, closing_time
+from connector_runtime.page import TableSettings
 from connector_runtime.retry import RetryPolicy
 from connector_runtime.sync import SyncJob, run_sync
 from connector_runtime.testing import ScriptedInvoker
@@ -673,11 +675,14 @@ def test_delivery_counts_are_kept_one_row_per_sync_and_read_by_sync_ids(destinat
     assert kept == [("s1", 3_000_000_000)]  # connector demo's only row, saved twice
 
 
-def older_warehouse(url: str, tmp_path: Path, table: str = "deliveries") -> str:
-    """`url` as a version without runtime table `table` (delivery counts, say) left it. A
-    DuckDB file is copied too, so that this process opens it as a file it has not prepared."""
+def older_warehouse(
+    url: str, tmp_path: Path, table: str = "deliveries", *, statement: str | None = None
+) -> str:
+    """`url` as a version without runtime table `table` (delivery counts, say) left it, or
+    as `statement` undoes what came later. A DuckDB file is copied too, so that this
+    process opens it as a file it has not prepared."""
     wh = Warehouse(url)
-    drop = f"DROP TABLE {wh.runtime(table)}"
+    drop = statement or f"DROP TABLE {wh.runtime(table)}"
     if wh.backend == "duckdb":
         import duckdb
 
@@ -857,4 +862,204 @@ def test_a_warehouse_made_before_the_schema_change_log_gains_its_table(destinati
     assert added.record.status == "succeeded", added.alert
     assert logged_changes(url) == [
         (added.record.sync_id, "t", "note", "column_added", None, "STRING")
+    ]
+
+
+# -- history mode (design §14) ------------------------------------------------------------
+
+HISTORY = TableSettings(history=frozenset({"t"}))
+
+
+def history_sync(url: str, *pages, settings=HISTORY, trigger="manual"):
+    invoker = ScriptedInvoker(list(pages))
+    job = SyncJob("demo", "demo", url, lambda: invoker, retry=FAST_RETRY, settings=settings)
+    outcome = run_sync(job, trigger=trigger)
+    assert outcome.record.status == "succeeded", outcome.alert
+    return outcome
+
+
+def deletes(*ids, more=False):
+    return {"state": {}, "delete": {"t": [{"id": i} for i in ids]}, "schema": KEY, "hasMore": more}
+
+
+KEY = {"t": {"primary_key": ["id"]}}
+
+
+def versions(url: str, syncs: list, columns: str = "plan") -> list[tuple]:
+    """Every version of `demo.t` by id and start: (id, *columns, start, end, active); times
+    as labels: `s2` the start of the second of `syncs`, `s2-1ms` a millisecond before it,
+    `open` the end of time of an active version."""
+    labels = {instant(END_OF_TIME): "open"}
+    for number, outcome in enumerate(syncs, start=1):
+        started = outcome.record.started_at
+        labels[instant(started)] = f"s{number}"
+        labels[instant(closing_time(started))] = f"s{number}-1ms"
+    rows = Warehouse(url).rows(
+        "t",
+        f"id, {columns}, _fivetran_start, _fivetran_end, _fivetran_active",
+        "id, _fivetran_start",
+    )
+    return [
+        (*row[:-3], labels.get(instant(row[-3])), labels.get(instant(row[-2])), bool(row[-1]))
+        for row in rows
+    ]
+
+
+def test_history_opens_a_version_per_change_and_none_for_identical_values(destination_url):
+    s1 = history_sync(destination_url, page([{"id": 1, "plan": "free"}, {"id": 2, "plan": "free"}]))
+    s2 = history_sync(
+        destination_url,
+        page([{"id": 1, "plan": "free"}, {"id": 2, "plan": "pro"}], more=True),
+        page([{"id": 2, "plan": "team"}], more=True),  # the same sync: replaces its version
+        deletes(9),
+    )
+    assert s2.tables["t"] == {"upserted": 3, "deleted": 0, "missing": 1}
+    s3 = history_sync(destination_url, deletes(1, more=True), page([{"id": 2, "plan": "team"}]))
+    assert s3.tables["t"] == {"upserted": 1, "deleted": 1, "missing": 0}
+    s4 = history_sync(destination_url, page([{"id": 1, "plan": "free"}]))  # back: a new version
+    s5 = history_sync(  # opened and deleted in one sync: never there between syncs
+        destination_url, page([{"id": 2, "plan": "enterprise"}], more=True), deletes(2)
+    )
+    assert s5.tables["t"]["deleted"] == 1
+    syncs = [s1, s2, s3, s4, s5]
+    assert versions(destination_url, syncs) == [
+        (1, "free", "s1", "s3-1ms", False),
+        (1, "free", "s4", "open", True),
+        (2, "free", "s1", "s2-1ms", False),
+        (2, "team", "s2", "s5-1ms", False),
+    ]
+    confirmed = Warehouse(destination_url).rows("t", "id, _fivetran_synced", "id, _fivetran_start")
+    assert [instant(at) for _, at in confirmed] == [
+        instant(s.record.started_at)
+        for s in (s3, s4, s2, s5)  # last written, or confirmed
+    ]
+    with open_destination(destination_url) as destination:
+        assert destination.load("demo").catalog["t"].history
+
+
+def test_history_soft_delete_and_resync_close_the_versions_not_sent_again(destination_url):
+    s1 = history_sync(destination_url, page([{"id": i, "plan": "a"} for i in (1, 2, 3)]))
+    s2 = history_sync(destination_url, page([{"id": 2, "plan": "a"}], softDelete=["t"]))
+    assert s2.tables["t"]["deleted"] == 2
+    s3 = history_sync(destination_url, page([{"id": 3, "plan": "a"}]), trigger="resync")
+    assert versions(destination_url, [s1, s2, s3]) == [
+        (1, "a", "s1", "s2-1ms", False),
+        (2, "a", "s1", "s3-1ms", False),
+        (3, "a", "s1", "s2-1ms", False),
+        (3, "a", "s3", "open", True),
+    ]
+
+
+EVERY_TYPE = {  # one value of each logical type, as the function sends it
+    "plan": "pro",
+    "seats": 5,
+    "price": "12.50",
+    "ratio": 0.25,
+    "big": 2**70,
+    "flag": False,
+    "day": "2024-01-02",
+    "at": "2024-01-02T03:04:05.5",
+    "paid": "2024-01-02T05:04:05+02:00",
+    "doc": {"b": [1, None], "a": "x"},
+}
+DECLARED = {"t": {"primary_key": ["id"], "columns": {"price": "DECIMAL(18,2)"}}}
+
+
+def test_history_turned_on_makes_the_rows_first_versions(destination_url):
+    s1 = history_sync(
+        destination_url,
+        page([{"id": 1, **EVERY_TYPE}, {"id": 2, "plan": "b"}, {"id": 3, "plan": "c"}])
+        | {"schema": DECLARED},
+        settings=TableSettings(),
+    )
+    s2 = history_sync(destination_url, deletes(3), settings=TableSettings())
+    s3 = history_sync(  # every value of id 1 read back and hashed: the same, no new version
+        destination_url,
+        page([{"id": 1, **EVERY_TYPE}, {"id": 2, "plan": "b2"}, {"id": 4, "plan": "d"}])
+        | {"schema": DECLARED},
+    )
+    assert versions(destination_url, [s1, s2, s3]) == [
+        (1, "pro", "s1", "open", True),
+        (2, "b", "s1", "s3-1ms", False),
+        (2, "b2", "s3", "open", True),
+        (3, "c", "s2", "s2", False),  # deleted before: closed where it starts
+        (4, "d", "s3", "open", True),
+    ]
+    wh = Warehouse(destination_url)
+    assert "_fivetran_deleted" not in [c.lower() for c in stored_columns(wh)]
+    s4 = history_sync(destination_url, page([{"id": 1, **EVERY_TYPE}]) | {"schema": DECLARED})
+    assert wh.count("t") == 5  # identical again
+    assert s4.tables["t"]["upserted"] == 1
+
+
+def stored_columns(wh: Warehouse) -> list[str]:
+    if wh.backend == "sqlite":
+        return [r[0] for r in wh.query("SELECT name FROM pragma_table_info('demo__t')")]
+    where = "table_schema = DATABASE() AND table_name = 'demo__t'"
+    if wh.backend != "mariadb":
+        where = "table_schema = 'demo' AND table_name = 't'"
+    return [
+        canon(r[0])
+        for r in wh.query(f"SELECT column_name FROM information_schema.columns WHERE {where}")
+    ]
+
+
+def test_history_widening_applies_to_every_version(destination_url):
+    s1 = history_sync(destination_url, page([{"id": 1, "plan": True, "day": "2024-01-02"}]))
+    s2 = history_sync(destination_url, page([{"id": 1, "plan": False, "day": "2024-01-02"}]))
+    s3 = history_sync(destination_url, page([{"id": 2, "plan": "x", "day": "soon"}]))
+    assert catalog_type(destination_url, "t", "plan") == "STRING"
+    # the active version as it reads now: the same values, no new version
+    s4 = history_sync(destination_url, page([{"id": 1, "plan": "false", "day": "2024-01-02"}]))
+    assert versions(destination_url, [s1, s2, s3, s4], "plan, day") == [
+        (1, "true", "2024-01-02", "s1", "s2-1ms", False),
+        (1, "false", "2024-01-02", "s2", "open", True),
+        (2, "x", "soon", "s3", "open", True),
+    ]
+
+
+def test_history_cannot_be_turned_off(destination_url):
+    history_sync(destination_url, page([{"id": 1, "plan": "a"}]))
+    outcome, _ = sync(destination_url, [page([{"id": 1, "plan": "b"}])])
+    assert outcome.record.status == "failed"
+    assert outcome.alert.kind == "config_error"
+    assert "table 't': history mode was turned off" in outcome.alert.message
+    assert "re-sync" in outcome.alert.message
+    assert Warehouse(destination_url).rows("t", "id, plan") == [(1, "a")]
+
+
+def test_history_turned_on_by_a_page_that_fails_is_replayed_without_doubling(
+    destination_url, monkeypatch
+):
+    s1 = history_sync(destination_url, page([{"id": 1, "plan": "a"}, {"id": 2, "plan": "b"}]))
+    real_open = sync_module.open_destination
+    broken = RuntimeError("broken")
+    monkeypatch.setattr(sync_module, "open_destination", lambda u: FailsOnce(real_open(u), broken))
+    on = page([{"id": 1, "plan": "a2", "n": 1.5}, {"id": 3, "plan": "c"}])
+    failed, _ = sync(destination_url, [on], settings=HISTORY)
+    monkeypatch.undo()
+    assert failed.record.status == "failed"
+    s2 = history_sync(destination_url, on)
+    assert versions(destination_url, [s1, s2]) == [
+        (1, "a", "s1", "s2-1ms", False),
+        (1, "a2", "s2", "open", True),
+        (2, "b", "s1", "open", True),
+        (3, "c", "s2", "open", True),
+    ]
+
+
+def test_a_catalog_made_before_history_mode_gains_its_column(destination_url, tmp_path):
+    s1, _ = sync(destination_url, [page([{"id": 1, "plan": "a"}])])
+    wh = Warehouse(destination_url)
+    url = older_warehouse(
+        destination_url,
+        tmp_path,
+        statement=f"ALTER TABLE {wh.runtime('tables')} DROP COLUMN history",
+    )
+    s2 = history_sync(url, page([{"id": 1, "plan": "b"}]))
+    with open_destination(url) as destination:
+        assert destination.load("demo").catalog["t"].history
+    assert versions(url, [s1, s2]) == [
+        (1, "a", "s1", "s2-1ms", False),
+        (1, "b", "s2", "open", True),
     ]

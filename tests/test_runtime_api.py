@@ -606,3 +606,31 @@ def test_a_program_that_cannot_start_is_invoke_failed_naming_it(tmp_path):
         f"cannot start {script}: Exec format error; is it a script without a #! line, or "
         "built for another system?"
     )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
+def test_another_users_process_cannot_take_an_event(client, tmp_path, curl):
+    invoker = client(
+        """\
+        with open("api", "w") as address:
+            address.write(host)
+        while True:
+            status, headers, event = call("GET", "/invocation/next")
+            request_id = dict(headers)["Lambda-Runtime-Aws-Request-Id"]
+            call("POST", f"/invocation/{request_id}/response", event)
+        """
+    )
+    assert json.loads(invoker.invoke(REQUEST)) == REQUEST  # now it waits for the next event
+    next_event = f"http://{(tmp_path / 'api').read_text()}/2018-06-01/runtime/invocation/next"
+    thief = subprocess.run(
+        [curl, "--silent", "--max-time", "10", next_event],
+        user=65534,  # nobody
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        timeout=30,
+    )
+    # 52: an empty reply, 56: the connection reset; a served one would wait for an event
+    assert thief.returncode in (52, 56), thief
+    second = {**REQUEST, "state": {"page": 2}}
+    assert json.loads(invoker.invoke(second)) == second

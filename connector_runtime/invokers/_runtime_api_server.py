@@ -10,14 +10,18 @@ passes each request on to its `RuntimeApiHost`:
 - `POST …/init/error`: `host.init_failed(*posted_error(...))`.
 
 Answers are 202 `{"status": "OK"}`; an id no call is waiting for gets 400
-`InvalidRequestID`, any other path 404. A body may come with a length or chunked (a
+`InvalidRequestID`, any other path 404. A connection from another user's process is
+closed unanswered (on Linux, which tells a connection's owner; elsewhere any is served). A body may come with a length or chunked (a
 streamed response is read whole).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import struct
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +32,9 @@ from connector_runtime import errors, masking
 from connector_runtime.jsonio import encode_json
 
 ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
+_NETLINK_SOCK_DIAG = 4  # linux/netlink.h
+_SOCK_DIAG_BY_FAMILY = 20  # linux/sock_diag.h
+_UID_OFFSET = 16 + 4 + 48 + 12  # nlmsghdr, inet_diag_msg's family..retrans, id, 3 counters
 _ROUTE = re.compile(
     r"^/2018-06-01/runtime/(?:invocation/(next|[^/]+/(?:response|error))|init/error)$"
 )
@@ -88,6 +95,14 @@ class RuntimeApiServer(ThreadingHTTPServer):
     def __init__(self, host: RuntimeApiHost) -> None:
         super().__init__(("127.0.0.1", 0), _RuntimeApiHandler)
         self.host = host
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Only this user's processes may connect: an event carries the connector's secrets."""
+        uid = _peer_uid(client_address[1], self.server_address[1])
+        if uid is None or uid == os.getuid():
+            return True
+        self.host.log.warning("runtime_api_refused", uid=uid, detail="another user's process")
+        return False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A dropped connection (the process was killed, or exited) is reported by its exit;
@@ -175,6 +190,26 @@ class _RuntimeApiHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:  # the process went away mid-reply; its exit is reported
             self.close_connection = True
+
+
+def _peer_uid(peer_port: int, server_port: int) -> int | None:
+    """Who owns the loopback connection from `peer_port` to `server_port` (-1: no one now),
+    asked of the kernel by sock_diag (as `ss` does); None where it cannot be asked."""
+    loopback = socket.inet_aton("127.0.0.1") + bytes(12)
+    no_cookie = struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    sockid = struct.pack(">HH", peer_port, server_port) + loopback + loopback + no_cookie
+    request = struct.pack("=BBxxI", socket.AF_INET, socket.IPPROTO_TCP, 0xFFFFFFFF) + sockid
+    header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, 1, 1, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as kernel:
+            kernel.settimeout(1.0)
+            kernel.send(header + request)
+            reply = kernel.recv(4096)
+    except (AttributeError, OSError):  # not Linux, or sock_diag not allowed here
+        return None
+    if struct.unpack_from("=H", reply, 4)[0] != _SOCK_DIAG_BY_FAMILY:
+        return -1  # an error reply: no such connection (any more)
+    return struct.unpack_from("=I", reply, _UID_OFFSET)[0]
 
 
 def _trace_id() -> str:

@@ -356,7 +356,7 @@ def _exit_reason(code: int) -> str:
 
 def _limit_memory(pid: int, memory_mb: int | None) -> None:
     """Cap the process's writable memory; its children inherit the cap when they start."""
-    if not memory_mb:
+    if not memory_mb or not hasattr(resource, "prlimit"):  # prlimit: Linux only
         return
     limit = memory_mb * 1024 * 1024
     with contextlib.suppress(OSError, ValueError):  # gone already, or not allowed: unbounded

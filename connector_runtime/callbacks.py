@@ -121,30 +121,43 @@ class CallbackBoard:
                 del self._waiting[key]
                 self._remember(key, awaited.token, "abandoned")
 
+    def admit(self, sync_id: str, call: int, authorization: str) -> tuple[int, str]:
+        """Whether a POST may bring this call's page (202), else the refusal's status and
+        words: asked before its body is read, so no stranger makes the server read one."""
+        with self._lock:
+            return self._verdict(sync_id, call, authorization)[:2]
+
     def post(self, sync_id: str, call: int, authorization: str, body: bytes) -> tuple[int, str]:
         """Take a POSTed page: the HTTP status to answer and what it says."""
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return 401, "send Authorization: Bearer <callback.token> from the request"
-        key = (sync_id, call)
         with self._lock:
-            awaited = self._waiting.get(key)
-            expected, outcome = (
-                (awaited.token, "waiting") if awaited else self._finished.get(key, ("", ""))
-            )
-            if not outcome:
-                return 404, f"no call {call} of sync {sync_id} is known here"
-            if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-                return 403, "wrong token: use the callback.token of this call's request"
-            if outcome == "posted":
-                return 409, f"the page of call {call} was posted already; the first one counts"
-            if outcome == "abandoned":
-                return 410, f"nobody waits for call {call} any more (timed out, failed or ended)"
+            status, said, awaited = self._verdict(sync_id, call, authorization)
+            if status != 202:
+                return status, said
             if not awaited.take_page(body):
                 return 410, f"call {call} ended before its page came"
-            del self._waiting[key]
-            self._remember(key, expected, "posted")
+            del self._waiting[(sync_id, call)]
+            self._remember((sync_id, call), awaited.token, "posted")
         return 202, "page received"
+
+    def _verdict(
+        self, sync_id: str, call: int, authorization: str
+    ) -> tuple[int, str, Awaited | None]:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return 401, "send Authorization: Bearer <callback.token> from the request", None
+        awaited = self._waiting.get((sync_id, call))
+        expected, outcome = (
+            (awaited.token, "waiting") if awaited else self._finished.get((sync_id, call), ("", ""))
+        )
+        if not outcome:
+            return 404, f"no call {call} of sync {sync_id} is known here", None
+        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return 403, "wrong token: use the callback.token of this call's request", None
+        if outcome == "posted":
+            return 409, f"the page of call {call} was posted already; the first one counts", None
+        if outcome == "abandoned":
+            return 410, f"nobody waits for call {call} any more (timed out, failed or ended)", None
+        return 202, "", awaited
 
     def _remember(self, key: tuple[str, int], token: str, outcome: str) -> None:
         self._finished[key] = (token, outcome)
@@ -161,11 +174,11 @@ def route(callbacks: CallbackBoard | None = None) -> Route:
     callbacks = callbacks or board
 
     async def receive(request: Request) -> Response:
-        call = request.path_params["call"]
-        body = await request.body()
-        status, said = callbacks.post(
-            request.path_params["sync_id"], call, request.headers.get("authorization", ""), body
-        )
+        where = request.path_params["sync_id"], request.path_params["call"]
+        authorization = request.headers.get("authorization", "")
+        status, said = callbacks.admit(*where, authorization)
+        if status == 202:
+            status, said = callbacks.post(*where, authorization, await request.body())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         key = "status" if status == 202 else "error"
         return JSONResponse({key: said}, status_code=status, headers=headers)

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -464,7 +465,7 @@ def test_config_errors_name_the_field(tmp_path, function, mode, said):
 
 PYTHON_CLIENT = f"""\
 #!{sys.executable}
-import http.client, json, os, sys
+import http.client, json, os, sys, time
 
 host = os.environ["AWS_LAMBDA_RUNTIME_API"]
 api = "/2018-06-01/runtime"
@@ -634,3 +635,42 @@ def test_another_users_process_cannot_take_an_event(client, tmp_path, curl):
     assert thief.returncode in (52, 56), thief
     second = {**REQUEST, "state": {"page": 2}}
     assert json.loads(invoker.invoke(second)) == second
+
+
+def test_closing_ends_a_call_in_flight_at_once(client, tmp_path):
+    """The sync closes its invoker when a page fails while the next is being asked for."""
+    invoker = client(
+        """\
+        call("GET", "/invocation/next")
+        with open("took", "w") as took:
+            took.write(str(os.getpid()))
+        time.sleep(600)
+        """,
+        timeout=600,
+    )
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            invoker.invoke(REQUEST)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    took = tmp_path / "took"
+    deadline = time.monotonic() + 30
+    while not (took.exists() and took.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert took.exists(), "the process never took the event"
+    closing = threading.Thread(target=invoker.close)  # the test must not hang if it blocks
+    closing.start()
+    for thread in (closing, asking):
+        thread.join(timeout=30)
+        assert not thread.is_alive(), f"{thread.name} still waits"
+    (failure,) = outcome
+    assert isinstance(failure, errors.FunctionError) and failure.error_type == "Runtime.ExitError"
+    assert "closed" in str(failure)
+    assert gone(int(took.read_text()))
+    with pytest.raises(errors.InvokeFailed, match="called after its invoker closed"):
+        invoker.invoke(REQUEST)

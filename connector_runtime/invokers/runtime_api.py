@@ -5,8 +5,10 @@ bootstrap looping over curl, asks its host for work with HTTP. This invoker is t
 host (design §13): for each process it serves the Runtime API on a free 127.0.0.1 port
 and starts the executable with the environment Lambda gives it (`runtime_environment`:
 `AWS_LAMBDA_RUNTIME_API` points at the server, `_HANDLER` is the function's `handler`,
-else the file's name, and `LAMBDA_TASK_ROOT` and the working directory are the
-executable's folder). The process stays warm for the invoker's life (one sync).
+else the file's name, `LAMBDA_TASK_ROOT` and the working directory are the executable's
+folder, `TZ` is UTC). The process stays warm for the invoker's life (one sync); `close`
+stops it, and a call still in flight (the sync paging ahead) fails at once. Only the
+runtime's own user may connect (`_runtime_api_server`): an event carries the secrets.
 
 Each `invoke` hands one event, the request as JSON, to the process's waiting
 `GET /2018-06-01/runtime/invocation/next`, with Lambda's headers
@@ -88,34 +90,52 @@ class RuntimeApiInvoker(Invoker):
             _Sandbox, self.path, self.env, memory_mb, function_name, log or structlog.get_logger()
         )
         self._sandbox: _Sandbox | None = None
-        self._lock = threading.Lock()  # one call at a time, as one Lambda sandbox takes
+        self._closed = False
+        self._calling = threading.Lock()  # one call at a time, as one Lambda sandbox takes
+        self._guard = threading.Lock()  # `_sandbox` and `_closed`; never held while waiting
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         event = encode_json(request)
-        with self._lock:
+        with self._calling:
             try:
                 return self._call(event)
             except _Undelivered:  # it exited between calls: a new process gets the event
                 return self._call(event)  # a new one never raises it: it answered nothing
 
     def close(self) -> None:
-        with self._lock:
-            self._stop_sandbox()
+        """Stop the process; a call in flight (paging ahead) ends at once, failed."""
+        with self._guard:
+            self._closed = True
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.stop()
 
     def _call(self, event: bytes) -> bytes:
-        if self._sandbox is not None and self._sandbox.ended:  # exited after its last answer
-            self._stop_sandbox()
-        self._sandbox = self._sandbox or self._start(self.output)
+        sandbox = self._warm_sandbox()
         try:
-            return self._sandbox.invoke(event, self.timeout)
+            return sandbox.invoke(event, self.timeout)
         finally:
-            if self._sandbox.ended:
-                self._stop_sandbox()
+            if sandbox.ended:
+                self._retire(sandbox)
 
-    def _stop_sandbox(self) -> None:
-        if self._sandbox is not None:
-            self._sandbox.stop()
-            self._sandbox = None
+    def _warm_sandbox(self) -> _Sandbox:
+        """The sandbox for a call: a new one if there is none, or it exited since its last."""
+        with self._guard:
+            if self._closed:
+                raise errors.InvokeFailed(f"{self.path.name}: called after its invoker closed")
+            exited = self._sandbox if self._sandbox is not None and self._sandbox.ended else None
+            if self._sandbox is None or exited is not None:
+                self._sandbox = self._start(self.output)
+            sandbox = self._sandbox
+        if exited is not None:
+            exited.stop()
+        return sandbox
+
+    def _retire(self, sandbox: _Sandbox) -> None:
+        with self._guard:
+            if self._sandbox is sandbox:
+                self._sandbox = None
+        sandbox.stop()
 
 
 def runtime_environment(
@@ -207,13 +227,15 @@ class _Sandbox:
 
     def invoke(self, event: bytes, timeout: float) -> bytes:
         call = _Invocation(event, timeout)
-        with self._state:
+        with self._state:  # launched under the lock: `stop` sees the process, or it never starts
+            if self._closing:
+                raise _stopped()
             if self.ended:
                 raise _Undelivered  # exited between calls (ended otherwise, it was stopped)
             self._current = call
             self._state.notify_all()
-        if self._process is None:
-            self._launch()
+            if self._process is None:
+                self._launch()
         if not call.done.wait(max(0.0, call.deadline - time.monotonic())):
             self._kill()
             call.settle(
@@ -232,10 +254,16 @@ class _Sandbox:
         return call.answer
 
     def stop(self) -> None:
-        """End the process (SIGTERM, then SIGKILL after a grace) and the server."""
+        """End the process (SIGTERM, then SIGKILL after a grace) and the server; a call in
+        flight fails at once. Idempotent."""
         with self._state:
+            if self._closing:
+                return
             self._closing = True
             self._state.notify_all()
+            call = self._current
+        if call is not None:
+            call.settle(failure=_stopped())
         if self._process is not None:
             if self._process.poll() is None:
                 self._signal(signal.SIGTERM)
@@ -340,6 +368,12 @@ class _Sandbox:
     def _signal(self, number: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, number)
+
+
+def _stopped() -> errors.FunctionError:
+    return errors.FunctionError(
+        "Runtime stopped: its invoker was closed (the sync ended)", error_type="Runtime.ExitError"
+    )
 
 
 def _exit_reason(code: int) -> str:

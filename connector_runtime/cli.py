@@ -36,6 +36,7 @@ EXAMPLES = {
     "test": "connector test orders           # one call with setup_test: true; writes nothing",
     "serve": "connector serve                 # prints a login URL for the browser\n"
     '  curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8765/api/connectors',
+    "worker": "connector worker --concurrency 8   # with executor: {celery: {broker: ...}}",
     "status": "connector status\n  connector status --json | jq '.[] | {name, status}'",
     "alerts": "connector alerts orders --all",
     "syncs": "connector syncs orders --limit 5 --logs",
@@ -51,7 +52,7 @@ EXAMPLES = {
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out.on_broken_pipe = _reader_left  # rich would exit 1 on its own
-    configure_logging(verbose=args.verbose or args.command_name == "serve")
+    configure_logging(verbose=args.verbose or args.command_name in ("serve", "worker"))
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -164,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("name", metavar="NAME")
     command("validate", "check the config and say what is wrong, where", runs.cmd_validate)
     command("serve", "run schedules and the HTTP API until SIGTERM/SIGINT", runs.cmd_serve)
+    worker = command(
+        "worker", "run syncs sent by connector serve through Celery, until SIGTERM", runs.cmd_worker
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="syncs at once in this worker (default: max_concurrent_syncs)",
+    )
 
     reading("status", "one line per connector: status, last sync, next run, alerts", "cmd_status")
     alerts = reading("alerts", "open alerts (all with --all), with stack traces", "cmd_alerts")

@@ -366,6 +366,17 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     return Server(config).serve()
 
 
+def cmd_worker(config: Config, args: argparse.Namespace) -> int:
+    from .celery_app import run_worker
+    from .scheduler import route_library_logs
+
+    if args.concurrency is not None and args.concurrency < 1:
+        console.print("[red]--concurrency must be 1 or more[/red]", highlight=False)
+        return USAGE
+    route_library_logs()
+    return run_worker(config, args.concurrency or config.max_concurrent_syncs)
+
+
 def cmd_secrets_init(args: argparse.Namespace) -> int:
     from .secrets import init_key
 

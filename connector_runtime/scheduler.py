@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from . import callbacks, masking, notify
 from .config import Config, CronSchedule, expand_env
 from .control import Control
 from .errors import ConfigError, ConnectorRuntimeError, SyncInProgress
-from .events import bus
+from .events import EventBus, bus
 from .jobs import build_job
 from .schedules import trigger_for
 from .server import discovery
@@ -44,6 +45,7 @@ from .sync import run_sync
 
 EXIT_AT_ONCE = 130  # the second signal: what shells report for an interrupted command
 HTTP_GRACE_SECONDS = 2.0  # open event streams are cut after this at shutdown
+LOST_AFTER_SECONDS = 30.0  # a sent sync unheard of this long is checked in the warehouse
 
 
 class Server:
@@ -58,7 +60,7 @@ class Server:
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
             timezone=UTC,
         )
-        self._running: set[str] = set()
+        self._running: dict[str, tuple[str, float]] = {}  # connector -> (sync id, when asked)
         self._running_lock = threading.Lock()
         bus.subscribe(self._on_finished)  # before LiveSyncs: free before anyone reads "finished"
         self.live = LiveSyncs(bus)
@@ -67,6 +69,15 @@ class Server:
         self.token = os.environ.get("CONNECTOR_RUNTIME_TOKEN") or new_token()
         self.http: uvicorn.Server | None = None
         self.url = ""
+        # executor: celery (design §15): syncs run on workers; one serve process leads
+        self.app = self.ticker = self.feed = None
+        if config.executor != "local":
+            from .celery_app import EventFeed, make_app
+            from .leader import Ticker
+
+            self.app = make_app(config)
+            self.ticker = Ticker(config, self.on_schedule, self.stopping)
+            self.feed = EventFeed(self.app, bus.publish, self._dropped_by_worker)
 
     # -- syncs ------------------------------------------------------------------------
 
@@ -75,6 +86,8 @@ class Server:
         names = [n for n, c in self.config.connectors.items() if c.schedule is not None]
         for name in self.config.connectors:
             build_job(self.config, name)  # config errors before anything runs
+        if self.ticker is not None:
+            return names  # the leading process's ticker sends their ticks (leader.py)
         for name in names:
             schedule = self.config.connectors[name].schedule
             # interval schedules also sync soon after start; cron ones wait for their time.
@@ -93,37 +106,83 @@ class Server:
         return names
 
     def next_fire(self, name: str) -> datetime | None:
+        if self.ticker is not None:
+            return self.ticker.next_fire(name)
         job = self.scheduler.get_job(name) if self.scheduler.running else None
         return None if job is None else job.next_run_time
 
-    def on_schedule(self, name: str) -> None:
+    def on_schedule(self, name: str, sync_id: str | None = None) -> None:
         """A schedule tick: start a sync unless the connector is paused or already running."""
         try:
             with self.control.warehouse(name) as destination:
                 paused = name in destination.paused()
         except Exception as exc:  # the warehouse may be down: the next tick tries again
-            self.log.error("sync_not_started", connector=name, error=str(exc))
+            self.log.error("sync_not_started", connector=name, sync_id=sync_id, error=str(exc))
             return
         if paused:
-            self.log.info("sync_skipped", connector=name, reason="paused")
+            self.log.info("sync_skipped", connector=name, sync_id=sync_id, reason="paused")
             return
         try:
-            self.start(name, "schedule")
+            self.start(name, "schedule", sync_id)
         except SyncInProgress as exc:
-            self.log.warning("sync_skipped", connector=name, reason=str(exc))
+            self.log.warning("sync_skipped", connector=name, sync_id=sync_id, reason=str(exc))
+        except ConnectorRuntimeError as exc:  # the broker did not take it
+            self.log.error("sync_not_started", connector=name, sync_id=sync_id, error=str(exc))
 
-    def start(self, name: str, trigger: str) -> str:
-        """Start a sync in the pool now; its id. SyncInProgress if it runs already."""
+    def start(self, name: str, trigger: str, sync_id: str | None = None) -> str:
+        """Start a sync now (in the pool, or on a Celery worker); its id. SyncInProgress if
+        it runs already."""
         if self.stopping.is_set():
             raise SyncInProgress("connector serve is stopping; no new syncs start")
+        if self.app is not None:
+            self._forget_lost(name)
+        sync_id = sync_id or str(uuid.uuid4())
         with self._running_lock:
             if name in self._running:
                 raise SyncInProgress(f"a sync of {name!r} is already in progress")
-            self._running.add(name)
-        sync_id = str(uuid.uuid4())
+            self._running[name] = (sync_id, time.monotonic())
         self.live.queued(name, sync_id, trigger)
-        self.pool.submit(self._sync, name, trigger, sync_id)
+        if self.app is None:
+            self.pool.submit(self._sync, name, trigger, sync_id)
+            return sync_id
+        from .celery_app import send_sync
+
+        try:
+            send_sync(self.app, self.config, name, trigger, sync_id)
+        except ConnectorRuntimeError as exc:
+            self._dropped_by_worker({"connector": name, "sync_id": sync_id, "error": str(exc)})
+            raise
         return sync_id
+
+    def _dropped_by_worker(self, dropped: dict) -> None:
+        """A sync sent to the workers that did not start (its connector was syncing
+        elsewhere, say): its connector is free again."""
+        name, sync_id = dropped["connector"], dropped["sync_id"]
+        self.live.not_started(name, sync_id, dropped["error"])
+        with self._running_lock:
+            if self._running.get(name, (None,))[0] == sync_id:
+                del self._running[name]
+
+    def _forget_lost(self, name: str) -> None:
+        """A sync sent to the workers long ago that serve never heard end (its worker's
+        events lost, or the worker died and its task has not come back yet): the warehouse
+        says whether it ended or holds its lock no longer; then its connector is free."""
+        with self._running_lock:
+            sync_id, asked = self._running.get(name, (None, time.monotonic()))
+        if sync_id is None or time.monotonic() - asked < LOST_AFTER_SECONDS:
+            return
+        try:
+            with self.control.warehouse(name) as destination:
+                record = destination.get_sync(sync_id)
+                if record is None:
+                    return  # still queued
+                if record.status == "running":
+                    with destination.lock(name):
+                        pass  # free: nobody runs it any more
+        except (SyncInProgress, ConnectorRuntimeError):
+            return
+        self.log.warning("sync_lost", connector=name, sync_id=sync_id, status=record.status)
+        self._dropped_by_worker({"connector": name, "sync_id": sync_id, "error": "lost"})
 
     def _sync(self, name: str, trigger: str, sync_id: str) -> None:
         """One sync in a pool thread; its failures are alerts already, never a dead thread."""
@@ -146,23 +205,25 @@ class Server:
             self.log.info("sync_done", connector=name, status=outcome.record.status)
         finally:
             with self._running_lock:
-                self._running.discard(name)
+                self._running.pop(name, None)
 
     def _on_finished(self, event: str, data: dict) -> None:
         """A finished sync frees its connector at once (its lock is released already), so
         a client that sees it finished can start the next one without a 409."""
         if event == "sync.finished":
             with self._running_lock:
-                self._running.discard(data["sync"]["connector"])
+                self._running.pop(data["sync"]["connector"], None)
 
     def healthy(self) -> bool:
+        if self.ticker is not None:
+            return self.ticker.alive() and not self.stopping.is_set()
         return self.scheduler.running and not self.stopping.is_set()
 
     # -- the process ------------------------------------------------------------------
 
     def serve(self) -> int:
         names = self.schedule_all()
-        _log_through_structlog()
+        route_library_logs()
         other = discovery.find(self.config.path)
         if other is not None:
             raise ConfigError(
@@ -171,9 +232,12 @@ class Server:
             )
         listener = self._bind()
         callbacks.board.served_at = self._public_url()  # background functions POST here
-        notifier = notify.start(self.config, dashboard_url=self.url)
+        notifier = self._notifier()
         self._install_signal_handlers()
         self.scheduler.start()
+        if self.ticker is not None:
+            self.feed.start()
+            self.ticker.start()
         http_thread = self._start_http(listener)
         self._seed_metrics()
         discovery.write(self.config.path, discovery.ServerInfo(os.getpid(), self.url, self.token))
@@ -191,6 +255,9 @@ class Server:
             discovery.remove(self.config.path)
             callbacks.board.served_at = None
             self.scheduler.shutdown(wait=False)
+            if self.ticker is not None:
+                self.ticker.join(5)  # it releases the lease: a standby leads at once
+                self.feed.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)  # running syncs finish their page
             if self.http is not None:
                 self.http.should_exit = True
@@ -203,6 +270,24 @@ class Server:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _notifier(self) -> notify.Notifier | None:
+        """Alert notifications. Under Celery, workers send those of their syncs' alerts,
+        so each goes out once however many serve processes hear it; this process sends
+        those of what it does itself (an alert resolved through the API)."""
+        if self.feed is None:
+            return notify.start(self.config, dashboard_url=self.url)
+        if not (self.config.notify or any(c.notify for c in self.config.connectors.values())):
+            return None
+        own = EventBus()
+        relayed = self.feed.thread
+
+        def pass_own(event: str, data: dict) -> None:
+            if threading.current_thread() is not relayed:
+                own.publish(event, data)
+
+        bus.subscribe(pass_own)
+        return notify.Notifier(self.config, self.url).attach(own)
 
     def _bind(self) -> socket.socket:
         """The listening socket, bound before anything starts: a port in use fails cleanly."""
@@ -245,7 +330,7 @@ class Server:
         app = create_app(self.control, self, bus, self.metrics.registry, self.token)
         config = uvicorn.Config(
             app,
-            log_config=None,  # its records go through structlog (`_log_through_structlog`)
+            log_config=None,  # its records go through structlog (`route_library_logs`)
             access_log=False,
             timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
             lifespan="off",
@@ -296,7 +381,8 @@ def _loopback(host: str) -> bool:
 
 
 class _StructlogHandler(logging.Handler):
-    """Passes `logging` records (APScheduler's, uvicorn's) to structlog, as our lines."""
+    """Passes `logging` records (APScheduler's, uvicorn's, Celery's) to structlog, as our
+    lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         exception = (
@@ -307,10 +393,10 @@ class _StructlogHandler(logging.Handler):
         )
 
 
-def _log_through_structlog() -> None:
-    """Without this, APScheduler's and uvicorn's warnings would be bare text among the
-    JSON lines that `serve` writes off a terminal."""
-    for name in ("apscheduler", "uvicorn"):
+def route_library_logs() -> None:
+    """Without this, APScheduler's, uvicorn's and Celery's warnings would be bare text
+    among the JSON lines that `serve` and `worker` write off a terminal."""
+    for name in ("apscheduler", "uvicorn", "celery", "kombu", "amqp"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.WARNING)  # APScheduler's INFO repeats our sync_started
         logger.propagate = False

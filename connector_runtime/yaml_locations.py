@@ -106,6 +106,8 @@ def _display_loc(loc: tuple) -> tuple:
         del parts[3]  # the union's tag: every/cron, warehouse/function
     if len(parts) > 4 and parts[0] == "connectors" and parts[2] == "secrets":
         del parts[4::2]  # a secret value's kind tag follows each key or index below it
+    if len(parts) > 1 and parts[0] == "executor":
+        del parts[1]  # the union's tag: local/celery
     return tuple(parts)
 
 

@@ -1,0 +1,426 @@
+"""Syncs on Celery workers, end to end: real RabbitMQ (Redis once), real `connector worker`
+and `connector serve` processes, a real PostgreSQL warehouse.
+
+The function appends one row per page to `calls` (a table without a primary key, so a
+page written twice would show as two rows) with its sync id, page number and the pid of
+the process that ran it (inline: the worker itself).
+
+The broker comes from CONNECTOR_TEST_RABBITMQ (default amqp://guest:guest@127.0.0.1:5672//)
+and CONNECTOR_TEST_REDIS (default redis://127.0.0.1:6379/0); one that cannot be reached
+skips these tests with how to start it, and fails them under CI=true. Each test has a
+queue of its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import CLI, cli_env
+from test_serve_ops import assert_never_overlapping, wait_until
+from warehouses import postgres_url as postgres_url  # fixture
+
+RABBITMQ = os.environ.get("CONNECTOR_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS = os.environ.get("CONNECTOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+SECRET = "celery-test-secret-value-2f9c"
+
+HANDLER = """\
+import os
+import time
+
+
+def handler(request):
+    settings = request["secrets"]
+    page = request["state"].get("page", 0) + 1
+    time.sleep(settings["sleep"])
+    rows = [
+        {"sync_id": request["sync_id"], "page": page, "n": (page - 1) * settings["rows"] + i,
+         "pid": os.getpid()}
+        for i in range(settings["rows"])
+    ]
+    more = page < settings["pages"]
+    return {"state": {"page": page if more else 0}, "insert": {"calls": rows}, "hasMore": more}
+"""
+
+
+def connector(*, pages: int = 1, rows: int = 1, sleep: float = 0.0, schedule=None) -> dict:
+    settings = {"pages": pages, "rows": rows, "sleep": sleep, "token": SECRET}
+    made = {"function": {"local": "handler.py", "isolation": "inline"}, "secrets": settings}
+    return made | ({"schedule": schedule} if schedule else {})
+
+
+def broker_or_skip(url: str, title: str, start: str) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        message = f"{title} at {url} is not reachable ({exc}); start it: {start}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI=true: a broker the suite needs must be running)")
+        pytest.skip(message)
+
+
+class Process:
+    """A `connector` command in the background, its stderr in a file."""
+
+    def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
+        self.log = log
+        self._stderr = log.open("w")
+        self.popen = subprocess.Popen(
+            [*CLI, *args], cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=self._stderr
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def events(self, event: str | None = None) -> list[dict]:
+        """Its JSON log lines (Celery's own warnings are plain text: skipped)."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if event is None or entry.get("event") == event:
+                    found.append(entry)
+        return found
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(timeout)
+        finally:
+            self._stderr.close()
+
+
+class Cluster:
+    """Config folders (one per "machine") on one warehouse and one queue."""
+
+    def __init__(self, root: Path, warehouse: str, broker: str) -> None:
+        self.root, self.warehouse, self.broker = root, warehouse, broker
+        self.queue = f"cr-test-{uuid.uuid4().hex[:10]}"
+        self.processes: list[Process] = []
+
+    def write(self, connectors: dict[str, dict], folder: str = "a") -> Path:
+        where = self.root / folder
+        where.mkdir(exist_ok=True)
+        (where / "handler.py").write_text(HANDLER)
+        config = {
+            "warehouse": self.warehouse,
+            "server": {"listen": "127.0.0.1:0"},
+            "executor": {"celery": {"broker": self.broker, "queue": self.queue}},
+            "connectors": connectors,
+        }
+        (where / "connectors.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return where
+
+    def start(self, *args: str, folder: str = "a") -> Process:
+        where = self.root / folder
+        log = where / f"{args[0]}-{len(self.processes)}.log"
+        process = Process(["-c", str(where / "connectors.yaml"), *args], where, log)
+        self.processes.append(process)
+        return process
+
+    def sql(self, query: str, **params: Any) -> list[tuple]:
+        """Rows of `query`; none while its table is not made yet."""
+        import sqlalchemy as sa
+
+        from destinations.sqlalchemy import create_engine
+
+        engine = create_engine(self.warehouse)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sa.text(query), params)]
+        except sa.exc.ProgrammingError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            return []
+        finally:
+            engine.dispose()
+
+    def syncs(self) -> list[dict]:
+        rows = self.sql(
+            "SELECT connector, sync_id, trigger, status, started_at, finished_at, pages, error"
+            " FROM connector_runtime.syncs ORDER BY started_at"
+        )
+        keys = (
+            "connector",
+            "sync_id",
+            "trigger",
+            "status",
+            "started",
+            "finished",
+            "pages",
+            "error",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def calls(self, *names: str) -> list[tuple]:
+        """(sync_id, page, n, pid) of every row the function sent, for each connector named
+        (its tables are in the schema of its name)."""
+        union = " UNION ALL ".join(
+            f'SELECT sync_id, page, n, pid FROM "{n}"."calls"' for n in names
+        )
+        return self.sql(union)
+
+    def api(self, path: str, *, method: str = "GET", folder: str = "a"):
+        found = json.loads((self.root / folder / ".connector-runtime" / "server.json").read_text())
+        request = urllib.request.Request(
+            f"{found['url']}{path}",
+            method=method,
+            headers={"Authorization": f"Bearer {found['token']}", "Origin": found["url"]},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if body and path != "/metrics" else body.decode()
+
+    def queued(self) -> int:
+        from kombu import Connection
+
+        with Connection(self.broker) as conn:
+            return conn.default_channel.queue_declare(self.queue, passive=True).message_count
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.popen.kill()
+                process.popen.wait(10)
+        from kombu import Connection
+
+        with Connection(self.broker) as conn:
+            channel = conn.default_channel
+            for delete in (
+                lambda: channel.queue_delete(self.queue),
+                lambda: channel.exchange_delete(self.queue),
+                lambda: channel.exchange_delete(f"{self.queue}.events"),
+            ):
+                with contextlib.suppress(Exception):  # never made (Redis has no exchanges)
+                    delete()
+
+
+@pytest.fixture
+def cluster(tmp_path, postgres_url):
+    broker_or_skip(
+        RABBITMQ, "RabbitMQ", "apt-get install rabbitmq-server && rabbitmq-server -detached"
+    )
+    made = Cluster(tmp_path, postgres_url, RABBITMQ)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def metric_sum(text: str, prefix: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+# -- the tests ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_twenty_connectors_every_second_on_three_workers_for_thirty_seconds(cluster):
+    names = [f"c{i:02d}" for i in range(20)]
+    cluster.write({n: connector(pages=2, sleep=0.05, schedule="1s") for n in names})
+    workers = [cluster.start("worker", "--concurrency", "2") for _ in range(3)]
+    serve = cluster.start("serve")
+    wait_until(lambda: serve.events("leading"), timeout=30, what="serve leads")
+    time.sleep(30)  # the run itself: every connector due every second
+    for name in names:  # ticks now find them paused; what was sent still runs
+        cluster.api(f"/api/connectors/{name}/pause", method="POST")
+    paused = time.monotonic()
+    wait_until(
+        lambda: (
+            not any(c["status"] == "running" for c in cluster.api("/api/connectors")["connectors"])
+            and not any(s["status"] == "running" for s in cluster.syncs())
+            and cluster.queued() == 0
+        ),
+        timeout=90,
+        what="every sent sync finished",
+    )
+    metrics = cluster.api("/metrics")
+    print(f"drained in {time.monotonic() - paused:.1f}s")
+    assert serve.stop() == 0
+    assert all(worker.stop() == 0 for worker in workers)
+
+    syncs = cluster.syncs()
+    print(f"{len(syncs)} syncs, {len(serve.events('tick'))} ticks")
+    assert_never_overlapping(syncs)
+    failed = [(s["connector"], s["error"]) for s in syncs if s["status"] != "succeeded"]
+    assert not failed
+    by_connector = {n: sum(s["connector"] == n for s in syncs) for n in names}
+    assert min(by_connector.values()) >= 3, by_connector
+    # every page of every sync written exactly once, by the sync the warehouse recorded
+    pages: dict[str, list[int]] = {}
+    for sync_id, page, _, _ in cluster.calls(*names):
+        pages.setdefault(sync_id, []).append(page)
+    assert {s["sync_id"]: sorted(pages.get(s["sync_id"], [])) for s in syncs} == {
+        s["sync_id"]: [1, 2] for s in syncs
+    }
+    assert set(pages) == {s["sync_id"] for s in syncs}
+    # every tick sent is a sync, or was dropped with a log line saying so
+    ticks = {e["sync_id"] for e in serve.events("tick")}
+    dropped = {e["sync_id"] for e in serve.events("sync_skipped")}
+    dropped |= {e["sync_id"] for w in workers for e in w.events("sync_skipped")}
+    assert {s["sync_id"] for s in syncs} <= ticks
+    assert ticks == {s["sync_id"] for s in syncs} | dropped
+    # the work was shared, and serve heard every sync's end from the workers
+    assert len({pid for *_, pid in cluster.calls(*names)}) == 3
+    assert metric_sum(metrics, "connector_syncs_total{") == len(syncs)
+    assert metric_sum(metrics, "connector_rows_total{") == 2 * len(syncs)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_sync_leaves_its_sync_to_another_with_every_row_once(cluster):
+    cluster.write({"slow": connector(pages=8, rows=5, sleep=0.5)})
+    workers = {}
+    for _ in range(2):
+        worker = cluster.start("worker", "--concurrency", "1")
+        workers[worker.pid] = worker
+    serve = cluster.start("serve")
+    wait_until(lambda: serve.events("serving"), timeout=30, what="serve answers")
+    first = cluster.api("/api/connectors/slow/run", method="POST")["sync_id"]
+    with pytest.raises(urllib.error.HTTPError) as again:  # a second trigger is not queued
+        cluster.api("/api/connectors/slow/run", method="POST")
+    assert again.value.code == 409
+    wait_until(
+        lambda: (
+            cluster.sql("SELECT pages FROM connector_runtime.syncs WHERE sync_id = :s", s=first)
+            in ([(2,)], [(3,)], [(4,)])
+        ),
+        timeout=60,
+        what="two pages committed",
+    )
+    (pid,) = {pid for *_, pid in cluster.calls("slow")}
+    workers.pop(pid).stop(signal.SIGKILL)
+    (survivor,) = workers.values()
+    wait_until(
+        lambda: any(s["status"] == "succeeded" for s in cluster.syncs()),
+        timeout=90,
+        what="the sync finished on the other worker",
+    )
+
+    lost, resumed = cluster.syncs()
+    assert (lost["sync_id"], lost["status"]) == (first, "failed")
+    assert "died" in lost["error"]
+    assert (resumed["status"], resumed["trigger"]) == ("succeeded", "manual")
+    assert lost["pages"] + resumed["pages"] == 8  # resumed after the last committed page
+    calls = cluster.calls("slow")
+    assert sorted(n for _, _, n, _ in calls) == list(range(40))  # every row exactly once
+    assert {p for *_, p in calls} == {pid, survivor.pid}  # each worker ran a part
+    assert [e["run_as"] for e in survivor.events("sync_restarted")] == [resumed["sync_id"]]
+    # serve heard it end, from the worker that finished it
+    assert cluster.api(f"/api/syncs/{resumed['sync_id']}")["status"] == "succeeded"
+    assert cluster.api("/api/connectors/slow")["status"] == "idle"
+    assert serve.stop() == 0 and survivor.stop() == 0
+
+
+@pytest.mark.slow
+def test_the_standby_leads_within_fifteen_seconds_of_the_leaders_death_and_no_tick_doubles(
+    cluster,
+):
+    connectors = {f"t{i}": connector(schedule="1s") for i in range(3)}
+    for folder in ("a", "b"):  # two machines, each with its copy of the config
+        cluster.write(connectors, folder)
+    worker = cluster.start("worker", "--concurrency", "3")
+    leader = cluster.start("serve", folder="a")
+    wait_until(lambda: len(leader.events("tick")) >= 3, timeout=30, what="the leader ticks")
+    standby = cluster.start("serve", folder="b")
+    wait_until(lambda: standby.events("serving"), timeout=30, what="the standby answers")
+    wait_until(lambda: len(leader.events("tick")) >= 12, timeout=30, what="ticks go on")
+    assert not standby.events("leading") and not standby.events("tick")
+    leader.stop(signal.SIGKILL)
+    killed = time.time()
+    wait_until(lambda: standby.events("leading"), timeout=20, what="the standby leads")
+    wait_until(lambda: len(standby.events("tick")) >= 9, timeout=30, what="the standby ticks")
+    assert standby.stop() == 0 and worker.stop() == 0
+
+    took_over = datetime.fromisoformat(standby.events("leading")[0]["timestamp"]).timestamp()
+    print(f"the standby led {took_over - killed:.1f}s after the leader was killed")
+    assert took_over - killed < 15
+    before, after = leader.events("tick"), standby.events("tick")
+    sent = [(e["connector"], e["tick"]) for e in before + after]
+    assert len(sent) == len(set(sent))  # no tick twice
+    assert len({e["sync_id"] for e in before + after}) == len(sent)
+    for name in connectors:
+        last = max(e["tick"] for e in before if e["connector"] == name)
+        assert min(e["tick"] for e in after if e["connector"] == name) > last
+    # the syncs that ran are the ticks sent, each once
+    ran = [s["sync_id"] for s in cluster.syncs()]
+    assert len(ran) == len(set(ran)) and set(ran) <= {e["sync_id"] for e in before + after}
+
+
+def test_a_task_for_a_connector_syncing_elsewhere_is_dropped_and_carries_no_secret(cluster):
+    from connector_runtime.celery_app import make_app, send_sync
+    from connector_runtime.config import load_config
+
+    folder = cluster.write({"demo": connector(pages=3, sleep=0.5)})
+    config = load_config(folder / "connectors.yaml")
+    app = make_app(config)
+    send_sync(app, config, "demo", "manual", "00000000-0000-0000-0000-000000000001")
+    from kombu import Connection
+
+    with Connection(cluster.broker) as conn:  # the message as the broker holds it
+        message = conn.SimpleQueue(cluster.queue).get(timeout=10)
+        body = message.body
+        message.requeue()
+    assert SECRET not in str(body)
+    assert json.loads(body)[0] == ["demo", "manual", "00000000-0000-0000-0000-000000000001"]
+
+    worker = cluster.start("worker", "--concurrency", "2")
+    wait_until(lambda: cluster.syncs(), timeout=60, what="the first sync started")
+    send_sync(app, config, "demo", "manual", "00000000-0000-0000-0000-000000000002")
+    wait_until(lambda: worker.events("sync_skipped"), timeout=60, what="the second dropped")
+    wait_until(
+        lambda: cluster.syncs()[0]["status"] != "running" and cluster.queued() == 0,
+        timeout=60,
+        what="the first finished",
+    )
+    (only,) = cluster.syncs()
+    assert (only["sync_id"], only["status"]) == (
+        "00000000-0000-0000-0000-000000000001",
+        "succeeded",
+    )
+    (skipped,) = worker.events("sync_skipped")
+    assert skipped["sync_id"] == "00000000-0000-0000-0000-000000000002"
+    assert "already in progress" in skipped["reason"]
+    # the same task again, once its sync ended (a redelivery): dropped too
+    send_sync(app, config, "demo", "manual", "00000000-0000-0000-0000-000000000001")
+    wait_until(lambda: worker.events("sync_already_ran"), timeout=60, what="the rerun dropped")
+    assert len(cluster.syncs()) == 1
+    assert SECRET not in worker.log.read_text()
+    assert worker.stop() == 0
+
+
+def test_redis_is_a_broker_too(tmp_path, postgres_url):
+    broker_or_skip(REDIS, "Redis", "apt-get install redis-server && redis-server --daemonize yes")
+    cluster = Cluster(tmp_path, postgres_url, REDIS)
+    try:
+        cluster.write({"demo": connector(pages=2)})
+        worker = cluster.start("worker", "--concurrency", "1")
+        serve = cluster.start("serve")
+        wait_until(lambda: serve.events("serving"), timeout=30, what="serve answers")
+        sync_id = cluster.api("/api/connectors/demo/run", method="POST")["sync_id"]
+        wait_until(
+            lambda: cluster.api(f"/api/syncs/{sync_id}")["status"] == "succeeded",
+            timeout=60,
+            what="the sync ran on the worker and serve heard it",
+        )
+        assert sorted(page for _, page, _, _ in cluster.calls("demo")) == [1, 2]
+        assert serve.stop() == 0 and worker.stop() == 0
+    finally:
+        cluster.close()

@@ -45,6 +45,7 @@ def build_job(config: Config, name: str) -> SyncJob:
         settings=_table_settings(config, name, connector),
         retry=RetryPolicy(retry.attempts, retry.base, retry.cap),
         max_sync_duration=connector.max_sync_duration,
+        prefetch=connector.function.prefetch,
         storage=storage,
         delivery=_delivery(config, name, connector, decrypt),
     )

@@ -15,6 +15,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ class SyncJob:
     max_sync_duration: float = 6 * 3600.0
     storage: S3PageStore | None = None  # sync through cloud storage (design §2)
     delivery: DeliverySettings | None = None  # records go to a function (design §12)
+    prefetch: bool = True  # ask for page N+1 while page N is written (design §2)
 
     def request(
         self,
@@ -274,6 +276,17 @@ def discard_page_object(job: SyncJob, location: dict[str, str], log: Any) -> Non
         log.warning("page_object_not_deleted", object=object_url(location), error=str(exc))
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    """A validated answer, the state it was asked for with, and its page's number and
+    object in cloud storage (None without storage)."""
+
+    response: Response
+    requested_state: dict[str, Any]
+    location: dict[str, str] | None
+    number: int
+
+
 class _Sync:
     def __init__(
         self,
@@ -361,14 +374,26 @@ class _Sync:
             self.log.warning("function_output_not_kept", error=str(exc))
 
     def pages(self, state: dict[str, Any]) -> str:
-        """Ask for pages until the function says it is done; return the sync's status."""
+        """Ask for pages until the function says it is done; return the sync's status.
+
+        Paging ahead (design §2): while page N is written, page N+1 is already asked for
+        with page N's state, unless the function says `prefetch: false`. If page N does
+        not commit, the answer for N+1 is dropped: the saved state never runs ahead of
+        the committed data."""
         empty_in_a_row = 0
-        with self.job.invoker() as invoker, self.deliverer():
+        # the pool outlives the invoker: a failure closes the invoker first, which cuts a
+        # prefetch call short, and the pool then has nothing left to wait for
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="prefetch") as ahead,
+            self.job.invoker() as invoker,
+            self.deliverer(),
+        ):
             self.output = invoker.output
+            self.page_object = self.job.page_object(self.record.sync_id, self.record.pages + 1)
+            fetched = self.fetch(invoker, state, self.record.pages + 1)
             while True:
                 with gc_paused():
-                    self.requested_state = state
-                    response = self.invoke(invoker, state)
+                    response = fetched.response
                     self.warn_ignored(response)
                     empty_in_a_row = (
                         empty_in_a_row + 1 if response.has_more and not response.row_count else 0
@@ -378,17 +403,53 @@ class _Sync:
                             f"{empty_in_a_row} responses in a row said hasMore without a "
                             "single row; stopped so the sync does not loop forever"
                         )
-                    self.apply(response)
-                state = response.state
+                    following = None
+                    if response.has_more and self.job.prefetch and not self.stopping():
+                        following = ahead.submit(
+                            self.fetch, invoker, response.state, fetched.number + 1
+                        )
+                    self.current, self.page_object = fetched, fetched.location
+                    try:
+                        self.apply(response)
+                    except BaseException:
+                        self.abandon(following, fetched.number + 1)
+                        raise
                 if not response.has_more:
                     return "succeeded"
-                if self.out_of_time() or (self.stop is not None and self.stop.is_set()):
+                if self.stopping():
+                    self.abandon(following, fetched.number + 1)
                     return "rescheduled"
+                number = fetched.number + 1
+                self.page_object = self.job.page_object(self.record.sync_id, number)
+                fetched = (
+                    following.result()
+                    if following is not None
+                    else self.fetch(invoker, response.state, number)
+                )
 
-    def invoke(self, invoker: Invoker, state: dict[str, Any]) -> Response:
-        # pages are requested one at a time, so the next page's number names its object
-        self.page_object = self.job.page_object(self.record.sync_id, self.record.pages + 1)
-        request = self.job.request(state, self.record.sync_id, location=self.page_object)
+    def stopping(self) -> bool:
+        """Out of time, or asked to stop: end after the current page."""
+        return self.out_of_time() or (self.stop is not None and self.stop.is_set())
+
+    def abandon(self, following: Future | None, number: int) -> None:
+        """Drop a prefetched answer whose page will not be applied now; the next sync asks
+        for it again from the committed state."""
+        if following is None:
+            return
+        following.cancel()  # not started yet: never called
+        location = self.job.page_object(self.record.sync_id, number)
+        if location is not None:
+            discard_page_object(self.job, location, self.log)
+
+    def fetch(self, invoker: Invoker, state: dict[str, Any], number: int) -> _Fetched:
+        """Ask for page `number` with `state`: the validated answer, and what it came from."""
+        location = self.job.page_object(self.record.sync_id, number)
+        return _Fetched(self.invoke(invoker, state, location), state, location, number)
+
+    def invoke(
+        self, invoker: Invoker, state: dict[str, Any], location: dict[str, str] | None = None
+    ) -> Response:
+        request = self.job.request(state, self.record.sync_id, location=location)
 
         def call() -> bytes:
             try:
@@ -402,7 +463,7 @@ class _Sync:
             raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
         except TransientInvokeError as exc:
             raise InvokeFailed(exc.gave_up(self.job.retry.attempts)) from exc
-        return read_page(self.job, raw, self.page_object)
+        return read_page(self.job, raw, location)
 
     def warn_ignored(self, response: Response) -> None:
         """One warning per sync for each unknown key the function answers with."""
@@ -447,7 +508,7 @@ class _Sync:
             sync_id=self.record.sync_id,
             page=page.number,
             synced_at=self.record.started_at,
-            requested_state=self.requested_state,
+            requested_state=self.current.requested_state,
         )
         names = self.planner.names
         keys = {}  # each table's key columns, by the names the function sent

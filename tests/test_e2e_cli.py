@@ -278,7 +278,9 @@ def assert_failed_on_page_two(demo, result, kind: str, error_type: str | None, f
     assert demo.query("SELECT id, name FROM demo.good ORDER BY id") == [(1, "page one")]
     assert demo.tables() == ["good"]  # nothing of page 2: no `other`, no `bad`
     assert demo.state() == {"page": 1}
-    assert [c["state"] for c in calls(demo)] == [{}, {"page": 1}]  # and no page after it
+    # page 3 may have been asked for ahead (with page 2's state) but never applied
+    asked = [c["state"] for c in calls(demo)]
+    assert asked in ([{}, {"page": 1}], [{}, {"page": 1}, {"page": 2}]), asked
     return alert
 
 

@@ -558,6 +558,59 @@ class ConnectorConfig(_Model):
     )
 
 
+_BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")
+
+
+def _check_broker(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if not _ENV_REFERENCE.search(scheme) and scheme not in _BROKER_SCHEMES:
+        raise _problem(
+            "the broker is not an amqp:// (RabbitMQ) or redis:// URL, e.g. "
+            "amqp://guest:guest@127.0.0.1:5672//"
+        )
+    return url
+
+
+class CeleryConfig(_Model):
+    """Syncs run on Celery workers (`connector worker`); `connector serve` sends them."""
+
+    broker: Annotated[_Expandable, AfterValidator(_check_broker)] = Field(
+        repr=False,
+        description="Broker URL: amqp://user:password@host:5672/vhost (RabbitMQ) or "
+        "redis://host:6379/0; may use ${env:VAR}.",
+    )
+    queue: str = Field(
+        "connector-runtime",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The queue syncs are sent to; deployments sharing a broker need one each.",
+    )
+
+
+class ExecutorConfig(_Model):
+    """Where the syncs that `connector serve` starts run, when not in its own threads."""
+
+    celery: CeleryConfig = Field(description="On Celery workers over a message broker.")
+
+
+def _executor_kind(value: object) -> str:
+    return "local" if isinstance(value, str) else "celery"
+
+
+_Executor = Annotated[
+    Annotated[Literal["local"], Tag("local")] | Annotated[ExecutorConfig, Tag("celery")],
+    Discriminator(_executor_kind),
+]
+# Warehouses that are files on one machine: workers elsewhere cannot reach them (design §15)
+_MACHINE_LOCAL_WAREHOUSES = {"duckdb": "a DuckDB file", "sqlite": "a SQLite file"}
+
+
+def _machine_local(url: object) -> str | None:
+    """What a warehouse URL is when no other machine can share it ("a DuckDB file")."""
+    if not isinstance(url, str) or _ENV_REFERENCE.search(url.split(":", 1)[0]):
+        return None
+    return _MACHINE_LOCAL_WAREHOUSES.get(url.split(":", 1)[0].split("+", 1)[0].lower())
+
+
 class Config(_Model):
     """The whole `connectors.yaml`."""
 
@@ -582,6 +635,29 @@ class Config(_Model):
         description="Where `function: {netlify: NAME}` finds its functions, relative to the "
         "config file.",
     )
+
+    executor: _Executor = Field(
+        "local",
+        description="local: `connector serve` runs syncs in its own threads; "
+        "{celery: {broker: URL}}: on Celery workers (`connector worker`) on any machine.",
+    )
+
+    @field_validator("executor")
+    @classmethod
+    def _shared_warehouses(cls, executor: object, info: ValidationInfo) -> object:
+        """Workers on other machines must reach every warehouse: no DuckDB or SQLite file."""
+        if executor == "local":
+            return executor
+        places = [("warehouse", info.data.get("warehouse"))]
+        for name, connector in (info.data.get("connectors") or {}).items():
+            places.append((f"connectors.{name}.destination", connector.destination))
+        for field, url in places:
+            if kind := _machine_local(url):
+                raise _problem(
+                    f"celery runs syncs on several machines, which cannot share {kind} "
+                    f"({field}); use a PostgreSQL or MySQL/MariaDB warehouse"
+                )
+        return executor
 
     _path: Path = PrivateAttr(default_factory=lambda: Path(_DEFAULT_CONFIG_FILE))
     _root: Any = PrivateAttr(default=None)  # the YAML node tree, for `where`

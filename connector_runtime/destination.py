@@ -112,6 +112,8 @@ def schema_changes_of(page: PageWrite, at: datetime) -> list[SchemaChange]:
     changes: list[tuple[str, str | None, str, str | None, str | None]] = []
     for write in page.tables:
         name, previous = write.table.name, write.previous
+        if write.table == previous:  # the usual page: its tables as they were
+            continue
         if previous is None:
             changes.append((name, None, "table_created", None, None))
             continue

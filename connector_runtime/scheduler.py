@@ -231,7 +231,8 @@ class Server:
                 f"(pid {other.pid}, {other.url})"
             )
         listener = self._bind()
-        callbacks.board.served_at = self._public_url()  # background functions POST here
+        # background functions POST their pages here
+        callbacks.board.served_at = public_url(self.config, self.url)
         notifier = self._notifier()
         self._install_signal_handlers()
         self.scheduler.start()
@@ -319,13 +320,6 @@ class Server:
             )
         return listener
 
-    def _public_url(self) -> str:
-        """Where functions reach this server: `server.public_url`, else the listen address."""
-        public_url = self.config.server.public_url
-        if public_url is None:
-            return self.url
-        return expand_env(public_url, self.config.where("server", "public_url"))
-
     def _start_http(self, listener: socket.socket) -> threading.Thread:
         app = create_app(self.control, self, bus, self.metrics.registry, self.token)
         config = uvicorn.Config(
@@ -369,6 +363,13 @@ class Server:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+
+def public_url(config: Config, listen_url: str) -> str:
+    """Where functions reach this server: `server.public_url`, else `listen_url`."""
+    if config.server.public_url is None:
+        return listen_url
+    return expand_env(config.server.public_url, config.where("server", "public_url"))
 
 
 def _loopback(host: str) -> bool:

@@ -227,6 +227,39 @@ def test_a_call_that_ends_without_its_page_fails_at_once(
     assert said in message
 
 
+def test_a_page_asked_for_ahead_is_cut_short_when_the_sync_fails(tmp_path, connector, warehouse):
+    """Page 1 is refused after page 2 was asked for (paging ahead), and page 2 would take
+    minutes: the sync fails at once, its alert about page 1."""
+    handler = PY_POSTER + textwrap.dedent(
+        """
+        import time
+
+        def handler(request):
+            if request["state"].get("page") == 1:
+                time.sleep(600)  # page 2 would take ten minutes
+            rows = [{"id": n, "name": f"item {n}"} for n in range(100_000)]  # a while to plan
+            rows.append({"name": "a row without its primary key"})
+            post(request["callback"], {
+                "state": {"page": 1},
+                "insert": {"items": rows},
+                "schema": {"items": {"primary_key": ["id"]}},
+                "hasMore": True,
+            })
+        """
+    )
+    function = {"local": "handler.py", "background": True}  # timeout: 15m
+    config = write_project(tmp_path, {"items": {"function": function}}, {"handler.py": handler})
+
+    started = time.monotonic()
+    result = connector("run", "items", config=config, cwd=tmp_path)
+
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1
+    [(kind, _, message)] = alerts(warehouse, tmp_path / "warehouse.duckdb")
+    assert kind == "invalid_response"
+    assert "primary-key column 'id'" in message
+
+
 # -- an HTTP host that answers 202 at once, as Netlify does ------------------------------
 
 
@@ -386,3 +419,23 @@ def test_under_serve_pages_are_posted_to_its_api(tmp_path, connector, warehouse)
         server.communicate(timeout=60)
     with warehouse(tmp_path / "warehouse.duckdb") as con:
         assert con.execute("SELECT id FROM crm.people").fetchall() == [(1,)]
+
+
+def test_public_url_is_where_functions_elsewhere_post(tmp_path, monkeypatch, connector):
+    from connector_runtime.config import load_config
+    from connector_runtime.scheduler import public_url
+
+    config = write_project(tmp_path, {"crm": {"function": {"http": "https://x.example/f"}}}, {})
+    listening = "http://127.0.0.1:8765"
+    assert public_url(load_config(config), listening) == listening
+    document = yaml.safe_load(config.read_text())
+    document["server"]["public_url"] = "https://${env:TUNNEL_HOST}/runtime"
+    config.write_text(yaml.safe_dump(document))
+    monkeypatch.setenv("TUNNEL_HOST", "abc.tunnel.example")
+    assert public_url(load_config(config), listening) == "https://abc.tunnel.example/runtime"
+
+    document["server"]["public_url"] = "ftp://abc.tunnel.example"
+    config.write_text(yaml.safe_dump(document))
+    result = connector("validate", config=config, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.said("server.public_url: 'ftp://abc.tunnel.example' is not an http(s) URL")

@@ -23,7 +23,8 @@ returns). The URL is `connector serve`'s API when this process serves
 (`board.served_at`), else a loopback `Listener` opened on the first call and closed with
 the invoker. A local function has one warm worker, which takes one call at a time: the
 next call, and `close()`, wait for the previous call to return, even if its page came
-earlier.
+earlier. `close()` cuts short a call whose page is still awaited (asked for ahead, then
+not wanted: design §2's paging ahead).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from connector_runtime.jsonio import decode_json
 
 RETURN_GRACE_SECONDS = 5.0  # for a POST still on its way when the call returns
 STUCK_CALL_SECONDS = 30.0  # past its own timeout, a call's thread is left behind
+STOPPED_CALL_SECONDS = 5.0  # for a call to end once its worker is closed
 
 
 class BackgroundInvoker(Invoker):
@@ -59,6 +61,9 @@ class BackgroundInvoker(Invoker):
         self._calls = 0
         self._running: threading.Thread | None = None
         self._listener: Listener | None = None
+        self._lock = threading.Lock()  # `invoke` may run in a prefetch thread (design §2)
+        self._awaited: Awaited | None = None  # the call whose page is awaited, if any
+        self._closing = False
 
     @property
     def output(self) -> OutputTail:
@@ -67,23 +72,38 @@ class BackgroundInvoker(Invoker):
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         self._await_previous()
-        self._calls += 1
-        awaited = self.callbacks.expect(request["sync_id"], self._calls, self._base_url())
-        self._running = threading.Thread(
-            target=self._call,
-            args=(request | {"callback": awaited.callback}, awaited),
-            name=f"background-call-{self._calls}",
-            daemon=True,
-        )
-        self._running.start()
+        with self._lock:
+            if self._closing:
+                raise FunctionError("the sync ended before this call started")
+            self._calls += 1
+            awaited = self.callbacks.expect(request["sync_id"], self._calls, self._base_url())
+            self._awaited = awaited
+            self._running = threading.Thread(
+                target=self._call,
+                args=(request | {"callback": awaited.callback}, awaited),
+                name=f"background-call-{self._calls}",
+                daemon=True,
+            )
+            self._running.start()
         try:
             return awaited.wait(self.timeout)
         finally:
             self.callbacks.forget(awaited)
 
     def close(self) -> None:
-        self._await_previous()  # what it does after posting is the function's to finish
-        self.inner.close()
+        """Once every page came, the last call may finish what it does after posting; a
+        call still awaited (a page asked for ahead, then not wanted) is cut short."""
+        with self._lock:
+            self._closing = True
+            cut = self._awaited is not None and not self._awaited.settled(0)
+            if cut:
+                self._awaited.fail(FunctionError("the sync ended before the page came"))
+        if not cut:
+            self._await_previous()
+        self.inner.close()  # ends a call still running with its worker
+        if self._running is not None:
+            self._running.join(timeout=STOPPED_CALL_SECONDS)
+            self.inner.close()  # a call that started its worker only now
         if self._listener is not None:
             self._listener.close()
             self._listener = None

@@ -15,6 +15,12 @@ its own:
 2. update: the handler sees `phase` in its state, re-sends 10% of the keys with new
    values and deletes 1%.
 
+Then, unless `--history off`, both syncs again for a connector whose table keeps its
+history (`tables: {customers: {history: true}}`, design §14): the report adds that
+update phase as "2 update, history", and how long it took against the plain one. Its
+check reads every version: one per key after the insert; after the update a closed and
+an open version per updated key, a closed one per deleted key.
+
 After each sync the warehouse is read back (duckdb; SQLAlchemy for PostgreSQL) and
 compared with what the handler sent: every row and column, `_fivetran_deleted`, the
 saved state, the `syncs` row. Any difference exits 1. `--profile` runs each insert sync
@@ -48,6 +54,7 @@ from typing import Any
 CONNECTOR = "bench"
 TABLE = "customers"
 PHASES = {1: "insert", 2: "update"}
+HISTORY_LABEL = "update, history"  # the update phase again, with history mode on the table
 WORKER_MODULE = b"connector_runtime.invokers._worker"  # what LocalPythonInvoker runs
 
 # The connector under test. Rows are pure functions of their id, built by a list
@@ -139,6 +146,7 @@ connectors:
       local: handler.py
       timeout: 10m
 """
+HISTORY_TABLES = "    tables:\n      customers: {history: true}\n"  # appended to CONFIG
 
 WAREHOUSES = ("duckdb", "postgresql")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -198,6 +206,7 @@ def main() -> int:
                 profile=args.profile,
                 repeat=args.repeat,
                 required=args.warehouse != "all" or ci,
+                history=args.history == "on",
             )
     if args.serve != "off" and args.warehouse in ("duckdb", "all"):
         import bench_server  # beside this file: `connector serve` under a client
@@ -266,6 +275,13 @@ def _parser() -> argparse.ArgumentParser:
         "--alerts", type=int, default=1_000, help="alerts stored for the API timing"
     )
     parser.add_argument("--requests", type=int, default=30, help="timed requests per API endpoint")
+    parser.add_argument(
+        "--history",
+        choices=("on", "off"),
+        default="on",
+        help="also run both syncs with history mode on the table and report its update phase "
+        "against the plain one (default on)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one phase here
     parser.add_argument("--phase", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--connector", default=CONNECTOR, help=argparse.SUPPRESS)
@@ -434,6 +450,16 @@ class DuckDBReader:
         ).fetchall()
         return [(*r[:4], _iso(r[4]), json.loads(r[5]), json.loads(r[6]), *r[7:]) for r in stored]
 
+    def versions(self) -> list[tuple]:
+        """A history table's versions: the data columns, then start, end, active, synced."""
+        times = ", ".join(f"epoch_us({c})" for c in ("_fivetran_start", "_fivetran_end"))
+        stored = self.con.execute(
+            "SELECT id, name, amount, active, epoch_us(updated_at), CAST(tags AS VARCHAR),"
+            f" CAST(attrs AS VARCHAR), {times}, _fivetran_active, epoch_us(_fivetran_synced)"
+            f" FROM {self.connector}.{TABLE} ORDER BY id, _fivetran_start"
+        ).fetchall()
+        return [(*r[:4], _iso(r[4]), json.loads(r[5]), json.loads(r[6]), *r[7:]) for r in stored]
+
 
 class PostgresReader:
     """Through SQLAlchemy (the runtime's own engine settings), as tests/warehouses.py reads."""
@@ -497,6 +523,19 @@ class PostgresReader:
             for r in stored
         ]
 
+    def versions(self) -> list[tuple]:
+        """A history table's versions: the data columns, then start, end, active, synced."""
+        stored = self._query(
+            "SELECT id, name, amount, active, updated_at, CAST(tags AS text), CAST(attrs AS text),"
+            " _fivetran_start, _fivetran_end, _fivetran_active, _fivetran_synced"
+            f' FROM "{self.connector}".{TABLE} ORDER BY id, _fivetran_start'
+        )
+        return [
+            (*r[:4], _iso(_epoch_us(r[4])), json.loads(r[5]), json.loads(r[6]))
+            + (_epoch_us(r[7]), _epoch_us(r[8]), r[9], _epoch_us(r[10]))
+            for r in stored
+        ]
+
 
 def _epoch_us(moment: datetime | None) -> int | None:
     """An aware datetime as integer microseconds since the epoch (exact)."""
@@ -524,10 +563,12 @@ def run_benchmark(
     profile: bool,
     repeat: int,
     required: bool,
+    history: bool = False,
 ) -> int:
     """`repeat` runs of both phases per warehouse, each in a fresh directory (and, on
     PostgreSQL, a fresh schema); returns the exit status. `required`: a warehouse that
-    cannot be reached fails the benchmark instead of being skipped."""
+    cannot be reached fails the benchmark instead of being skipped. `history`: each run
+    also syncs a history-mode connector, whose update phase joins the run's results."""
     by_warehouse: dict[str, list[list[dict]]] = {}
     skipped: dict[str, str] = {}
     failed = False
@@ -545,6 +586,17 @@ def run_benchmark(
                 page_size,
                 profile=profile and number == 1,
             )
+            if history:
+                kept, found = _run_once(
+                    target,
+                    workdir / target.name / f"run{number}-history",
+                    rows,
+                    page_size,
+                    profile=False,
+                    history=True,
+                )
+                results.append(kept[-1] | {"label": HISTORY_LABEL})
+                problems += [f"history mode, {problem}" for problem in found]
             runs.append(results)
             for problem in problems:
                 print(f"FAIL {target.name} run {number}, {problem}", file=sys.stderr)
@@ -562,14 +614,15 @@ def run_benchmark(
 
 
 def _run_once(
-    target, workdir: Path, rows: int, page_size: int, *, profile: bool
+    target, workdir: Path, rows: int, page_size: int, *, profile: bool, history: bool = False
 ) -> tuple[list[dict], list[str]]:
     workdir.mkdir(parents=True)
     connector = target.new_connector()
     source = handler_source(rows, page_size)
     (workdir / "handler.py").write_text(source)
     url = json.dumps(target.url(workdir))  # a JSON string is a YAML double-quoted scalar
-    (workdir / "connectors.yaml").write_text(CONFIG.format(url=url, connector=connector))
+    config = CONFIG.format(url=url, connector=connector) + (HISTORY_TABLES if history else "")
+    (workdir / "connectors.yaml").write_text(config)
     handler = _load_handler(source)
     results, problems = [], []
     try:
@@ -578,7 +631,9 @@ def _run_once(
                 workdir, phase, connector, target.name, profile=profile and phase == 1
             )
             results.append(result)
-            found = verify(target, workdir, connector, phase, result, handler, page_size)
+            found = verify(
+                target, workdir, connector, phase, result, handler, page_size, history=history
+            )
             problems += [f"phase {phase} ({PHASES[phase]}): {problem}" for problem in found]
     finally:
         trouble = target.cleanup(connector)
@@ -640,20 +695,27 @@ def _report(
     if not console.is_terminal:  # a log or a pipe: rich would assume 80 columns
         console = Console(width=100)
     for warehouse, runs in by_warehouse.items():
-        for index, phase in enumerate(PHASES):
+        for index, phase in enumerate(_phases(runs)):
             timed = sorted((run[index] for run in runs), key=lambda result: result["seconds"])
-            last = index == len(PHASES) - 1
+            last = index == len(runs[0]) - 1
             table.add_row(warehouse, *_cells(phase, timed[len(timed) // 2]), end_section=last)
     for warehouse in skipped:
         table.add_row(warehouse, "NOT RUN" if required else "skipped", *["-"] * (len(COLUMNS) - 2))
     console.print(table)
     for warehouse, runs in by_warehouse.items():
-        for index, phase in enumerate(PHASES):
+        for index, phase in enumerate(_phases(runs)):
             if len(runs) > 1:
                 seconds = ", ".join(f"{run[index]['seconds']:.2f}" for run in runs)
                 console.print(
                     f"{warehouse} phase {phase} seconds by run: {seconds}", highlight=False
                 )
+    ratios = [_history_ratio(warehouse, runs) for warehouse, runs in by_warehouse.items()]
+    if any(ratios):
+        console.print(
+            "history mode's update phase against the plain one (median seconds): "
+            + ", ".join(r for r in ratios if r),
+            highlight=False,
+        )
     if by_warehouse:
         before = ", ".join(
             f"{warehouse} {max(r['rss_before_mb'] for run in runs for r in run):.0f} MB"
@@ -677,8 +739,26 @@ def _report(
             print(f"{warehouse} row SKIPPED: {reason} (under CI=true this fails the benchmark)")
 
 
+def _phases(runs: list[list[dict]]) -> list[int]:
+    """The phase of each result in a run: 1, 2, and 2 again for history mode's update."""
+    return [result["phase"] for result in runs[0]]
+
+
+def _median_seconds(runs: list[list[dict]], index: int) -> float:
+    seconds = sorted(run[index]["seconds"] for run in runs)
+    return seconds[len(seconds) // 2]
+
+
+def _history_ratio(warehouse: str, runs: list[list[dict]]) -> str | None:
+    """`duckdb 1.42×`: the history update phase's seconds over the plain update phase's."""
+    if len(runs[0]) <= len(PHASES):
+        return None
+    ratio = _median_seconds(runs, len(PHASES)) / _median_seconds(runs, len(PHASES) - 1)
+    return f"{warehouse} {ratio:.2f}×"
+
+
 def _cells(phase: int, result: dict) -> list[str]:
-    name = PHASES[phase] + (" (cProfile)" if result["profiled"] else "")
+    name = result.get("label", PHASES[phase]) + (" (cProfile)" if result["profiled"] else "")
     return [
         f"{phase} {name}",
         f"{result['rows_sent']:,}",
@@ -701,6 +781,8 @@ def verify(
     result: dict,
     handler: dict[str, Any],
     page_size: int,
+    *,
+    history: bool = False,
 ) -> list[str]:
     """Every way the warehouse could differ from what the handler sent, as messages."""
     if result["status"] != "succeeded":
@@ -711,7 +793,8 @@ def verify(
         problems = _check_sync_record(reader, result, sent, page_size, phase, updates, deletes)
         problems += _check_state(reader, handler, result, phase)
         problems += _check_types(reader, target.name)
-        problems += _check_rows(reader, handler, phase)
+        check = _check_versions if history else _check_rows
+        problems += check(reader, handler, phase)
     if result["rows_sent"] != sent:
         problems.append(f"the function sent {result['rows_sent']:,} rows, expected {sent:,}")
     return problems
@@ -787,6 +870,48 @@ def _check_rows(reader, handler, phase) -> list[str]:
         actual, expected = wrong[0]
         problems.append(f"{len(wrong):,} rows differ; first: stored {actual}, sent {expected}")
     return problems
+
+
+def _check_versions(reader, handler, phase) -> list[str]:
+    """A history table (design §14), version by version: after the insert one active
+    version per key from sync 1; after the update each updated key's first version closed
+    a millisecond before sync 2 and its second open from sync 2, each deleted key's only
+    version closed likewise; `_fivetran_synced` the start of the sync that last wrote it."""
+    from connector_runtime.history import END_OF_TIME
+
+    stored = reader.versions()
+    syncs = reader.sync_starts()
+    if len(syncs) != phase:
+        return [f"{len(syncs)} syncs recorded for {reader.connector}, expected {phase}"]
+    rows, updates, deletes = handler["ROWS"], handler["UPDATES"], handler["DELETES"]
+    updated, deleted = set(), set()
+    if phase == 2:
+        updated = {handler["updated_id"](op) for op in range(updates)}
+        deleted = {handler["deleted_id"](op) for op in range(updates, updates + deletes)}
+    forever, first = _epoch_us(END_OF_TIME), syncs[0]
+
+    def version(i: int, number: int, start: int, end: int, synced: int) -> tuple:
+        want = handler["customer"](i, number)
+        return (*(want[c] for c in DATA_COLUMNS), start, end, end == forever, synced)
+
+    expected = []
+    for i in range(1, rows + 1):
+        if i in updated or i in deleted:
+            closed = syncs[-1] - 1000  # a millisecond before the sync that closed it
+            expected.append(version(i, 1, first, closed, syncs[-1]))
+        else:
+            expected.append(version(i, 1, first, forever, first))
+        if i in updated:
+            expected.append(version(i, 2, syncs[-1], forever, syncs[-1]))
+    if len(stored) != len(expected):
+        return [
+            f"{len(stored):,} versions in {reader.connector}.{TABLE}, expected {len(expected):,}"
+        ]
+    wrong = [(got, want) for got, want in zip(stored, expected, strict=True) if got != want]
+    if wrong:
+        got, want = wrong[0]
+        return [f"{len(wrong):,} versions differ; first: stored {got}, expected {want}"]
+    return []
 
 
 # -- the child: one sync in this process, measured ---------------------------------------

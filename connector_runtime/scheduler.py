@@ -112,7 +112,12 @@ class Server:
         return None if job is None else job.next_run_time
 
     def on_schedule(self, name: str, sync_id: str | None = None) -> None:
-        """A schedule tick: start a sync unless the connector is paused or already running."""
+        """A schedule tick: start a sync unless the connector is already running or paused
+        (the warehouse is asked only when it is not running)."""
+        if self._busy(name):
+            reason = f"a sync of {name!r} is already in progress"
+            self.log.warning("sync_skipped", connector=name, sync_id=sync_id, reason=reason)
+            return
         try:
             with self.control.warehouse(name) as destination:
                 paused = name in destination.paused()
@@ -134,8 +139,7 @@ class Server:
         it runs already."""
         if self.stopping.is_set():
             raise SyncInProgress("connector serve is stopping; no new syncs start")
-        if self.app is not None:
-            self._forget_lost(name)
+        self._busy(name)
         sync_id = sync_id or str(uuid.uuid4())
         with self._running_lock:
             if name in self._running:
@@ -153,6 +157,13 @@ class Server:
             self._dropped_by_worker({"connector": name, "sync_id": sync_id, "error": str(exc)})
             raise
         return sync_id
+
+    def _busy(self, name: str) -> bool:
+        """Whether a sync of the connector runs, or is queued, for all this process knows."""
+        if self.app is not None:
+            self._forget_lost(name)
+        with self._running_lock:
+            return name in self._running
 
     def _dropped_by_worker(self, dropped: dict) -> None:
         """A sync sent to the workers that did not start (its connector was syncing

@@ -202,3 +202,12 @@ def test_one_lease_holder_at_a_time_and_ticks_claimed_once(lease_url):
     finally:
         first.close()
         second.close()
+
+
+def test_connector_worker_without_a_celery_executor_says_what_to_add(tmp_path, connector):
+    config = write(tmp_path, "connectors:\n  demo: {function: {local: handler.py}}\n")
+    result = connector("worker", config=config)
+    assert result.returncode == 2
+    assert "executor: Celery workers need `executor: {celery: {broker: URL}}`" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert connector("worker", "--concurrency", "0", config=config).returncode == 2

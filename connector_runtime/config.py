@@ -46,7 +46,7 @@ from connector_runtime.yaml_locations import describe, line_of, parse_yaml, read
 _DEFAULT_CONFIG_FILE = "connectors.yaml"
 _ENCRYPTED_PREFIX = "enc:v1:"
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-_LOCAL_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
+_LOCAL_SUFFIXES = (".py", ".js", ".mjs", ".cjs", ".ts", ".mts", ".cts")
 _CONNECTOR_NAME = r"^[a-z][a-z0-9_]*$"
 
 # --- value types -------------------------------------------------------------------
@@ -206,7 +206,9 @@ class FunctionConfig(_Model):
         "executable speaking AWS Lambda's Runtime API (Go, Rust, Java, .NET, a bash bootstrap).",
     )
     local: str | None = Field(
-        None, description="Path to a .py, .js, .mjs or .cjs file, relative to the config file."
+        None,
+        description="Path to a .py, .js, .mjs or .cjs file, or TypeScript (.ts, .mts, .cts), "
+        "relative to the config file.",
     )
     netlify: str | None = Field(
         None,
@@ -215,6 +217,13 @@ class FunctionConfig(_Model):
     )
     handler: str | None = Field(
         None, description="Name of the local handler; default `handler`, else `lambda_handler`."
+    )
+    shape: Literal["fivetran", "netlify", "web", "gcf", "azure"] | None = Field(
+        None,
+        description="How a local handler is called and answers: fivetran (request in, page "
+        "out), netlify (handler(event, context) returns {statusCode, body}), web ((Request, "
+        "context) returns a Response), gcf ((req, res)), azure ((context, req); Python: "
+        "main(req)). Default: detected from its exports and its answer.",
     )
     isolation: Literal["process", "inline"] = Field(
         "process",
@@ -284,7 +293,9 @@ class FunctionConfig(_Model):
         if info.data.get("runtime", "wrong") is not None:
             return local
         if local is not None and PurePath(local).suffix not in _LOCAL_SUFFIXES:
-            raise _problem("{local} is not a .py, .js, .mjs or .cjs file", local=local)
+            raise _problem(
+                "{local} is not a .py, .js, .mjs, .cjs, .ts, .mts or .cts file", local=local
+            )
         return local
 
     @field_validator("netlify")
@@ -320,6 +331,15 @@ class FunctionConfig(_Model):
         if len(chosen) > 1:
             raise _problem(
                 f"set only one of local, netlify, lambda or http, not {' and '.join(chosen)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shape_of_a_local_handler(self) -> FunctionConfig:
+        if self.shape is not None and (self.kind != "local" or self.runtime is not None):
+            raise _problem(
+                "shape says how a local handler file is called; a Lambda, an HTTP URL or a "
+                "Runtime API executable is called as its host calls it: remove shape"
             )
         return self
 

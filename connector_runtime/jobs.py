@@ -200,8 +200,13 @@ def _local_factory(
         raise ConfigError(f"{config.where('connectors', name, *at, 'local')}: no such file {path}")
     if function.runtime is not None:
         return _runtime_api_factory(config, name, function, at, env)
-    if path.suffix in (".js", ".mjs", ".cjs"):
+    if path.suffix in (".js", ".mjs", ".cjs", ".ts", ".mts", ".cts"):
         return _node_factory(config, name, function, at, env)
+    if function.shape in ("web", "gcf"):
+        raise ConfigError(
+            f"{config.where('connectors', name, *at, 'shape')}: {function.shape} is a "
+            f"JavaScript handler's shape; a Python handler is fivetran, netlify or azure"
+        )
     from .invokers.local import LocalPythonInvoker
 
     return partial(
@@ -213,7 +218,22 @@ def _local_factory(
         memory_mb=function.memory_mb,
         function_name=name,
         env=env,
+        shape=_shape(config, name, function, at),
     )
+
+
+def _shape(config: Config, name: str, function: FunctionConfig, at: tuple[str, ...]) -> str | None:
+    """The source function's `shape` (None: detected); a destination function (design §12)
+    answers {statusCode, message} of its own, so it is always called request in, answer out."""
+    if at == ("function",):
+        return function.shape
+    if function.shape is not None:
+        raise ConfigError(
+            f"{config.where('connectors', name, *at, 'shape')}: a destination function gets "
+            "each record's event and answers {statusCode, message}; shape is for a source "
+            "function: remove it"
+        )
+    return "fivetran"
 
 
 def _node_factory(
@@ -232,6 +252,12 @@ def _node_factory(
             "JavaScript, run by Node.js, and there is no `node` on PATH; install Node.js 18 "
             "or later"
         )
+    from .invokers import typescript
+
+    if typescript.is_typescript(path) and typescript.find_esbuild(path) is None:
+        raise ConfigError(
+            f"{config.where('connectors', name, *at, 'local')}: {typescript.missing_esbuild(path)}"
+        )
     from .invokers.node import NodeInvoker
 
     return partial(
@@ -242,6 +268,7 @@ def _node_factory(
         memory_mb=function.memory_mb,
         function_name=name,
         env=env,
+        shape=_shape(config, name, function, at),
     )
 
 

@@ -326,12 +326,14 @@ def cmd_test(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_validate(config: Config, args: argparse.Namespace) -> int:
-    for name in config.connectors:
-        build_job(config, name)  # paths, handlers and secrets, not only the YAML's shape
-    from . import notify
+    # paths, handlers and secrets, not only the YAML's shape
+    jobs = [build_job(config, name) for name in config.connectors]
+    from . import handler_shapes, notify
 
     for name in [None, *config.connectors]:
         notify.webhooks_for(config, name)  # unset ${env:} in a webhook, with file:line
+    if not handler_shapes.report(config, jobs):  # each local handler loaded, not called
+        return FAILED
     _list_functions_dir(config)
     console.print(f"[green]{config.path}: {len(config.connectors)} connector(s), all valid[/green]")
     return OK

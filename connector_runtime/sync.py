@@ -216,12 +216,13 @@ def _check(job: SyncJob, request: dict) -> tuple[str, str]:
             failure.function_output = invoker.output.text()
             raise
         output = invoker.output.text()
+        shape = invoker.shape  # design §13: which handler shape answered
     try:
         summary = _judge(job, request, raw)
     except SyncFailure as failure:
         failure.function_output = output
         raise
-    return summary, output
+    return (f"{shape} handler; {summary}" if shape else summary), output
 
 
 def _judge(job: SyncJob, request: dict, raw: bytes) -> str:

@@ -307,7 +307,7 @@ def test_every_field_has_a_description() -> None:
                   local: handler.rb
             """,
             "connectors.yaml:4: connectors.orders.function.local: "
-            "'handler.rb' is not a .py, .js, .mjs or .cjs file",
+            "'handler.rb' is not a .py, .js, .mjs, .cjs, .ts, .mts or .cts file",
             id="wrong-extension",
         ),
         pytest.param(

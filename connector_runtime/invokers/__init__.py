@@ -103,7 +103,12 @@ class Invoker(ABC):
 
     `output` holds what the function printed during this invoker's life, as far as the
     invoker can see it (each subclass says what it captures).
+
+    `shape` is the handler shape (design §13: fivetran, netlify, web, gcf, azure) the last
+    answer came in, for `connector test`; None where the invoker cannot tell.
     """
+
+    shape: str | None = None
 
     @property
     def output(self) -> OutputTail:

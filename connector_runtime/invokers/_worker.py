@@ -4,13 +4,16 @@ AWS Lambda's Python runtime does, and turn whatever comes back into JSON bytes.
 `lambda_handler` is called exactly as Lambda calls it, `lambda_handler(event, context)`:
 a one-parameter `lambda_handler` fails here as it would once deployed, with a hint.
 Other handlers are called by their parameters: one means the runtime's own
-`handler(request)`, two (or `*args`) Lambda's `(event, context)`.
+`handler(request)`, two (or `*args`) Lambda's `(event, context)`. Handlers written for
+Netlify or Azure Functions get what those hosts pass and answer as there (`_shapes`).
 
 `local.py` imports this module for `isolation="inline"`, and runs it as
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
-byte (`ANSWER`, `IMPORT_FAILED`, `NOT_FOUND`) and its payload from the worker.
+byte (`ANSWER`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`) and its payload
+from the worker. A request `DESCRIBE` is answered with the handler's name and shape
+(`connector validate`), without calling it.
 
 Before each reply the worker flushes `sys.stdout` and `sys.stderr` and writes
 `END_OF_CALL` and the call's number (1, 2, ...) as a line of its own to fd 2, where its
@@ -38,9 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from connector_runtime.invokers import _shapes
 from connector_runtime.jsonio import encode_json
 
 ANSWER = b"A"  # the handler's answer, or its error shape
+SHAPED = b"S"  # an answer of a host's shape: `_shapes.Shaped.header()`, then the body
+DESCRIBED = b"D"  # to DESCRIBE: {"handler": name, "shape": shape or null}
+DESCRIBE = {"connector-runtime": "describe"}  # a request never has this key
 IMPORT_FAILED = b"I"  # the module failed to import: an error shape; retire this worker
 NOT_FOUND = b"N"  # no such file or handler attribute: a message for InvokeFailed
 
@@ -49,7 +56,7 @@ LENGTH = struct.Struct(">I")
 # `node_worker.mjs` writes the same line.
 END_OF_CALL = b"\x00connector-runtime:end-of-call:"
 LAMBDA_HANDLER = "lambda_handler"  # the name that says "written for AWS Lambda"
-DEFAULT_HANDLERS = ("handler", LAMBDA_HANDLER)
+DEFAULT_HANDLERS = ("handler", LAMBDA_HANDLER, "main")  # main: Azure Functions' entry point
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
 
@@ -62,6 +69,8 @@ class FunctionSpec:
     function_name: str
     timeout: float
     memory_mb: int | None
+    shape: str | None = None  # design §13; None: detected
+    source: str | None = None  # the file as written, when `path` is its build (TypeScript)
 
 
 class HandlerNotFound(Exception):
@@ -113,19 +122,45 @@ class FunctionHost:
         self.spec = spec
         self._name, self._handler = load_handler(Path(spec.path), spec.handler)
         self._takes_context = self._name == LAMBDA_HANDLER or _takes_context(self._handler)
+        # None: fivetran or netlify, told apart by each answer
+        self.shape = spec.shape or _shapes.shape_by_signature(self._name, self._handler)
         self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def call(self, request: dict[str, Any]) -> bytes:
-        """The handler's answer to `request` as JSON bytes; an exception as its error shape.
+    def call(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The reply to `request`: `ANSWER` and the page as JSON bytes (an exception as its
+        error shape), or `SHAPED` and a host's answer (`_shapes.Shaped`).
 
         `SystemExit` and other non-`Exception`s are not caught: an exit is a crash.
         """
+        if request == DESCRIBE:
+            return DESCRIBED, encode_json({"handler": self._name, "shape": self.shape})
         try:
-            answer = self._run(request)
+            answer = self._answer(request)
+        except _shapes.WrongAnswer as exc:
+            return ANSWER, encode_json(error_shape(exc, _shapes.INVALID_ANSWER, stack_trace=[]))
         except Exception as exc:
-            return encode_json(error_shape(exc))
-        return encode_answer(answer)
+            return ANSWER, encode_json(error_shape(exc))
+        if isinstance(answer, _shapes.Shaped):
+            return SHAPED, answer.header() + answer.body
+        return ANSWER, encode_answer(answer)
+
+    def _answer(self, request: dict[str, Any]) -> Any:
+        """The handler's answer, called in its shape's way; a `Shaped` for a host's shape."""
+        name = self.spec.function_name
+        if self.shape == "azure":
+            arguments = [_shapes.azure_request(request, name)]
+            if _takes_context(self._handler):
+                arguments.append(_shapes.AzureContext(name))
+            return _shapes.azure_answer(self._run(*arguments))
+        if self.shape == "netlify":
+            return _shapes.netlify_answer(self._run(_shapes.netlify_event(request, name)))
+        if self.shape is None:
+            request = _shapes.RequestEvent(request, _shapes.netlify_event(request, name))
+        answer = self._run(request)
+        if self.shape is None and _shapes.is_netlify_answer(answer):
+            return _shapes.netlify_answer(answer)
+        return answer
 
     def _call_like_lambda(self, request: dict[str, Any]) -> Any:
         """`handler(event, context)`, as Lambda calls it; a handler that cannot take those
@@ -147,9 +182,13 @@ class FunctionHost:
             self._loop.close()
             self._loop = None
 
-    def _run(self, request: dict[str, Any]) -> Any:
-        call = self._call_like_lambda if self._takes_context else self._handler
-        answer = call(request)
+    def _run(self, *arguments: Any) -> Any:
+        """The handler's answer to `arguments` (the event alone: Lambda's context is added
+        when the handler takes it), its coroutine run to the end."""
+        if len(arguments) > 1:
+            answer = self._handler(*arguments)
+        else:
+            answer = (self._call_like_lambda if self._takes_context else self._handler)(*arguments)
         if inspect.isawaitable(answer):
             self._loop = self._loop or asyncio.new_event_loop()
             answer = self._loop.run_until_complete(answer)
@@ -352,7 +391,7 @@ def main(argv: list[str]) -> None:
         _refuse(channel, IMPORT_FAILED, exc.answer)
         return
     while (request := channel.receive()) is not None:
-        channel.send(ANSWER, host.call(request))
+        channel.send(*host.call(request))
 
 
 def _exit_with_parent(poll_seconds: float = 0.5) -> None:

@@ -8,7 +8,10 @@ two (or `*args`) as `handler(event, context)`. `async def` handlers
 are awaited on one event loop that lives as long as the loaded module. The answer is
 serialized to JSON bytes (see `jsonio.encode_json`); an exception becomes Lambda's
 error shape `{errorMessage, errorType, stackTrace: [[file, line, function, code], ...]}`,
-returned, not raised.
+returned, not raised. Handlers written for Netlify (`handler(event, context)` returning
+`{statusCode, body}`) or Azure Functions (`main(req)`) are called as those hosts call
+them (`_shapes`); a non-2xx status they answer with raises `InvokeFailed` quoting the
+body, and `shape` says which shape the last answer came in.
 
 Loading: the file's directory goes first on `sys.path` and the module is imported once.
 A missing file or handler attribute raises `InvokeFailed`; a module that fails to import
@@ -57,13 +60,17 @@ from typing import Any
 
 import structlog
 
-from connector_runtime import errors
-from connector_runtime.invokers import Invoker, OutputTail
+from connector_runtime import errors, masking
+from connector_runtime.invokers import Invoker, OutputTail, _shapes
 from connector_runtime.invokers._worker import (
     ANSWER,
+    DESCRIBE,
+    DESCRIBED,
     END_OF_CALL,
+    IMPORT_FAILED,
     LENGTH,
     NOT_FOUND,
+    SHAPED,
     FunctionHost,
     FunctionSpec,
     HandlerImportError,
@@ -72,6 +79,7 @@ from connector_runtime.invokers._worker import (
 )
 
 TAIL_LINES = 50
+STATUS_BODY_CHARS = 500  # of a non-2xx answer's body, quoted in its alert
 STOP_GRACE_SECONDS = 2.0
 # How long a call's reply waits for the output reader to reach the call's end mark. It is
 # normally there within a millisecond: the worker writes the mark before the reply, and
@@ -97,6 +105,7 @@ class LocalPythonInvoker(Invoker):
         function_name: str = "connector",
         log: Any = None,
         env: dict[str, str] | None = None,
+        shape: str | None = None,
     ) -> None:
         if isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', not {isolation!r}")
@@ -108,6 +117,7 @@ class LocalPythonInvoker(Invoker):
             function_name=function_name,
             timeout=timeout,
             memory_mb=memory_mb,
+            shape=shape,
         )
         self.isolation = isolation
         log = log if log is not None else structlog.get_logger()
@@ -118,8 +128,21 @@ class LocalPythonInvoker(Invoker):
 
     def invoke(self, request: dict[str, Any]) -> bytes:
         if self.isolation == "inline":
-            return self._invoke_inline(request)
+            page, self.shape = answer_of(*self._invoke_inline(request), self.spec)
+            return page
         return self._worker.call(request)
+
+    @property
+    def shape(self) -> str | None:
+        return self._worker.shape
+
+    @shape.setter
+    def shape(self, shape: str | None) -> None:
+        self._worker.shape = shape
+
+    def describe(self) -> dict[str, Any]:
+        """The handler's name and shape, loaded in a worker as a sync would (inline too)."""
+        return self._worker.describe()
 
     def close(self) -> None:
         self._worker.close()
@@ -127,7 +150,7 @@ class LocalPythonInvoker(Invoker):
             self._host.close()
             self._host = None
 
-    def _invoke_inline(self, request: dict[str, Any]) -> bytes:
+    def _invoke_inline(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
         # A private copy, as a worker would receive: the handler can't alter the caller's state.
         request = json.loads(encode_json(request))
         try:
@@ -135,7 +158,7 @@ class LocalPythonInvoker(Invoker):
                 self._host = self._host or FunctionHost(self.spec)
                 return self._host.call(request)
         except HandlerImportError as exc:
-            return exc.answer
+            return ANSWER, exc.answer
         except HandlerNotFound as exc:
             raise errors.InvokeFailed(str(exc)) from exc
         except SystemExit as exc:
@@ -164,9 +187,27 @@ class WarmWorker:
     ) -> None:
         self.command, self.spec, self.log, self.env = command, spec, log, env
         self.output = output if output is not None else OutputTail()
+        self.shape: str | None = None  # of the last answer (design §13)
         self._worker: _Worker | None = None
 
     def call(self, request: dict[str, Any]) -> bytes:
+        """The page the function answered `request` with (or its error shape)."""
+        page, self.shape = answer_of(*self._exchange(request), self.spec)
+        return page
+
+    def describe(self) -> dict[str, Any]:
+        """`{"handler", "shape"}` of the loaded handler, without calling it; then the
+        worker ends. A module that fails to load raises `InvokeFailed` saying why."""
+        try:
+            kind, payload = self._exchange(DESCRIBE)
+        finally:
+            self.close()
+        if kind == IMPORT_FAILED:
+            failed = json.loads(payload)
+            raise errors.InvokeFailed(f"{failed.get('errorType')}: {failed.get('errorMessage')}")
+        return json.loads(payload)
+
+    def _exchange(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
         if self._worker is None:
             self._worker = _Worker(
                 self.command(), self.spec.function_name, self.log, self.output, self.env
@@ -176,16 +217,35 @@ class WarmWorker:
         except errors.FunctionError:
             self._worker = None  # it is dead; the next call starts a fresh one
             raise
-        if kind != ANSWER:  # the module did not load: retire the worker so it re-imports
-            self.close()
+        if kind not in (ANSWER, SHAPED, DESCRIBED):  # the module did not load: retire the
+            self.close()  # worker so that the next call imports it afresh
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
-        return payload
+        return kind, payload
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+
+
+def answer_of(kind: bytes, payload: bytes, spec: FunctionSpec) -> tuple[bytes, str | None]:
+    """The page in a worker's reply, and the shape it came in; `InvokeFailed` quoting the
+    body (masked, cut) when a host's shape answered with a status other than 2xx."""
+    if kind == IMPORT_FAILED:  # refused a call: its error shape is the answer
+        return payload, spec.shape
+    if kind != SHAPED:
+        return payload, spec.shape or "fivetran"
+    header, _, body = payload.partition(b"\n")
+    answered = json.loads(header)
+    status = answered["status"]
+    if not 200 <= status < 300:
+        text = masking.excerpt(body.decode("utf-8", "replace"), STATUS_BODY_CHARS, one_line=True)
+        raise errors.InvokeFailed(
+            f"the {answered['shape']} handler answered {_shapes.status_line(status)}: "
+            f"{text or '(empty body)'}"
+        )
+    return body, answered["shape"]
 
 
 def _python_command(spec: FunctionSpec) -> list[str]:

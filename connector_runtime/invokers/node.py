@@ -23,6 +23,12 @@ to be written out, then marks the end of the call, as `_worker.py` does). `memor
 caps V8's heap (`--max-old-space-size`); a blow-up ends the worker, never the runtime.
 Buffers and other memory outside the heap are not capped.
 
+TypeScript (`.ts`, `.mts`, `.cts`) is built by esbuild first (`typescript.py`) and runs
+with `--enable-source-maps`, so stack traces name the `.ts` lines. Handlers written for
+Netlify, Google Cloud Functions or Azure Functions are called as those hosts call them
+(`node_shapes.mjs`); a non-2xx status they answer with raises `InvokeFailed` quoting the
+body, and `shape` says which shape the last answer came in.
+
 Numbers: the request is parsed with `JSON.parse`, so integers beyond 2**53 (a cursor,
 say) arrive rounded: send them as strings. An answer may hold `BigInt`s; they are
 written as exact JSON integers.
@@ -32,14 +38,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from connector_runtime import errors
-from connector_runtime.invokers import Invoker
+from connector_runtime.invokers import Invoker, typescript
 from connector_runtime.invokers._worker import FunctionSpec
 from connector_runtime.invokers.local import WarmWorker
 
@@ -53,8 +59,8 @@ _PROTOCOL_ON_FDS_3_AND_4 = 'exec "$0" "$@" 3<&0 4>&1 </dev/null >&2'
 
 
 class NodeInvoker(Invoker):
-    """Calls a handler in a local `.js`, `.mjs` or `.cjs` file, in a warm node worker;
-    `env` is added to the worker's environment."""
+    """Calls a handler in a local `.js`, `.mjs`, `.cjs` or TypeScript file, in a warm node
+    worker; `env` is added to the worker's environment."""
 
     def __init__(
         self,
@@ -66,6 +72,7 @@ class NodeInvoker(Invoker):
         function_name: str = "connector",
         log: Any = None,
         env: dict[str, str] | None = None,
+        shape: str | None = None,
     ) -> None:
         self.spec = FunctionSpec(
             path=str(Path(path).resolve()),
@@ -73,6 +80,8 @@ class NodeInvoker(Invoker):
             function_name=function_name,
             timeout=timeout,
             memory_mb=memory_mb,
+            shape=shape,
+            source=str(Path(path).resolve()),
         )
         self.node = shutil.which("node")
         log = log if log is not None else structlog.get_logger()
@@ -81,12 +90,33 @@ class NodeInvoker(Invoker):
     def invoke(self, request: dict[str, Any]) -> bytes:
         return self._worker.call(request)
 
+    @property
+    def shape(self) -> str | None:
+        return self._worker.shape
+
+    def describe(self) -> dict[str, Any]:
+        """The handler's export name and its shape by that export (None: told by the
+        answer), loaded as a sync would load it; `InvokeFailed` if it does not load."""
+        return self._worker.describe()
+
     def close(self) -> None:
         self._worker.close()
 
     def _command(self) -> list[str]:
         if self.node is None:
             raise errors.InvokeFailed(NODE_MISSING)
-        heap = [f"--max-old-space-size={self.spec.memory_mb}"] if self.spec.memory_mb else []
-        spec = json.dumps(asdict(self.spec))
-        return ["/bin/sh", "-c", _PROTOCOL_ON_FDS_3_AND_4, self.node, *heap, str(NODE_WORKER), spec]
+        options = [f"--max-old-space-size={self.spec.memory_mb}"] if self.spec.memory_mb else []
+        spec = self.spec
+        if typescript.is_typescript(Path(spec.source)):
+            options.append("--enable-source-maps")
+            spec = replace(spec, path=str(self._build()))
+        worker = [self.node, *options, str(NODE_WORKER), json.dumps(asdict(spec))]
+        return ["/bin/sh", "-c", _PROTOCOL_ON_FDS_3_AND_4, *worker]
+
+    def _build(self) -> Path:
+        """The TypeScript function's JavaScript build (cached by content)."""
+        source = Path(self.spec.source)
+        esbuild = typescript.find_esbuild(source)
+        if esbuild is None:
+            raise errors.InvokeFailed(typescript.missing_esbuild(source))
+        return typescript.build(source, esbuild)

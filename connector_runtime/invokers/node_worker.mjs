@@ -5,8 +5,10 @@
 // protocol on fd 3 (requests in) and fd 4 (answers out), and fd 1 pointing at fd 2: what the
 // function prints, by console.log or any other way, is logged by the parent and never lands
 // inside a frame. The frames are those of `_worker.py`: a 4-byte big-endian length, then a
-// request's JSON from the parent, or one kind byte (A answer, I import failed, N not found)
-// and its payload from this worker. It serves requests until fd 3 closes.
+// request's JSON from the parent, or one kind byte (A answer, S a host-shaped answer: a
+// {shape, status} line then the body, D the handler's name and shape for a describe
+// request, I import failed, N not found) and its payload from this worker. It serves
+// requests until fd 3 closes. Handler shapes (netlify, web, gcf, azure): node_shapes.mjs.
 //
 // Before each reply the worker waits until what the function wrote to process.stdout and
 // process.stderr has reached the pipe (on Linux, node writes pipes asynchronously), then
@@ -23,12 +25,26 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { types } from 'node:util';
 
+import {
+  INVALID_ANSWER,
+  WrongAnswer,
+  callHost,
+  exportedHandler,
+  isNetlifyAnswer,
+  netlifyAnswer,
+  netlifyEvent,
+  requestEvent,
+  shapeByExport,
+} from './node_shapes.mjs';
+
 const REQUESTS = 3;
 const ANSWERS = 4;
 const ANSWER = 'A';
+const SHAPED = 'S';
+const DESCRIBED = 'D';
+const DESCRIBE = 'describe'; // a request {"connector-runtime": "describe"}, as in _worker.py
 const IMPORT_FAILED = 'I';
 const NOT_FOUND = 'N';
-const DEFAULT_HANDLERS = ['handler', 'lambda_handler'];
 const END_OF_CALL = '\0connector-runtime:end-of-call:'; // as in _worker.py
 const WORKER_LOCATIONS = [`${import.meta.url}:`, `${fileURLToPath(import.meta.url)}:`];
 const INTERNAL_FRAME = /^\s+at (.*\()?node:/;
@@ -88,7 +104,7 @@ function writeThen(stream, text, then) {
 }
 
 function send(kind, payload) {
-  const body = Buffer.from(payload, 'utf8');
+  const body = Buffer.isBuffer(payload) ? payload : Buffer.from(payload, 'utf8');
   const frame = Buffer.alloc(5 + body.length);
   frame.writeUInt32BE(body.length + 1, 0);
   frame.write(kind, 4, 'latin1');
@@ -100,26 +116,27 @@ function send(kind, payload) {
 
 // -- loading ------------------------------------------------------------------------------
 
-/** The handler of `spec.path`: `spec.handler`, else `handler`, else `lambda_handler`. */
+/**
+ * The handler of `spec.path` (`spec.handler`, else `handler`, else `lambda_handler`, else
+ * the default export) as `{name, handler, shape}`; `shape` null when told by the answer.
+ */
 async function loadHandler(spec) {
+  const source = spec.source ?? spec.path; // a TypeScript function runs from its build
   if (!fs.statSync(spec.path, { throwIfNoEntry: false })?.isFile()) {
-    throw new HandlerNotFound(`function file ${spec.path} does not exist`);
+    throw new HandlerNotFound(`function file ${source} does not exist`);
   }
   let namespace;
   try {
     // import() reads ESM (.mjs, or .js under "type": "module") and CommonJS (.cjs, .js) alike.
     namespace = await import(pathToFileURL(spec.path).href);
   } catch (error) {
-    throw new HandlerImportError(importErrorShape(error, path.parse(spec.path).name));
+    throw new HandlerImportError(importErrorShape(error, path.parse(source).name));
   }
-  const candidates = spec.handler ? [spec.handler] : DEFAULT_HANDLERS;
-  for (const name of candidates) {
-    // A CommonJS module arrives as {default: module.exports, ...the names node detected}.
-    const handler = namespace[name] ?? namespace.default?.[name];
-    if (typeof handler === 'function') return handler;
+  const found = exportedHandler(namespace, spec.handler);
+  if (!found.handler) {
+    throw new HandlerNotFound(`${source} exports no function ${found.wanted} to use as the handler`);
   }
-  const wanted = candidates.map((name) => `'${name}'`).join(' or ');
-  throw new HandlerNotFound(`${spec.path} exports no function ${wanted} to use as the handler`);
+  return { ...found, shape: spec.shape ?? shapeByExport(found) };
 }
 
 /** Name import failures as Lambda does, so alerts read the same in both places. */
@@ -225,8 +242,51 @@ function lambdaContext(spec, logStreamName, done) {
   };
 }
 
+/** The reply for a host's shaped answer: a {shape, status} line, then the body. */
+function shapedReply(shaped) {
+  const header = Buffer.from(`${JSON.stringify({ shape: shaped.shape, status: shaped.status })}\n`);
+  return { kind: SHAPED, body: Buffer.concat([header, shaped.body]) };
+}
+
+/** An error answer; a `WrongAnswer` (not of the handler's shape) without a stack. */
+function failure(error) {
+  const shape = errorShape(error);
+  return JSON.stringify(error instanceof WrongAnswer ? { ...shape, errorType: INVALID_ANSWER, stackTrace: [] } : shape);
+}
+
 /**
- * Call the handler once; `settled({body, waitForEmptyLoop})` gets its answer as JSON.
+ * Call the handler once, in its shape's way; `settled({body, kind, waitForEmptyLoop})` gets
+ * its answer. Returns what to answer if the event loop empties first (or undefined).
+ */
+function call(loaded, request, spec, logStreamName, settled) {
+  const { handler, shape } = loaded;
+  if (['web', 'gcf', 'azure'].includes(shape)) {
+    const reply = (shaped) => settled(shapedReply(shaped));
+    const idle = callHost(shape, handler, request, spec.function_name, reply, (error) => settled({ body: failure(error) }));
+    return idle && (() => {
+      const shaped = idle();
+      return shaped && shapedReply(shaped);
+    });
+  }
+  let event = request;
+  if (shape === 'netlify') event = netlifyEvent(request, spec.function_name);
+  else if (shape === null) event = requestEvent(request, spec.function_name);
+  callLikeLambda(handler, event, spec, logStreamName, (answer) => {
+    if (answer.error === undefined && (shape === 'netlify' || (shape === null && isNetlifyAnswer(answer.result)))) {
+      try {
+        return settled({ ...shapedReply(netlifyAnswer(answer.result)), waitForEmptyLoop: answer.waitForEmptyLoop });
+      } catch (error) {
+        return settled({ body: failure(error), waitForEmptyLoop: answer.waitForEmptyLoop });
+      }
+    }
+    const body = answer.error === undefined ? marshal(answer.result) : failure(answer.error);
+    settled({ body, waitForEmptyLoop: answer.waitForEmptyLoop });
+  });
+  return undefined;
+}
+
+/**
+ * Call the handler as Lambda's Node.js runtime does; `settled({result | error, waitForEmptyLoop})`.
  *
  * Its answer is the first of: the promise it returns, the callback (passed as the third
  * argument; or `context.done`, `succeed`, `fail`), or, when it declares fewer than three
@@ -234,15 +294,15 @@ function lambdaContext(spec, logStreamName, done) {
  * An answer given through the callback waits for the event loop to empty while
  * `context.callbackWaitsForEmptyEventLoop` is true, as on Lambda.
  */
-function call(handler, request, spec, logStreamName, settled) {
+function callLikeLambda(handler, request, spec, logStreamName, settled) {
   let answered = false;
-  const finish = (body, viaCallback) => {
+  const finish = (outcome, viaCallback) => {
     if (answered) return;
     answered = true;
-    settled({ body, waitForEmptyLoop: viaCallback && context.callbackWaitsForEmptyEventLoop });
+    settled({ ...outcome, waitForEmptyLoop: viaCallback && context.callbackWaitsForEmptyEventLoop });
   };
-  const answer = (result, viaCallback) => finish(marshal(result), viaCallback);
-  const fail = (error, viaCallback) => finish(JSON.stringify(errorShape(error)), viaCallback);
+  const answer = (result, viaCallback) => finish({ result }, viaCallback);
+  const fail = (error, viaCallback) => finish({ error }, viaCallback);
   const callback = (error, result) => (error == null ? answer(result, true) : fail(error, true));
   const context = lambdaContext(spec, logStreamName, callback);
   let returned;
@@ -271,23 +331,40 @@ const NO_ANSWER = JSON.stringify({
 });
 
 /** Serve one request, then (on the next turn of the event loop) the next. */
-function serve(handler, spec, logStreamName) {
+function serve(loaded, spec, logStreamName) {
   const request = receive(); // blocks: the instance is frozen between calls
   if (request === null) process.exit(0);
-  let body = null;
+  if (request?.['connector-runtime'] === DESCRIBE) {
+    const described = JSON.stringify({ handler: loaded.name, shape: loaded.shape });
+    endOutput(() => send(DESCRIBED, described));
+    setImmediate(serve, loaded, spec, logStreamName);
+    return;
+  }
+  let answer = null;
+  let idle;
   const reply = () => {
     process.removeListener('beforeExit', reply);
+    answer ??= idleAnswer(idle);
     endOutput(() => {
-      send(ANSWER, body ?? NO_ANSWER);
-      setImmediate(serve, handler, spec, logStreamName);
+      send(answer?.kind ?? ANSWER, answer?.body ?? NO_ANSWER);
+      setImmediate(serve, loaded, spec, logStreamName);
     });
   };
   // The event loop empties when nothing the call started is pending any more.
   process.once('beforeExit', reply);
-  call(handler, request, spec, logStreamName, (settled) => {
-    body = settled.body;
+  idle = call(loaded, request, spec, logStreamName, (settled) => {
+    answer = settled;
     if (!settled.waitForEmptyLoop) reply();
   });
+}
+
+/** What a handler that never answered leaves to answer with (Azure's `context.res`). */
+function idleAnswer(idle) {
+  try {
+    return idle?.() || null;
+  } catch (error) {
+    return { body: failure(error) };
+  }
 }
 
 /** End this worker when the runtime that started it dies, even by `kill -9`: no orphan
@@ -303,9 +380,9 @@ function exitWithParent() {
 async function main(argv) {
   const spec = JSON.parse(argv[2]);
   exitWithParent();
-  let handler;
+  let loaded;
   try {
-    handler = await loadHandler(spec);
+    loaded = await loadHandler(spec);
   } catch (error) {
     if (error instanceof HandlerNotFound) refuse(NOT_FOUND, error.message);
     else if (error instanceof HandlerImportError) refuse(IMPORT_FAILED, JSON.stringify(error.shape));
@@ -313,7 +390,7 @@ async function main(argv) {
     return;
   }
   const day = new Date().toISOString().slice(0, 10).replaceAll('-', '/');
-  serve(handler, spec, `${day}/[$LATEST]${randomUUID().replaceAll('-', '')}`);
+  serve(loaded, spec, `${day}/[$LATEST]${randomUUID().replaceAll('-', '')}`);
 }
 
 /** Answer the first request with why there is nothing to call, then end. */

@@ -255,8 +255,9 @@ def _node_factory(
     from .invokers import typescript
 
     if typescript.is_typescript(path) and typescript.find_esbuild(path) is None:
+        field = "local" if function.local is not None else "netlify"
         raise ConfigError(
-            f"{config.where('connectors', name, *at, 'local')}: {typescript.missing_esbuild(path)}"
+            f"{config.where('connectors', name, *at, field)}: {typescript.missing_esbuild(path)}"
         )
     from .invokers.node import NodeInvoker
 

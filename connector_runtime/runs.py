@@ -332,9 +332,9 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
 
     for name in [None, *config.connectors]:
         notify.webhooks_for(config, name)  # unset ${env:} in a webhook, with file:line
+    _list_functions_dir(config)
     if not handler_shapes.report(config, jobs):  # each local handler loaded, not called
         return FAILED
-    _list_functions_dir(config)
     console.print(f"[green]{config.path}: {len(config.connectors)} connector(s), all valid[/green]")
     return OK
 

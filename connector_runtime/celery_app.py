@@ -20,7 +20,8 @@ worker`, and the way back from workers' syncs to `connector serve`.
 - What a worker's syncs do (`sync.*`, `alert.*`) goes to `connector serve` as Celery
   events on the queue's own event exchange (`EventRelay` → `EventFeed`), where the API,
   the dashboard and the metrics hear them as they hear local syncs. Workers send their
-  alerts' notifications themselves, so each goes out once however many serve processes run.
+  alerts' notifications themselves (linking `server.public_url`, if set), so each goes out
+  once however many serve processes run.
 """
 
 from __future__ import annotations
@@ -249,6 +250,8 @@ def run_worker(config: Config, concurrency: int) -> int:
     syncs finish their current page (they end `rescheduled`) and exit."""
     from celery import signals
 
+    from .scheduler import public_url
+
     app = make_app(config)
     for name in config.connectors:
         build_job(config, name)  # config errors before any task is taken
@@ -257,7 +260,8 @@ def run_worker(config: Config, concurrency: int) -> int:
     app.connector_runner = runner
     signals.worker_shutting_down.connect(runner.on_shutdown, weak=False)
     unsubscribe = bus.subscribe(relay)
-    notifier = notify.start(config)
+    # the dashboard's address in notifications: serve's public_url, if the config has one
+    notifier = notify.start(config, dashboard_url=public_url(config, None))
     queue = config.executor.celery.queue
     worker = app.Worker(
         hostname=relay.hostname,

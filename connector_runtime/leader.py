@@ -216,11 +216,14 @@ class Lease:
         self._run(create)
 
     def _run(self, work: Callable):
+        """`work(connection)` on the lease's session; LeaseLost if the database fails it."""
+        import sqlalchemy as sa
+
         if self._conn is None:
             raise LeaseLost("not holding the lease")
         try:
             return work(self._conn)
-        except Exception as exc:
+        except (sa.exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as exc:
             self.release()
             raise LeaseLost(f"the lease's session ended: {type(exc).__name__}") from exc
 

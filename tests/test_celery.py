@@ -370,6 +370,32 @@ def test_the_standby_leads_within_fifteen_seconds_of_the_leaders_death_and_no_ti
     assert len(ran) == len(set(ran)) and set(ran) <= {e["sync_id"] for e in before + after}
 
 
+@pytest.mark.slow
+def test_a_frozen_leader_loses_its_lease_and_steps_down_without_sending_a_tick(cluster):
+    connectors = {f"t{i}": connector(schedule="1s") for i in range(2)}
+    for folder in ("a", "b"):
+        cluster.write(connectors, folder)
+    worker = cluster.start("worker", "--concurrency", "2")
+    leader = cluster.start("serve", folder="a")
+    wait_until(lambda: len(leader.events("tick")) >= 2, timeout=30, what="the leader ticks")
+    standby = cluster.start("serve", folder="b")
+    wait_until(lambda: standby.events("serving"), timeout=30, what="the standby answers")
+    leader.popen.send_signal(signal.SIGSTOP)  # a leader that stops talking (or its machine)
+    frozen = time.time()
+    wait_until(lambda: standby.events("leading"), timeout=25, what="the standby leads")
+    took_over = datetime.fromisoformat(standby.events("leading")[0]["timestamp"]).timestamp()
+    print(f"the standby led {took_over - frozen:.1f}s after the leader froze")
+    assert took_over - frozen < 15
+    sent_before = len(leader.events("tick"))
+    leader.popen.send_signal(signal.SIGCONT)  # it wakes up believing it leads
+    wait_until(lambda: leader.events("leadership_lost"), timeout=20, what="the old leader yields")
+    wait_until(lambda: len(standby.events("tick")) >= 6, timeout=30, what="the new leader ticks")
+    assert len(leader.events("tick")) == sent_before  # it sent nothing after waking
+    assert standby.stop() == 0 and leader.stop() == 0 and worker.stop() == 0
+    sent = [(e["connector"], e["tick"]) for e in leader.events("tick") + standby.events("tick")]
+    assert len(sent) == len(set(sent))
+
+
 def test_a_task_for_a_connector_syncing_elsewhere_is_dropped_and_carries_no_secret(cluster):
     from connector_runtime.celery_app import make_app, send_sync
     from connector_runtime.config import load_config

@@ -51,6 +51,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_report import BenchRow, Goal, goals_table, print_notes, write_results
+
 CONNECTOR = "bench"
 TABLE = "customers"
 PHASES = {1: "insert", 2: "update"}
@@ -175,6 +177,14 @@ EXPECTED_TYPES = {
     },
 }
 DATA_COLUMNS = tuple(EXPECTED_TYPES["duckdb"])
+# The goal of each warehouse's phase, in rows/s (issue 16; medians of --repeat runs)
+THROUGHPUT_GOALS = {
+    ("duckdb", "insert"): Goal(at_least=300_000),
+    ("duckdb", "update"): Goal(at_least=150_000),
+    ("postgresql", "insert"): Goal(at_least=100_000),
+    ("postgresql", "update"): Goal(at_least=60_000),
+}
+DEFAULT_RESULTS = "bench-results.json"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -192,6 +202,7 @@ def main() -> int:
         sys.exit("--serve only times `connector serve` on DuckDB: drop --warehouse postgresql")
     ci = os.environ.get("CI") == "true"
     status = 0
+    figures: list[BenchRow] = []
     if args.serve != "only":
         targets = [
             _target(name, args.postgres_url)
@@ -207,6 +218,7 @@ def main() -> int:
                 repeat=args.repeat,
                 required=args.warehouse != "all" or ci,
                 history=args.history == "on",
+                figures=figures,
             )
     if args.serve != "off" and args.warehouse in ("duckdb", "all"):
         import bench_server  # beside this file: `connector serve` under a client
@@ -222,7 +234,25 @@ def main() -> int:
                 requests=args.requests,
                 required=ci or args.serve == "only",
             )
+    if figures:
+        report_figures(figures, args)
     return status
+
+
+def report_figures(figures: list[BenchRow], args: argparse.Namespace) -> None:
+    """The goals table, then bench-results.json (`--json`)."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=100)
+    repeats = f"medians of {args.repeat} runs" if args.repeat > 1 else "1 run each"
+    console.print(goals_table(figures, f"make bench: figures and goals ({repeats})"))
+    print_notes(console, figures)
+    options = {k: v for k, v in vars(args).items() if k not in ("child", "phase", "connector")}
+    path = Path(args.json)
+    write_results(path, figures, options)
+    console.print(f"figures written to {path}", highlight=False)
 
 
 def handler_source(rows: int, page_size: int) -> str:
@@ -251,7 +281,15 @@ def _parser() -> argparse.ArgumentParser:
         help="run each warehouse's insert sync under cProfile, print top 25",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="run both phases N times, report the median"
+        "--repeat",
+        type=int,
+        default=3,
+        help="run every timed part N times and report the median (default 3; 1 for a quick run)",
+    )
+    parser.add_argument(
+        "--json",
+        default=DEFAULT_RESULTS,
+        help=f"write the figures and goals here as JSON (default {DEFAULT_RESULTS})",
     )
     parser.add_argument(
         "--workdir",
@@ -564,6 +602,7 @@ def run_benchmark(
     repeat: int,
     required: bool,
     history: bool = False,
+    figures: list[BenchRow] | None = None,
 ) -> int:
     """`repeat` runs of both phases per warehouse, each in a fresh directory (and, on
     PostgreSQL, a fresh schema); returns the exit status. `required`: a warehouse that
@@ -602,6 +641,8 @@ def run_benchmark(
                 print(f"FAIL {target.name} run {number}, {problem}", file=sys.stderr)
             failed |= bool(problems)
     _report(by_warehouse, skipped, rows, page_size, required=required)
+    if figures is not None:
+        figures += throughput_rows(by_warehouse, skipped)
     if failed:
         print("benchmark FAILED: the warehouse does not hold what was sent", file=sys.stderr)
         return 1
@@ -737,6 +778,34 @@ def _report(
             print(f"FAIL {warehouse} not run ({why} requires it): {reason}", file=sys.stderr)
         else:
             print(f"{warehouse} row SKIPPED: {reason} (under CI=true this fails the benchmark)")
+
+
+def throughput_rows(
+    by_warehouse: dict[str, list[list[dict]]], skipped: dict[str, str]
+) -> list[BenchRow]:
+    """Rows/s of each warehouse's phase, median of the runs, against its goal; a warehouse
+    that was not run still has its rows, without figures."""
+    figures = []
+    for warehouse, runs in by_warehouse.items():
+        for index, phase in enumerate(_phases(runs)):
+            label = runs[0][index].get("label", PHASES[phase])
+            speeds = [run[index]["rows_sent"] / run[index]["seconds"] for run in runs]
+            profiled = any(run[index]["profiled"] for run in runs)
+            figures.append(
+                BenchRow.of_runs(
+                    f"{warehouse} {label}",
+                    speeds,
+                    "rows/s",
+                    THROUGHPUT_GOALS.get((warehouse, label)),
+                    note="one run under cProfile (slower)" if profiled else "",
+                    detail={"seconds": [run[index]["seconds"] for run in runs]},
+                )
+            )
+    for warehouse, reason in skipped.items():
+        for label in PHASES.values():
+            goal = THROUGHPUT_GOALS.get((warehouse, label))
+            figures.append(BenchRow.not_run(f"{warehouse} {label}", "rows/s", goal, reason))
+    return figures
 
 
 def _phases(runs: list[list[dict]]) -> list[int]:

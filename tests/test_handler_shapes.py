@@ -13,7 +13,8 @@ import shutil
 import textwrap
 
 import pytest
-from conftest import Project
+import yaml
+from conftest import Project, run_connector
 from typescript_toolchain import unavailable
 
 # Each function pages twice: page 1 then page 2 (hasMore false), rows {id, seen}: `seen`
@@ -153,15 +154,8 @@ def seen(demo: Project) -> list[dict]:
     return [json.loads(text) for (text,) in demo.query("SELECT seen FROM demo.calls ORDER BY id")]
 
 
-def synced(demo: Project, shape: str, how: str) -> list[dict]:
-    """Validate, test and run `demo`, checking what each says of its shape; what it saw."""
-    validated = demo.connector("validate")
-    assert validated.returncode == 0, validated.stderr
-    assert validated.printed(f"demo: {demo.handler.name}, handler"), validated.stdout
-    assert validated.printed(how), validated.stdout
-    tested = demo.connector("test", "demo")
-    assert tested.returncode == 0, tested.stderr
-    assert tested.said(f"({shape} handler; 1 rows"), tested.stderr
+def synced(demo: Project) -> list[dict]:
+    """Run `demo` (two pages); what its handler saw on each call."""
     result = demo.run()
     assert result.returncode == 0, result.stderr
     assert demo.state() == {"page": 2}
@@ -173,7 +167,7 @@ def synced(demo: Project, shape: str, how: str) -> list[dict]:
 
 def test_netlify_handler_gets_a_handler_event(shaped):
     demo = shaped("handler.mjs", NETLIFY_MJS)
-    first, _ = synced(demo, "netlify", "shape fivetran or netlify (told by its answer)")
+    first, _ = synced(demo)
     assert first["method"] == "POST"
     assert first["path"] == "/.netlify/functions/demo"
     assert (first["type"], first["base64"], first["remaining"]) == (
@@ -184,13 +178,13 @@ def test_netlify_handler_gets_a_handler_event(shaped):
     assert first["keys"] == REQUEST_KEYS  # until its answer shows the shape
     configured = shaped("handler.mjs", NETLIFY_MJS, shape="netlify")
     configured.warehouse_path.unlink()
-    first, _ = synced(configured, "netlify", "shape netlify (configured)")
+    first, _ = synced(configured)
     assert first["keys"] == sorted(HANDLER_EVENT_KEYS)
 
 
 def test_web_handler_gets_a_fetch_request_and_returns_a_response(shaped):
     demo = shaped("handler.mjs", WEB_MJS)
-    first, second = synced(demo, "web", "handler 'default', shape web (by its export)")
+    first, second = synced(demo)
     assert first == {
         "method": "POST",
         "url": "http://localhost/.netlify/functions/demo",
@@ -203,14 +197,14 @@ def test_web_handler_gets_a_fetch_request_and_returns_a_response(shaped):
 
 def test_google_cloud_function_answers_through_res(shaped):
     demo = shaped("index.js", GCF_JS)
-    first, _ = synced(demo, "gcf", "handler 'handler', shape gcf (by its export)")
+    first, _ = synced(demo)
     assert first == {"method": "POST", "type": "application/json", "secret": "s3cr3t-token-value"}
 
 
 @pytest.mark.parametrize("source", [AZURE_JS, AZURE_DONE_JS], ids=["context.res", "context.done"])
 def test_azure_function_answers_through_context_res(shaped, source):
     demo = shaped("index.js", source)
-    first, _ = synced(demo, "azure", "handler 'default', shape azure (by its export)")
+    first, _ = synced(demo)
     if source is AZURE_JS:
         assert first == {"method": "POST", "url": "http://localhost/api/demo", "fn": "demo"}
     else:
@@ -219,7 +213,7 @@ def test_azure_function_answers_through_context_res(shaped, source):
 
 def test_a_fivetran_handler_sees_exactly_the_request(shaped):
     demo = shaped("handler.mjs", FIVETRAN_MJS)
-    first, _ = synced(demo, "fivetran", "shape fivetran or netlify (told by its answer)")
+    first, _ = synced(demo)
     assert first == {"keys": REQUEST_KEYS, "json": REQUEST_KEYS}
 
 
@@ -228,13 +222,13 @@ def test_a_fivetran_handler_sees_exactly_the_request(shaped):
 
 def test_python_netlify_style_handler(shaped):
     demo = shaped("handler.py", NETLIFY_PY)
-    first, _ = synced(demo, "netlify", "shape fivetran or netlify (told by its answer)")
+    first, _ = synced(demo)
     assert first == {"method": "POST", "keys": REQUEST_KEYS, "fn": "demo"}
 
 
 def test_python_azure_function_with_azure_functions_types(shaped):
     demo = shaped("__init__.py", AZURE_PY)
-    first, _ = synced(demo, "azure", "handler 'main', shape azure (by its export)")
+    first, _ = synced(demo)
     assert first == {
         "method": "POST",
         "url": "http://localhost/api/demo",
@@ -244,14 +238,77 @@ def test_python_azure_function_with_azure_functions_types(shaped):
 
 def test_python_azure_function_returning_a_dict(shaped):
     demo = shaped("handler.py", AZURE_DICT_PY, isolation="inline")
-    first, _ = synced(demo, "azure", "handler 'main', shape azure (by its export)")
+    first, _ = synced(demo)
     assert first == {"params": {}, "secret": "s3cr3t-token-value"}
 
 
 def test_a_python_fivetran_handler_sees_exactly_the_request(shaped):
     demo = shaped("handler.py", FIVETRAN_PY)
-    first, _ = synced(demo, "fivetran", "shape fivetran or netlify (told by its answer)")
+    first, _ = synced(demo)
     assert first == {"keys": REQUEST_KEYS, "json": REQUEST_KEYS}
+
+
+# -- what validate and test say -------------------------------------------------------------
+
+TOLD_BY_ANSWER = "shape fivetran or netlify (told by its answer)"
+SAID = {  # connector: (file, source, `shape:`, what `validate` says, the shape `test` names)
+    "netlify": (
+        "netlify.mjs",
+        NETLIFY_MJS,
+        None,
+        f"handler 'handler', {TOLD_BY_ANSWER}",
+        "netlify",
+    ),
+    "configured": (
+        "configured.mjs",
+        NETLIFY_MJS,
+        "netlify",
+        "shape netlify (configured)",
+        "netlify",
+    ),
+    "web": ("web.mjs", WEB_MJS, None, "handler 'default', shape web (by its export)", "web"),
+    "gcf": ("gcf.js", GCF_JS, None, "handler 'handler', shape gcf (by its export)", "gcf"),
+    "azure": (
+        "azure.js",
+        AZURE_JS,
+        None,
+        "handler 'default', shape azure (by its export)",
+        "azure",
+    ),
+    "fivetran": ("fivetran.mjs", FIVETRAN_MJS, None, TOLD_BY_ANSWER, "fivetran"),
+    "netlify_py": ("netlify_py.py", NETLIFY_PY, None, TOLD_BY_ANSWER, "netlify"),
+    "azure_py": (
+        "azure_py.py",
+        AZURE_PY,
+        None,
+        "handler 'main', shape azure (by its export)",
+        "azure",
+    ),
+}
+
+
+def test_validate_and_test_say_which_shape_they_saw(tmp_path):
+    if shutil.which("node") is None:
+        unavailable("node is not on PATH; install Node.js 18+ to run the JavaScript tests")
+    connectors = {}
+    for name, (file, source, shape, _, _) in SAID.items():
+        (tmp_path / file).write_text(textwrap.dedent(source))
+        function = {"local": file, "timeout": "30s", **({"shape": shape} if shape else {})}
+        connectors[name] = {"function": function, "secrets": {"token": "s3cr3t-token-value"}}
+    config = tmp_path / "connectors.yaml"
+    config.write_text(yaml.safe_dump({"warehouse": "duckdb:///w.duckdb", "connectors": connectors}))
+
+    validated = run_connector("validate", config=config)
+    assert validated.returncode == 0, validated.stderr
+    for name, (file, _, _, said, _) in SAID.items():
+        assert validated.printed(f"{name}: {file}, "), validated.stdout
+        line = next(line for line in validated.stdout.splitlines() if line.startswith(f"{name}:"))
+        assert line.endswith(said), line
+    for name in ("netlify", "web", "gcf", "fivetran", "azure_py"):  # one of each shape
+        tested = run_connector("test", name, config=config)
+        assert tested.returncode == 0, tested.stderr
+        assert tested.said(f"({SAID[name][4]} handler; 1 rows"), tested.stderr
+    assert not (tmp_path / "w.duckdb").exists()  # neither wrote anything
 
 
 # -- failures ----------------------------------------------------------------------------

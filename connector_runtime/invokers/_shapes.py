@@ -34,8 +34,6 @@ from typing import Any, NamedTuple
 
 from connector_runtime.jsonio import encode_json
 
-SHAPES = ("fivetran", "netlify", "web", "gcf", "azure")
-PYTHON_SHAPES = ("fivetran", "netlify", "azure")
 INVALID_ANSWER = "Runtime.InvalidResponse"  # the shape's answer is not of that shape
 
 

@@ -25,7 +25,6 @@
 
 import { randomUUID } from 'node:crypto';
 
-export const SHAPES = ['fivetran', 'netlify', 'web', 'gcf', 'azure'];
 export const INVALID_ANSWER = 'Runtime.InvalidResponse'; // the answer is not of the shape
 const DEFAULT_EXPORTS = ['handler', 'lambda_handler'];
 const EVENT_FIELDS = [

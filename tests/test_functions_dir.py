@@ -6,10 +6,15 @@ the field and what was looked for.
 
 from __future__ import annotations
 
+import itertools
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # A function that says which file it is: its rows carry its path inside the directory.
 WHICH_FILE_CJS = """\
@@ -79,7 +84,12 @@ def test_validate_lists_what_it_found_in_netlify_order(tmp_path, node, connector
 
     assert result.returncode == 0, result.stderr
     assert result.printed(f"functions in {functions}: 6")
-    listed = [line.split() for line in result.stdout.splitlines()[2:] if line.strip()]
+    lines = result.stdout.splitlines()
+    header = next(
+        i for i, line in enumerate(lines) if line.split() == ["function", "file", "connectors"]
+    )
+    rows = itertools.takewhile(lambda line: line.startswith(" "), lines[header + 1 :])
+    listed = [row.split() for row in rows]
     assert listed == [
         ["a", "a.js", "alpha"],
         ["b", "b.mjs"],
@@ -141,3 +151,47 @@ def test_a_bad_netlify_name_is_refused(tmp_path, connector, function, field, sai
     assert result.returncode == 2
     assert result.said("connectors.yaml:")
     assert result.said(f": connectors.demo.function{field}: {said}")
+
+
+# -- examples/netlify_ts ------------------------------------------------------------------
+
+
+def test_example_netlify_ts(tmp_path, node, connector, warehouse):
+    """The example's TypeScript functions, one of them in the background, as its header says:
+    `connector run` from its folder, with esbuild installed beside it."""
+    from typescript_toolchain import link_esbuild
+
+    folder = tmp_path / "netlify_ts"
+    shutil.copytree(
+        EXAMPLES / "netlify_ts",
+        folder,
+        ignore=shutil.ignore_patterns("node_modules", "warehouse.duckdb*", "*.lock"),
+    )
+    link_esbuild(folder)  # what its `npm install` does
+
+    validated = connector("validate", cwd=folder)
+    assert validated.returncode == 0, validated.stderr
+    assert validated.printed("downloads-background downloads-background.ts downloads (background)")
+    assert validated.printed("releases releases.ts releases")
+
+    result = connector("run", cwd=folder)
+
+    assert result.returncode == 0, result.stderr
+    with warehouse(folder / "warehouse.duckdb") as con:
+        releases = con.execute(
+            "SELECT version, yanked FROM releases.releases ORDER BY published_at"
+        ).fetchall()
+        downloads = con.execute(
+            "SELECT version, sum(downloads) FROM downloads.downloads GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        states = con.execute(
+            "SELECT connector, CAST(state AS VARCHAR) FROM connector_runtime.state ORDER BY 1"
+        ).fetchall()
+    assert [version for version, _ in releases] == ["1.0.0", "1.1.0", "1.1.1", "1.1.2", "1.2.0"]
+    assert [version for version, yanked in releases if yanked] == ["1.1.1"]
+    assert downloads == [("1.1.2", 2500), ("1.2.0", 2550)]
+    assert [(name, json.loads(state)) for name, state in states] == [
+        ("downloads", {"day": "2025-03-21"}),
+        ("releases", {"after": "2025-03-20T16:45:00Z"}),
+    ]
+    assert not (folder / "node_modules" / "@netlify").exists()  # types only: nothing installed

@@ -35,7 +35,7 @@ import structlog
 from .config import Config
 from .schedules import MAX_JITTER_SECONDS, cron_trigger
 
-LEASE_SECONDS = 10  # a silent leader's session is ended by its database after this
+LEASE_SECONDS = 8  # a silent leader's session is ended by its database after this
 RENEW_SECONDS = 2.0
 RETRY_SECONDS = 2.0
 LOOP_SECONDS = 0.25  # how late a tick may be sent

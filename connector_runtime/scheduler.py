@@ -258,7 +258,11 @@ class Server:
             url=self.url,
             login=f"{self.url}/login?token={self.token}",
             scheduled=names,
-            max_concurrent_syncs=self.config.max_concurrent_syncs,
+            **(
+                {"max_concurrent_syncs": self.config.max_concurrent_syncs}
+                if self.app is None
+                else {"executor": "celery", "queue": self.app.conf.task_default_queue}
+            ),
         )
         try:
             while not self.stopping.wait(0.5):  # a timed wait lets signal handlers run

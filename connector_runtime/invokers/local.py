@@ -92,6 +92,8 @@ class LocalPythonInvoker(Invoker):
 
     `env` is added to the worker's environment (design §2: `AWS_ENDPOINT_URL_S3`); inline
     refuses it, as setting it in this process would reach every other connector.
+    `shape` (design §13) is how the handler is called and answers; None detects it (a
+    source function without `shape:`); the default, fivetran, is request in, answer out.
     """
 
     def __init__(
@@ -105,7 +107,7 @@ class LocalPythonInvoker(Invoker):
         function_name: str = "connector",
         log: Any = None,
         env: dict[str, str] | None = None,
-        shape: str | None = None,
+        shape: str | None = "fivetran",
     ) -> None:
         if isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', not {isolation!r}")

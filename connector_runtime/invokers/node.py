@@ -60,7 +60,9 @@ _PROTOCOL_ON_FDS_3_AND_4 = 'exec "$0" "$@" 3<&0 4>&1 </dev/null >&2'
 
 class NodeInvoker(Invoker):
     """Calls a handler in a local `.js`, `.mjs`, `.cjs` or TypeScript file, in a warm node
-    worker; `env` is added to the worker's environment."""
+    worker; `env` is added to the worker's environment. `shape` (design §13) is how the
+    handler is called and answers; None detects it (a source function without `shape:`);
+    the default, fivetran, is request in, answer out."""
 
     def __init__(
         self,
@@ -72,7 +74,7 @@ class NodeInvoker(Invoker):
         function_name: str = "connector",
         log: Any = None,
         env: dict[str, str] | None = None,
-        shape: str | None = None,
+        shape: str | None = "fivetran",
     ) -> None:
         self.spec = FunctionSpec(
             path=str(Path(path).resolve()),

@@ -258,6 +258,8 @@ class SQLAlchemyDestination(Destination):
         self.runtime = runtime_tables(self.flavor)
         self._conn: sa.Connection | None = None
         self._stages = itertools.count(1)
+        # (schema, table) -> the sync that created it, while no key of its came back
+        self._created: dict[tuple[str, str], str] = {}
 
     # -- connection -------------------------------------------------------------------
 
@@ -667,7 +669,8 @@ class SQLAlchemyDestination(Destination):
         versions = write.table.history  # design §14: versions are closed, never replaced
         if write.upserts is not None:
             upsert = partial(history.upsert, self.flavor) if versions else self.flavor.upsert
-            upsert(conn, table, write.upserts, page.synced_at, stage)
+            if versions or not self._inserted_new(conn, page, write, table):
+                upsert(conn, table, write.upserts, page.synced_at, stage)
             counts.upserted = write.upserts.num_rows
         if write.appends is not None:
             self.flavor.append(conn, table, write.appends, page.synced_at, page.batch, stage)
@@ -678,6 +681,21 @@ class SQLAlchemyDestination(Destination):
                 conn, table, write.deletes, page.synced_at, f"{stage}_keys"
             )
         return counts
+
+    def _inserted_new(self, conn, page: PageWrite, write: TableWrite, table: DataTable) -> bool:
+        """Rows for a table this sync created go straight in while none of their keys is
+        there yet (a COPY, not staging and an upsert, on PostgreSQL); once a key comes back
+        the table takes upserts for the rest of the sync. Exact either way: `insert_new`
+        writes nothing when a key is there."""
+        created = (page.schema, write.table.name)
+        if write.previous is None:
+            self._created[created] = page.sync_id
+        if self._created.get(created) != page.sync_id:
+            return False
+        if self.flavor.insert_new(conn, table, write.upserts, page.synced_at):
+            return True
+        del self._created[created]
+        return False
 
     def _save_catalog(self, conn, page: PageWrite) -> None:
         self._save_tables(conn, page)

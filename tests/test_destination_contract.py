@@ -1063,3 +1063,247 @@ def test_a_catalog_made_before_history_mode_gains_its_column(destination_url, tm
         (1, "a", "s1", "s2-1ms", False),
         (1, "b", "s2", "open", True),
     ]
+
+
+# -- bulk paths: COPY straight in, multi-row upserts (issue 16) --------------------------
+
+
+def test_keys_sent_again_in_the_sync_that_created_the_table_are_upserted(destination_url):
+    """PostgreSQL COPYs a new table's rows straight in while no key comes back; a key sent
+    again, on the same page or a later one, is still one row holding its last values."""
+    outcome, _ = sync(
+        destination_url,
+        [
+            page(
+                [{"id": 1, "v": "a", "w": 1}, {"id": 2, "v": "b"}, {"id": 1, "v": "a2"}], more=True
+            ),
+            page(
+                [{"id": 3, "v": "c"}, {"id": 4, "v": "d", "w": 4}],
+                more=True,
+                delete={"t": [{"id": 2}]},
+            ),
+            page([{"id": 4, "v": "d2"}, {"id": 5, "v": "e", "w": 5}], more=True),
+            page([{"id": 6, "v": "f"}], more=True),
+            page([{"id": 7, "v": "g"}], delete={"t": [{"id": 6}]}),
+        ],
+    )
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert outcome.record.rows_upserted == 8  # a key twice on one page counts once
+    assert Warehouse(destination_url).rows("t", "id, v, w, _fivetran_deleted") == [
+        (1, "a2", None, False),  # the page's last row, whole: `w` absent from it is NULL
+        (2, "b", None, True),
+        (3, "c", None, False),  # written with its page's delete: false, not NULL
+        (4, "d2", None, False),
+        (5, "e", 5, False),
+        (6, "f", None, True),
+        (7, "g", None, False),
+    ]
+    wh = Warehouse(destination_url)
+    [(started,)] = runtime_rows(wh, "syncs", "started_at", "started_at")
+    synced = {instant(s) for (s,) in wh.rows("t", "_fivetran_synced")}
+    assert synced == {instant(started)}
+
+
+def test_postgres_copies_into_a_table_of_this_sync_until_a_key_comes_back(
+    postgres_url, monkeypatch
+):
+    """The fast path is taken, and left for good once a key repeats (no COPY that fails
+    on every later page)."""
+    from destinations.sql.postgres import Postgres
+
+    taken = []
+    real = Postgres.insert_new
+
+    def insert_new(self, conn, dt, rows, synced_at):
+        taken.append(real(self, conn, dt, rows, synced_at))
+        return taken[-1]
+
+    monkeypatch.setattr(Postgres, "insert_new", insert_new)
+    pages = [page([{"id": 1}, {"id": 2}], more=True), page([{"id": 3}], more=True)]
+    pages += [page([{"id": 3, "v": "again"}], more=True), page([{"id": 4}])]
+    outcome, _ = sync(postgres_url, pages)
+    assert outcome.record.status == "succeeded", outcome.alert
+    assert taken == [True, True, False]  # page 4 upserts without trying
+    assert Warehouse(postgres_url).rows("t", "id, v") == [
+        (1, None),
+        (2, None),
+        (3, "again"),
+        (4, None),
+    ]
+    taken.clear()
+    sync(postgres_url, [page([{"id": 5}])])  # a table from an earlier sync: staged upsert
+    assert taken == []
+    assert Warehouse(postgres_url).count("t") == 5
+
+
+# values each write path must carry exactly: as sent, then as every backend reads them back
+EXACT = [
+    {
+        "id": 1,
+        "n": 2**63 - 1,
+        "big": 2**70,
+        "x": 0.1,
+        "at": "2024-01-02T03:04:05.123456+05:30",
+        "naive": "2024-02-29T23:59:59.999999",
+        "day": "1999-12-31",
+        "flag": True,
+        "s": "",
+        "doc": {"emoji": "😀", "cjk": "漢字", "quotes": "'\"\\", "list": [1, None, {"a": []}]},
+    },
+    {
+        "id": 2,
+        "n": -(2**63),
+        "big": -(2**70),
+        "x": 5e-324,
+        "at": "1969-12-31T23:59:59.999999Z",
+        "naive": "1970-01-01T00:00:00",
+        "day": "2000-01-01",
+        "flag": False,
+        "s": "it's \"quoted\" \\ back\\slash %s %% :name '); DROP TABLE t; --",
+        "doc": [],
+    },
+    {
+        "id": 3,
+        "n": None,
+        "big": None,
+        "x": 1.7976931348623157e308,
+        "at": "1999-12-31T23:59:59.5-01:00",
+        "naive": None,
+        "day": None,
+        "flag": None,
+        "s": "line\none\r\ttab \x1a é 😀",
+        "doc": None,
+    },
+    {"id": 4, "x": -1 / 3, "s": None, "doc": {"unicode": "\u00e9\u2028", "n": -0.5}},
+]
+READ_BACK = [
+    (
+        1,
+        2**63 - 1,
+        str(2**70),
+        0.1,
+        "2024-01-01T21:34:05.123456",
+        "2024-02-29T23:59:59.999999",
+        "1999-12-31",
+        True,
+        "",
+        EXACT[0]["doc"],
+    ),
+    (
+        2,
+        -(2**63),
+        str(-(2**70)),
+        5e-324,
+        "1969-12-31T23:59:59.999999",
+        "1970-01-01T00:00:00.000000",
+        "2000-01-01",
+        False,
+        EXACT[1]["s"],
+        [],
+    ),
+    (
+        3,
+        None,
+        None,
+        1.7976931348623157e308,
+        "2000-01-01T00:59:59.500000",
+        None,
+        None,
+        None,
+        EXACT[2]["s"],
+        None,
+    ),
+    (4, None, None, -1 / 3, None, None, None, None, None, EXACT[3]["doc"]),
+]
+
+
+def read_exact(wh: Warehouse, table: str) -> list[tuple]:
+    stored = wh.rows(table, "id, n, big, x, at, naive, day, flag, s, doc")
+    return [(*row[:4], row[4] and instant(row[4]), *row[5:9], as_json(row[9])) for row in stored]
+
+
+def test_values_arrive_exactly_through_every_write_path(destination_url):
+    """A table created by the sync (PostgreSQL: COPY straight in), a table upserted into
+    later (a staging table, or MySQL's multi-row upsert) and a table without a key
+    (appended) store the same values: 64-bit and larger integers, the shortest doubles,
+    instants before 1970 and 2000 with offsets and microseconds, JSON with unicode,
+    empty text apart from NULL, quotes and backslashes."""
+    keys = [{"id": row["id"]} for row in EXACT]
+    first = {"state": {}, "insert": {"new": EXACT, "later": keys, "log": EXACT}}
+    first["schema"] = {"new": {"primary_key": ["id"]}, "later": {"primary_key": ["id"]}}
+    second = {"state": {}, "insert": {"later": EXACT}, "schema": first["schema"]}
+    for pages in ([first], [second]):
+        outcome, _ = sync(destination_url, pages)
+        assert outcome.record.status == "succeeded", outcome.alert
+    wh = Warehouse(destination_url)
+    assert read_exact(wh, "new") == READ_BACK
+    assert read_exact(wh, "later") == READ_BACK
+    log = wh.rows("log", "_fivetran_index, id", "_fivetran_index")
+    assert log == [(i, row["id"]) for i, row in enumerate(EXACT)]
+    assert sorted(read_exact(wh, "log")) == READ_BACK
+
+
+def test_nan_and_infinity_in_a_double_column_upserted_into(destination_url):
+    """As on a table's first page (above), through the path that updates existing rows."""
+    raw = b'{"state": {}, "schema": {"t": {"primary_key": ["id"]}}, "insert": {"t": [%s]}}'
+    first = raw % b'{"id": 1, "x": 0.5}, {"id": 2, "x": 0.5}, {"id": 3, "x": 0.5}'
+    again = raw % b'{"id": 1, "x": NaN}, {"id": 2, "x": Infinity}, {"id": 3, "x": -Infinity}'
+    for pages in ([first], [again]):
+        outcome, _ = sync(destination_url, pages)
+        assert outcome.record.status == "succeeded", outcome.alert
+    stored = [x for _, x in Warehouse(destination_url).rows("t", "id, x")]
+    inf = float("inf")
+    expected = {
+        "duckdb": ["nan", inf, -inf],
+        "postgresql": ["nan", inf, -inf],
+        "sqlite": [None, inf, -inf],
+        "mariadb": [None, None, None],
+    }[backend_of(destination_url)]
+    assert ["nan" if x != x else x for x in stored] == expected
+
+
+def test_a_page_split_into_many_batches_and_statements_keeps_every_row(
+    destination_url, monkeypatch
+):
+    """PostgreSQL encodes COPY data in batches of rows and MySQL sends rows in statements
+    of bounded size: tiny ones here, rows with nulls and one longer than a statement."""
+    from destinations.sql import mysql_values, pgcopy
+
+    monkeypatch.setattr(pgcopy, "BATCH_ROWS", 3)
+    monkeypatch.setattr(mysql_values, "STATEMENT_BYTES", 120)
+    rows = [
+        {"id": i, "v": None if i % 4 else f"v{i}", "n": i if i % 3 else None} for i in range(20)
+    ]
+    rows[7]["v"] = "long " * 100
+    events = [{"e": i, "v": row["v"]} for i, row in enumerate(rows)]
+    pages = [page(rows, more=True), page(rows[5:], more=True)]
+    pages.append({"state": {}, "insert": {"events": events}, "delete": {"t": [{"id": 0}]}})
+    outcome, _ = sync(destination_url, pages)
+    assert outcome.record.status == "succeeded", outcome.alert
+    wh = Warehouse(destination_url)
+    expected = [(r["id"], r["v"], r["n"], r["id"] == 0) for r in rows]
+    assert wh.rows("t", "id, v, n, _fivetran_deleted") == expected
+    assert wh.rows("events", "e, v", "e") == [(e["e"], e["v"]) for e in events]
+
+
+def test_a_delete_by_compound_key_marks_only_rows_with_every_key_column_equal(destination_url):
+    key = ("account", "code")
+    rows = [{"account": a, "code": c} for a in (1, 2) for c in ("x", "y")]
+    deletes = [
+        {"account": 1, "code": "y"},
+        {"account": 2, "code": "x"},
+        {"account": 3, "code": "x"},
+    ]
+    outcome, _ = sync(
+        destination_url,
+        [page(rows, key=key, more=True), {"state": {}, "delete": {"t": deletes}}],
+    )
+    assert outcome.tables["t"] == {"upserted": 4, "deleted": 2, "missing": 1}
+    assert Warehouse(destination_url).rows(
+        "t", "account, code, _fivetran_deleted", "account, code"
+    ) == [
+        (1, "x", False),
+        (1, "y", True),
+        (2, "x", True),
+        (2, "y", False),
+    ]

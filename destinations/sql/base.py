@@ -23,7 +23,7 @@ from connector_runtime.destination import RUNTIME_SCHEMA
 from connector_runtime.history import HASH
 from connector_runtime.locks import file_lock
 from connector_runtime.page import TableInfo
-from connector_runtime.types import BOOLEAN, LONG, STRING, LogicalType
+from connector_runtime.types import BOOLEAN, LONG, STRING, UTC_DATETIME, LogicalType
 
 from . import history  # history mode's statements, built on this module's flavor
 
@@ -338,6 +338,30 @@ class Flavor:
         if dt.info.deleted_column:
             values[DELETED] = sa.false()
         return values
+
+    def written_columns(
+        self, dt: DataTable, rows: pa.Table, synced_at: datetime, batch: str | None = None
+    ) -> tuple[list[str], dict[str, LogicalType], dict[str, tuple]]:
+        """What rows written straight into `dt`, not through a staging table, carry (DESIGN
+        §3): the quoted target columns; the types of `rows`' columns to send; the
+        `(value, type)` every row gets: `_fivetran_synced`, and `_fivetran_deleted` false
+        for an upsert, or an append's batch (its position in the page is `_fivetran_index`)."""
+        names = [c for c in rows.column_names if c != "__row"]
+        types = {c: dt.info.columns[c] for c in names}
+        constants: dict[str, tuple] = {SYNCED: (synced_at, UTC_DATETIME)}
+        if batch is not None:
+            types["__row"] = LONG
+            names.append(INDEX)
+            constants[BATCH] = (batch, STRING)
+        elif dt.info.deleted_column:
+            constants[DELETED] = (False, BOOLEAN)
+        return [dt.q(c) for c in [*names, *constants]], types, constants
+
+    def insert_new(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime) -> bool:
+        """Insert upserted `rows` straight into the table if none of their keys is there:
+        True if done; False, with nothing written, if a key was there or this database
+        has no faster path than `upsert`."""
+        return False
 
     def upsert(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime, name: str) -> None:
         with self.stage(conn, dt, rows, name) as staged:

@@ -1,24 +1,32 @@
-"""MySQL and MariaDB: DDL that commits by itself runs first, then the page's rows."""
+"""MySQL and MariaDB: DDL that commits by itself runs first, then the page's rows as
+multi-row INSERT ... ON DUPLICATE KEY UPDATE statements built in bulk (`mysql_values.py`)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import mysql
 
 from connector_runtime.errors import SyncInProgress
 from connector_runtime.naming import HISTORY_COLUMNS
 from connector_runtime.page import TableInfo
-from connector_runtime.types import BOOLEAN, JSON, LONG, STRING, LogicalType, decimal
+from connector_runtime.types import (
+    BOOLEAN,
+    JSON,
+    LONG,
+    STRING,
+    LogicalType,
+    decimal,
+)
 
-from . import history
+from . import history, mysql_values
 from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit
 
 MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031}
@@ -119,8 +127,8 @@ class MySQL(Flavor):
             return f"VARCHAR({length}) CHARACTER SET utf8mb4 COLLATE {self.binary_collation}"
         return self.TYPES[logical.name]
 
-    def values(self, column: pa.ChunkedArray, logical: LogicalType) -> list:
-        """The driver's values; NaN, Infinity and -Infinity in a DOUBLE column become NULL.
+    def finite(self, rows: pa.Table, types: Mapping[str, LogicalType]) -> pa.Table:
+        """`rows` with NaN, Infinity and -Infinity in DOUBLE columns as NULL.
 
         MySQL's and MariaDB's DOUBLE hold no NaN or infinity (the server refuses them), and
         refusing the page would stop the connector at that row for good: NULL, "no
@@ -128,9 +136,10 @@ class MySQL(Flavor):
         PostgreSQL keep the IEEE values; SQLite keeps ±Infinity and, like any SQLite
         database, stores NaN as NULL.)
         """
-        if logical.name == "UTC_DATETIME":
-            column = column.cast(pa.timestamp("us"))  # the UTC wall clock, as stored
-        elif logical.name == "DOUBLE":
+        for index, name in enumerate(rows.column_names):
+            if name not in types or types[name].name != "DOUBLE":
+                continue
+            column = rows.column(index)
             finite = pc.is_finite(column)  # null where the value is null
             if count := pc.sum(pc.invert(finite).cast(pa.int64())).as_py():
                 structlog.get_logger().warning(
@@ -139,7 +148,8 @@ class MySQL(Flavor):
                     reason="MySQL's DOUBLE has no NaN or Infinity",
                 )
                 column = pc.if_else(finite, column, pa.scalar(None, column.type))
-        return column.to_pylist()
+                rows = rows.set_column(index, name, column)
+        return rows
 
     def convert(self, old: LogicalType, new: LogicalType, column: str) -> str:
         return self.as_text(old, column) if new.name in ("STRING", "JSON") else column
@@ -302,19 +312,62 @@ class MySQL(Flavor):
     def drop_stage(self, conn, name: str) -> None:
         self.ddl(conn, f"DROP TEMPORARY TABLE IF EXISTS {name}")
 
-    def upsert(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime, name: str) -> None:
-        with self.stage(conn, dt, rows, name) as staged:
-            insert = self.insert_select(dt, staged, self.upserted(dt, synced_at), mysql.insert)
-            names = [c.key for c in staged.c if c.key != "__row"]
-            conn.execute(
-                insert.on_duplicate_key_update(self.replacement(dt, names, self.new_values(dt)))
-            )
+    def insert(
+        self,
+        conn,
+        target: str,
+        columns: list[str],
+        rows: pa.Table,
+        types: Mapping[str, LogicalType],
+        constants: Mapping[str, tuple[Any, LogicalType]] | None = None,
+        tail: str = "",
+    ) -> None:
+        """Multi-row INSERT into `target`'s quoted `columns`: `rows`' columns of `types`,
+        then `constants`; `tail` follows the rows (ON DUPLICATE KEY UPDATE ...)."""
+        rows = self.finite(rows, types)
+        # names are quoted for statements with parameters (`%` doubled); these have none
+        head = f"INSERT INTO {target} ({', '.join(columns)}) VALUES ".replace(self.pct, "%")
+        tail = f" {tail}".replace(self.pct, "%") if tail else ""
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor:
+            for statement in mysql_values.statements(
+                head.encode(), rows, types, constants, tail.encode()
+            ):
+                cursor.execute(statement)
 
-    def new_values(self, dt: DataTable) -> dict:
-        """`VALUES(col)` of every column. Not `insert.inserted`: SQLAlchemy escapes `%` in a
-        quoted name twice there. literal_column escapes it once, so the name goes in raw."""
-        physical = {c: self.fit(c) for c in dt.info.columns} | {SYNCED: SYNCED}
-        return {
-            c: sa.literal_column("VALUES(`" + name.replace("`", "``") + "`)")
-            for c, name in physical.items()
-        }
+    def fill(self, conn, table: sa.Table, rows: pa.Table, types) -> None:
+        staged = {c: types.get(c, LONG) for c in rows.column_names}  # `__row`, a hash: LONG
+        columns = [self.q(table.c[c].name) for c in staged]
+        self.insert(conn, self.q(table.name), columns, rows, staged)
+
+    def upsert(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime, name: str) -> None:
+        """Straight into the table, no staging: the page's keys are distinct already."""
+        columns, types, constants = self.written_columns(dt, rows, synced_at)
+        tail = f"ON DUPLICATE KEY UPDATE {', '.join(self.replaced(dt, list(types)))}"
+        self.insert(conn, dt.ref, columns, rows, types, constants, tail)
+
+    def replaced(self, dt: DataTable, names: list[str]) -> list[str]:
+        """An upsert's assignments: the whole row replaced, columns the page lacks NULL."""
+        keys = dt.info.primary_key
+        new = [*names, SYNCED]
+        sets = [
+            f"{dt.q(c)} = {f'VALUES({dt.q(c)})' if c in new else 'NULL'}"
+            for c in [*dt.info.columns, SYNCED]
+            if c not in keys
+        ]
+        return sets + ([f"{self.q(DELETED)} = FALSE"] if dt.info.deleted_column else [])
+
+    def append(self, conn, dt: DataTable, rows: pa.Table, synced_at, batch: str, name: str) -> None:
+        columns, types, constants = self.written_columns(dt, rows, synced_at, batch)
+        self.insert(conn, dt.ref, columns, rows, types, constants)
+
+    def mark_deleted(self, conn, dt: DataTable, keys: pa.Table, synced_at, name: str):
+        """A join with the staged keys, not EXISTS: MariaDB would scan the whole table once
+        per key."""
+        keys = keys.group_by(list(dt.info.primary_key)).aggregate([])
+        with self.stage(conn, dt, keys, name) as staged:
+            same = sa.and_(*(dt.core.c[k] == staged.c[k] for k in dt.info.primary_key))
+            marked = conn.execute(
+                sa.update(dt.core).where(same).values({DELETED: sa.true(), SYNCED: synced_at})
+            ).rowcount
+        return marked, keys.num_rows - marked

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from connector_runtime.destination import RUNTIME_SCHEMA
 from connector_runtime.errors import SyncInProgress
 from connector_runtime.page import TableInfo
-from connector_runtime.types import LogicalType
+from connector_runtime.types import LONG, LogicalType
 
+from . import pgcopy
 from .base import DataTable, Flavor
+
+UNIQUE_VIOLATION = "23505"
 
 
 class Postgres(Flavor):
-    """COPY into an ON COMMIT DROP staging table, then INSERT ... ON CONFLICT DO UPDATE."""
+    """Binary COPY: into an ON COMMIT DROP staging table, then INSERT ... ON CONFLICT DO
+    UPDATE; straight into the table for appends and for a table this sync created."""
 
     title = "PostgreSQL"
     runtime_schema = RUNTIME_SCHEMA
@@ -120,12 +123,49 @@ class Postgres(Flavor):
     def fill(self, conn, table: sa.Table, rows: pa.Table, types) -> None:
         if self.dialect.driver != "psycopg":
             return super().fill(conn, table, rows, types)
-        text = io.BytesIO()
-        options = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
-        pa_csv.write_csv(rows, text, options)  # nulls unquoted and empty, strings quoted
+        staged = {c: types.get(c, LONG) for c in rows.column_names}  # `__row`, a hash: LONG
+        self.copy(conn, self.q(table.name), [self.q(table.c[c].name) for c in staged], rows, staged)
+
+    def copy(
+        self,
+        conn,
+        target: str,
+        columns: list[str],
+        rows: pa.Table,
+        types: Mapping[str, LogicalType],
+        constants: Mapping[str, tuple[Any, LogicalType]] | None = None,
+    ) -> None:
+        """Binary COPY into `target`'s quoted `columns`: `rows`' columns of `types`, then
+        `constants` (see `pgcopy`)."""
+        statement = f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
+        # names are quoted for statements with parameters (`%` doubled); COPY has none
+        statement = statement.replace(self.pct, "%")
         cursor = conn.connection.driver_connection.cursor()
-        with cursor, cursor.copy(f"COPY {table.name} FROM STDIN (FORMAT csv)") as copy:
-            copy.write(text.getbuffer())
+        with cursor, cursor.copy(statement) as copy:
+            for data in pgcopy.stream(rows, types, constants):
+                copy.write(data)
+
+    def insert_new(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime) -> bool:
+        """COPY straight into the table, no staging and no upsert, under a savepoint: a key
+        already there makes the COPY fail whole, and False sends the rows the usual way."""
+        if self.dialect.driver != "psycopg":
+            return False
+        columns, types, constants = self.written_columns(dt, rows, synced_at)
+        try:
+            with conn.begin_nested():
+                self.copy(conn, dt.ref, columns, rows, types, constants)
+        except self.dialect.loaded_dbapi.IntegrityError as exc:
+            if getattr(exc, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+            return False
+        return True
+
+    def append(self, conn, dt: DataTable, rows: pa.Table, synced_at, batch: str, name: str) -> None:
+        """Straight into the table: rows without a key never collide."""
+        if self.dialect.driver != "psycopg":
+            return super().append(conn, dt, rows, synced_at, batch, name)
+        columns, types, constants = self.written_columns(dt, rows, synced_at, batch)
+        self.copy(conn, dt.ref, columns, rows, types, constants)
 
     def upsert(self, conn, dt: DataTable, rows: pa.Table, synced_at: datetime, name: str) -> None:
         with self.stage(conn, dt, rows, name) as staged:

@@ -269,24 +269,37 @@ class SQLAlchemyDestination(Destination):
             conn = self.engine.connect()
             try:
                 with conn.begin():
-                    if self.flavor.runtime_schema:
-                        schema = self.flavor.runtime_schema
-                        conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
-                    next(iter(self.runtime.values())).metadata.create_all(conn)
-                    self._add_missing_columns(conn)
+                    present = self._runtime_columns(conn)
+                    tables = self.runtime.values()
+                    if any(
+                        {c.name for c in t.columns} - present.get(t.name, set()) for t in tables
+                    ):
+                        self._create_runtime_tables(conn, present)
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
 
-    def _add_missing_columns(self, conn: sa.Connection) -> None:
-        """Runtime tables made by an earlier version get the columns added since."""
-        inspector = sa.inspect(conn)
+    def _runtime_columns(self, conn: sa.Connection) -> dict[str, set[str]]:
+        """The columns of the runtime tables there are, by table: one reflection of them
+        all (one query on PostgreSQL), so that opening a warehouse set up already is cheap."""
+        tables = list(self.runtime.values())
+        found = sa.inspect(conn).get_multi_columns(
+            schema=tables[0].schema, filter_names=[t.name for t in tables]
+        )
+        return {name: {c["name"] for c in columns} for (_, name), columns in found.items()}
+
+    def _create_runtime_tables(self, conn: sa.Connection, present: dict[str, set[str]]) -> None:
+        """Create what is missing; runtime tables made by an earlier version get the
+        columns added since."""
+        if self.flavor.runtime_schema:
+            schema = self.flavor.runtime_schema
+            conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
+        next(iter(self.runtime.values())).metadata.create_all(conn)
         for table in self.runtime.values():
-            present = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
             for column in table.columns:
-                if column.name not in present:
+                if table.name in present and column.name not in present[table.name]:
                     ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
                     target = self.engine.dialect.identifier_preparer.format_table(table)
                     conn.execute(sa.text(f"ALTER TABLE {target} ADD COLUMN {ddl}"))

@@ -102,8 +102,9 @@ class Process:
                     found.append(entry)
         return found
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.popen.poll() is None:
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` (None: none, it was sent) and wait for the exit code."""
+        if sig is not None and self.popen.poll() is None:
             self.popen.send_signal(sig)
         try:
             return self.popen.wait(timeout)
@@ -228,6 +229,13 @@ def cluster(tmp_path, postgres_url):
         made.close()
 
 
+def stopped(*processes: Process) -> list[int]:
+    """SIGTERM to all at once, then their exit codes."""
+    for process in processes:
+        process.popen.send_signal(signal.SIGTERM)
+    return [process.stop(None) for process in processes]
+
+
 def metric_sum(text: str, prefix: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
@@ -259,8 +267,7 @@ def test_twenty_connectors_every_second_on_three_workers_for_thirty_seconds(clus
     )
     metrics = cluster.api("/metrics")
     print(f"drained in {time.monotonic() - paused:.1f}s")
-    assert serve.stop() == 0
-    assert all(worker.stop() == 0 for worker in workers)
+    assert stopped(serve, *workers) == [0] * 4
 
     syncs = cluster.syncs()
     print(f"{len(syncs)} syncs, {len(serve.events('tick'))} ticks")
@@ -331,7 +338,7 @@ def test_a_worker_killed_mid_sync_leaves_its_sync_to_another_with_every_row_once
     # serve heard it end, from the worker that finished it
     assert cluster.api(f"/api/syncs/{resumed['sync_id']}")["status"] == "succeeded"
     assert cluster.api("/api/connectors/slow")["status"] == "idle"
-    assert serve.stop() == 0 and survivor.stop() == 0
+    assert stopped(serve, survivor) == [0, 0]
 
 
 @pytest.mark.slow
@@ -362,7 +369,7 @@ def test_the_standby_leads_after_a_frozen_and_after_a_killed_leader_and_no_tick_
     assert took_over(first, since=time.time(), nth=2) < 15
     sent = len(first.events("tick"))
     wait_until(lambda: len(first.events("tick")) >= sent + 6, timeout=30, what="ticks go on")
-    assert first.stop() == 0 and worker.stop() == 0
+    assert stopped(first, worker) == [0, 0]
 
     ticks = first.events("tick") + second.events("tick")
     assert len({(e["connector"], e["tick"]) for e in ticks}) == len(ticks)  # no tick twice
@@ -422,33 +429,6 @@ def test_a_task_for_a_connector_syncing_elsewhere_is_dropped_and_carries_no_secr
     assert worker.stop() == 0
 
 
-def test_a_workers_alert_reaches_serve_and_its_webhook_once(cluster, receiver):
-    hook = receiver()
-    cluster.write({"broken": connector(fail=True) | {"notify": [{"webhook": hook.url}]}})
-    worker = cluster.start("worker", "--concurrency", "1")
-    serve = cluster.start("serve")
-    wait_until(lambda: serve.events("serving"), timeout=30, what="serve answers")
-    sync_id = cluster.api("/api/connectors/broken/run", method="POST")["sync_id"]
-    wait_until(
-        lambda: cluster.api(f"/api/syncs/{sync_id}")["status"] == "failed",
-        timeout=60,
-        what="serve heard the sync fail",
-    )
-    (alert,) = cluster.api("/api/alerts")["alerts"]
-    assert (alert["sync_id"], alert["kind"]) == (sync_id, "function_error")
-    assert 'connector_alerts_open{connector="broken"} 1.0' in cluster.api("/metrics")
-    (opened,) = hook.wait_for(1)
-    assert (opened["event"], opened["alert"]["alert_id"]) == ("alert.opened", alert["alert_id"])
-    assert opened["dashboard_url"] is None  # from the worker: it knows no dashboard
-    # serve posts what it does itself; had it posted the worker's alert too, that POST
-    # would have come first (one queue per process)
-    cluster.api(f"/api/alerts/{alert['alert_id']}/resolve", method="POST")
-    bodies = hook.wait_for(2)
-    assert [body["event"] for body in bodies] == ["alert.opened", "alert.resolved"]
-    assert bodies[1]["dashboard_url"].startswith("http://127.0.0.1:")  # from serve
-    assert serve.stop() == 0 and worker.stop() == 0
-
-
 def test_sigterm_to_a_worker_ends_its_sync_after_the_current_page(cluster):
     from connector_runtime.celery_app import make_app, send_sync
     from connector_runtime.config import load_config
@@ -467,21 +447,41 @@ def test_sigterm_to_a_worker_ends_its_sync_after_the_current_page(cluster):
     assert cluster.queued() == 0  # its task is done, not handed back
 
 
-def test_redis_is_a_broker_too(tmp_path, postgres_url):
+def test_on_redis_a_workers_sync_and_alert_reach_serve_and_its_webhook_once(
+    tmp_path, postgres_url, receiver
+):
     broker_or_skip(REDIS, "Redis", "apt-get install redis-server && redis-server --daemonize yes")
     cluster = Cluster(tmp_path, postgres_url, REDIS)
     try:
-        cluster.write({"demo": connector(pages=2)})
-        worker = cluster.start("worker", "--concurrency", "1")
+        hook = receiver()
+        broken = connector(fail=True) | {"notify": [{"webhook": hook.url}]}
+        cluster.write({"demo": connector(pages=2), "broken": broken})
+        worker = cluster.start("worker", "--concurrency", "2")
         serve = cluster.start("serve")
         wait_until(lambda: serve.events("serving"), timeout=30, what="serve answers")
-        sync_id = cluster.api("/api/connectors/demo/run", method="POST")["sync_id"]
+        fine = cluster.api("/api/connectors/demo/run", method="POST")["sync_id"]
+        failing = cluster.api("/api/connectors/broken/run", method="POST")["sync_id"]
         wait_until(
-            lambda: cluster.api(f"/api/syncs/{sync_id}")["status"] == "succeeded",
+            lambda: (
+                [cluster.api(f"/api/syncs/{s}")["status"] for s in (fine, failing)]
+                == ["succeeded", "failed"]
+            ),
             timeout=60,
-            what="the sync ran on the worker and serve heard it",
+            what="serve heard both syncs end on the worker",
         )
         assert sorted(page for _, page, _, _ in cluster.calls("demo")) == [1, 2]
-        assert serve.stop() == 0 and worker.stop() == 0
+        (alert,) = cluster.api("/api/alerts")["alerts"]
+        assert (alert["sync_id"], alert["kind"]) == (failing, "function_error")
+        assert 'connector_alerts_open{connector="broken"} 1.0' in cluster.api("/metrics")
+        (opened,) = hook.wait_for(1)
+        assert (opened["event"], opened["alert"]["alert_id"]) == ("alert.opened", alert["alert_id"])
+        assert opened["dashboard_url"] is None  # from the worker: it knows no dashboard
+        # serve posts what it does itself; had it posted the worker's alert too, that POST
+        # would have come first (one queue per process)
+        cluster.api(f"/api/alerts/{alert['alert_id']}/resolve", method="POST")
+        bodies = hook.wait_for(2)
+        assert [body["event"] for body in bodies] == ["alert.opened", "alert.resolved"]
+        assert bodies[1]["dashboard_url"].startswith("http://127.0.0.1:")  # from serve
+        assert stopped(serve, worker) == [0, 0]
     finally:
         cluster.close()

@@ -5,8 +5,9 @@ Run it:  make bench        (or .venv/bin/python benchmarks/bench_sync.py --rows 
 A handler file and a connectors.yaml are written into a temporary directory; the
 connector runs under the local runner's default `process` isolation (a real worker
 subprocess) into each warehouse of `--warehouse` (default all): a real DuckDB file, and
-a PostgreSQL server (`--postgres-url`) in a fresh schema per run, dropped afterwards.
-An unreachable PostgreSQL is skipped with the reason, or fails the run under CI=true.
+a PostgreSQL server (`--postgres-url`) in a fresh schema per run, and a MariaDB (or
+MySQL) server (`--mariadb-url`) in fresh tables per run, dropped afterwards. An
+unreachable server is skipped with the reason, or fails the run under CI=true.
 Two syncs of the same connector, each in a fresh runtime process so its peak memory is
 its own:
 
@@ -21,7 +22,7 @@ update phase as "2 update, history", and its seconds over the plain update phase
 (goal on DuckDB: at most 2×). Its check reads every version: one per key after the insert; after the update a closed and
 an open version per updated key, a closed one per deleted key.
 
-After each sync the warehouse is read back (duckdb; SQLAlchemy for PostgreSQL) and
+After each sync the warehouse is read back (duckdb; SQLAlchemy for the servers) and
 compared with what the handler sent: every row and column, `_fivetran_deleted`, the
 saved state, the `syncs` row. Any difference exits 1. `--profile` runs each insert sync
 under cProfile (the runtime process only; the worker's time shows up as waiting in the
@@ -150,10 +151,15 @@ connectors:
 """
 HISTORY_TABLES = "    tables:\n      customers: {history: true}\n"  # appended to CONFIG
 
-WAREHOUSES = ("duckdb", "postgresql")
+WAREHOUSES = ("duckdb", "postgresql", "mariadb")
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_MARIADB_URL = "mysql://root@127.0.0.1:3306/test"
 # imported by the child before it is measured, as `connector serve` would have them
-BACKEND_MODULES = {"duckdb": "destinations.duckdb", "postgresql": "destinations.sqlalchemy"}
+BACKEND_MODULES = {
+    "duckdb": "destinations.duckdb",
+    "postgresql": "destinations.sqlalchemy",
+    "mariadb": "destinations.sqlalchemy",
+}
 
 # the data columns as each warehouse reports their types
 EXPECTED_TYPES = {
@@ -174,6 +180,15 @@ EXPECTED_TYPES = {
         "updated_at": "timestamp with time zone",
         "tags": "jsonb",
         "attrs": "jsonb",
+    },
+    "mariadb": {  # information_schema.columns.data_type; MariaDB's JSON is a checked LONGTEXT
+        "id": "bigint",
+        "name": "longtext",
+        "amount": "double",
+        "active": "tinyint",
+        "updated_at": "datetime",
+        "tags": "longtext",
+        "attrs": "longtext",
     },
 }
 DATA_COLUMNS = tuple(EXPECTED_TYPES["duckdb"])
@@ -207,7 +222,7 @@ def main() -> int:
     figures: list[BenchRow] = []
     if args.serve != "only":
         targets = [
-            _target(name, args.postgres_url)
+            _target(name, args)
             for name in (WAREHOUSES if args.warehouse == "all" else (args.warehouse,))
         ]
         with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
@@ -270,12 +285,17 @@ def _parser() -> argparse.ArgumentParser:
         "--warehouse",
         choices=(*WAREHOUSES, "all"),
         default="all",
-        help="where to sync (default all: DuckDB, then PostgreSQL if it is reachable)",
+        help="where to sync (default all: DuckDB, then PostgreSQL and MariaDB if reachable)",
     )
     parser.add_argument(
         "--postgres-url",
         default=DEFAULT_POSTGRES_URL,
         help=f"PostgreSQL server to sync into, in a fresh schema (default {DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument(
+        "--mariadb-url",
+        default=DEFAULT_MARIADB_URL,
+        help=f"MariaDB or MySQL server to sync into, in fresh tables (default {DEFAULT_MARIADB_URL})",
     )
     parser.add_argument(
         "--profile",
@@ -335,6 +355,7 @@ class DuckDBTarget:
     """A DuckDB file in the run's directory: fresh by construction, nothing to clean up."""
 
     name = "duckdb"
+    history = True  # also run with history mode on
 
     def unavailable(self) -> str | None:
         return None
@@ -366,10 +387,12 @@ class PostgresTarget:
     Both are dropped after the run's checks."""
 
     name = "postgresql"
+    title, option = "PostgreSQL", "--postgres-url"
+    history = True  # also run with history mode on
     RUNTIME_TABLES = ("state", "syncs", "alerts", "names", "tables")
 
     def __init__(self, url: str) -> None:
-        self.postgres_url = url
+        self.server_url = url
 
     @property
     def shown(self) -> str:
@@ -377,13 +400,13 @@ class PostgresTarget:
         import sqlalchemy as sa
 
         with contextlib.suppress(sa.exc.ArgumentError):
-            return sa.engine.make_url(self.postgres_url).render_as_string(hide_password=True)
-        return self.postgres_url.split("@")[-1]
+            return sa.engine.make_url(self.server_url).render_as_string(hide_password=True)
+        return self.server_url.split("@")[-1]
 
     def _engine(self):
         from destinations.sqlalchemy import create_engine  # the runtime's driver and options
 
-        return create_engine(self.postgres_url)
+        return create_engine(self.server_url)
 
     def unavailable(self) -> str | None:
         """Why the server cannot be used, or None: one connection and a query."""
@@ -399,8 +422,8 @@ class PostgresTarget:
         except Exception as exc:  # a missing driver (ConfigError) or a refused connection
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return (
-                f"PostgreSQL at {self.shown} cannot be used ({detail}); start it, or point "
-                "--postgres-url at a server where this user may create schemas"
+                f"{self.title} at {self.shown} cannot be used ({detail}); start it, or point "
+                f"{self.option} at a server where this user may create tables"
             )
         return None
 
@@ -408,16 +431,19 @@ class PostgresTarget:
         return f"{CONNECTOR}_{secrets.token_hex(4)}"
 
     def url(self, workdir: Path) -> str:
-        return self.postgres_url
+        return self.server_url
 
     @contextlib.contextmanager
     def reader(self, workdir: Path, connector: str) -> Iterator[PostgresReader]:
         engine = self._engine()
         try:
             with engine.connect() as conn:
-                yield PostgresReader(conn, connector)
+                yield self.read(conn, connector)
         finally:
             engine.dispose()
+
+    def read(self, conn, connector: str) -> PostgresReader:
+        return PostgresReader(conn, connector)
 
     def cleanup(self, connector: str) -> str | None:
         """Drop the run's schema and its rows in the runtime tables; a problem, or None."""
@@ -440,8 +466,41 @@ class PostgresTarget:
         return None
 
 
-def _target(name: str, postgres_url: str) -> DuckDBTarget | PostgresTarget:
-    return DuckDBTarget() if name == "duckdb" else PostgresTarget(postgres_url)
+class MariaDBTarget(PostgresTarget):
+    """A MariaDB or MySQL server: the run's tables are `bench_<random>__<table>` in the
+    URL's database, its runtime rows its own; both are dropped after the run's checks.
+    No history-mode run: its statements scan the whole table per row there (hours)."""
+
+    name = "mariadb"
+    title, option = "MariaDB", "--mariadb-url"
+    history = False
+
+    def read(self, conn, connector: str) -> PostgresReader:
+        return MariaDBReader(conn, connector)
+
+    def cleanup(self, connector: str) -> str | None:
+        import sqlalchemy as sa
+
+        engine = self._engine()
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS `{connector}__{TABLE}`"))
+                for table in self.RUNTIME_TABLES:
+                    conn.execute(
+                        sa.text(f"DELETE FROM connector_runtime__{table} WHERE connector = :c"),
+                        {"c": connector},
+                    )
+        except Exception as exc:
+            return f"could not drop the tables of {connector} on {self.shown}: {exc}"
+        finally:
+            engine.dispose()
+        return None
+
+
+def _target(name: str, args: argparse.Namespace) -> DuckDBTarget | PostgresTarget:
+    if name == "postgresql":
+        return PostgresTarget(args.postgres_url)
+    return MariaDBTarget(args.mariadb_url) if name == "mariadb" else DuckDBTarget()
 
 
 # Readers: the warehouse as the checks compare it, the same shape from each backend.
@@ -507,6 +566,16 @@ class PostgresReader:
     def __init__(self, conn, connector: str) -> None:
         self.conn, self.connector = conn, connector
 
+    def runtime(self, table: str) -> str:
+        return f"connector_runtime.{table}"
+
+    @property
+    def data(self) -> str:
+        return f'"{self.connector}".{TABLE}'
+
+    def text(self, column: str) -> str:
+        return f"CAST({column} AS text)"
+
     def _query(self, sql: str, **params: Any) -> list[tuple]:
         import sqlalchemy as sa
 
@@ -514,22 +583,22 @@ class PostgresReader:
 
     def sync_record(self, sync_id: str) -> tuple | None:
         found = self._query(
-            "SELECT status, pages, rows_upserted, rows_deleted FROM connector_runtime.syncs"
-            " WHERE sync_id = :id",
+            "SELECT status, pages, rows_upserted, rows_deleted"
+            f" FROM {self.runtime('syncs')} WHERE sync_id = :id",
             id=sync_id,
         )
         return found[0] if found else None
 
     def saved_state(self) -> str | None:
         found = self._query(
-            "SELECT CAST(state AS text) FROM connector_runtime.state WHERE connector = :c",
+            f"SELECT {self.text('state')} FROM {self.runtime('state')} WHERE connector = :c",
             c=self.connector,
         )
         return found[0][0] if found else None
 
     def sync_starts(self) -> list[int]:
         found = self._query(
-            "SELECT started_at FROM connector_runtime.syncs WHERE connector = :c"
+            f"SELECT started_at FROM {self.runtime('syncs')} WHERE connector = :c"
             " ORDER BY started_at",
             c=self.connector,
         )
@@ -547,17 +616,17 @@ class PostgresReader:
     def rows(self) -> list[tuple]:
         deleted = "_fivetran_deleted" if "_fivetran_deleted" in self.column_types() else "false"
         stored = self._query(
-            "SELECT id, name, amount, active, updated_at, CAST(tags AS text),"
-            f' CAST(attrs AS text), {deleted}, _fivetran_synced FROM "{self.connector}".{TABLE}'
-            " ORDER BY id"
+            f"SELECT id, name, amount, active, updated_at, {self.text('tags')},"
+            f" {self.text('attrs')}, {deleted}, _fivetran_synced FROM {self.data} ORDER BY id"
         )
         return [
             (
-                *r[:4],
+                *r[:3],
+                _bool(r[3]),
                 _iso(_epoch_us(r[4])),
                 json.loads(r[5]),
                 json.loads(r[6]),
-                r[7],
+                _bool(r[7]),
                 _epoch_us(r[8]),
             )
             for r in stored
@@ -566,20 +635,51 @@ class PostgresReader:
     def versions(self) -> list[tuple]:
         """A history table's versions: the data columns, then start, end, active, synced."""
         stored = self._query(
-            "SELECT id, name, amount, active, updated_at, CAST(tags AS text), CAST(attrs AS text),"
-            " _fivetran_start, _fivetran_end, _fivetran_active, _fivetran_synced"
-            f' FROM "{self.connector}".{TABLE} ORDER BY id, _fivetran_start'
+            f"SELECT id, name, amount, active, updated_at, {self.text('tags')},"
+            f" {self.text('attrs')}, _fivetran_start, _fivetran_end, _fivetran_active,"
+            f" _fivetran_synced FROM {self.data} ORDER BY id, _fivetran_start"
         )
         return [
-            (*r[:4], _iso(_epoch_us(r[4])), json.loads(r[5]), json.loads(r[6]))
-            + (_epoch_us(r[7]), _epoch_us(r[8]), r[9], _epoch_us(r[10]))
+            (*r[:3], _bool(r[3]), _iso(_epoch_us(r[4])), json.loads(r[5]), json.loads(r[6]))
+            + (_epoch_us(r[7]), _epoch_us(r[8]), _bool(r[9]), _epoch_us(r[10]))
             for r in stored
         ]
 
 
+class MariaDBReader(PostgresReader):
+    """The same reads in MySQL's layout: `<schema>__<table>` in the URL's database."""
+
+    def runtime(self, table: str) -> str:
+        return f"connector_runtime__{table}"
+
+    @property
+    def data(self) -> str:
+        return f"`{self.connector}__{TABLE}`"
+
+    def text(self, column: str) -> str:
+        return f"CAST({column} AS CHAR)"
+
+    def column_types(self) -> dict[str, str]:
+        found = self._query(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = DATABASE() AND table_name = :t",
+            t=f"{self.connector}__{TABLE}",
+        )
+        return dict(found)
+
+
 def _epoch_us(moment: datetime | None) -> int | None:
-    """An aware datetime as integer microseconds since the epoch (exact)."""
-    return None if moment is None else (moment - EPOCH) // timedelta(microseconds=1)
+    """A datetime as integer microseconds since the epoch (exact); a naive one is in UTC,
+    as MySQL's DATETIME holds instants here."""
+    if moment is None:
+        return None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _bool(value: Any) -> bool | None:
+    """A boolean as read: MySQL's BOOLEAN is a TINYINT, read as 0 or 1."""
+    return None if value is None else bool(value)
 
 
 def _iso(micros: int | None) -> str | None:
@@ -627,7 +727,7 @@ def run_benchmark(
                 page_size,
                 profile=profile and number == 1,
             )
-            if history:
+            if history and target.history:
                 kept, found = _run_once(
                     target,
                     workdir / target.name / f"run{number}-history",

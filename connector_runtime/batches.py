@@ -3,6 +3,9 @@
 Each column is converted in bulk by Arrow where its values already have the column's
 natural Python type, and value by value only where they do not (a widened column, a
 declared type). A value that cannot be stored raises `ValueError` naming its row.
+
+`infer_array` types a page's column and converts it in the same pass (`Inferred`): the
+usual column holds one kind of value, and its array is then ready as it was inferred.
 """
 
 from __future__ import annotations
@@ -10,15 +13,26 @@ from __future__ import annotations
 import hashlib
 import re
 from decimal import Decimal, InvalidOperation
-from functools import partial
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pydantic_core
+from pydantic_core import SchemaSerializer, core_schema
 
 from . import masking
 from .jsonio import encode_json
-from .types import LogicalType
+from .types import (
+    BOOLEAN,
+    DOUBLE,
+    JSON,
+    LONG,
+    STRING,
+    UTC_DATETIME,
+    VECTOR_MIN,
+    LogicalType,
+    infer_column,
+    might_be_temporal,
+)
 
 _SIMPLE_ARROW = {
     "BOOLEAN": pa.bool_(),
@@ -50,6 +64,58 @@ class ValueRejected(ValueError):
         detail = f" ({reason})" if reason else ""
         super().__init__(f"row {row}: value {shown} does not fit type {logical}{detail}")
         self.row = row
+
+
+class Inferred(NamedTuple):
+    """A column's inferred type (None: every value null) and, when it was cheap to make
+    in the same pass, its values as an Arrow array of that type (else None)."""
+
+    logical: LogicalType | None
+    array: pa.Array | None
+
+
+# One kind of Python value (nulls aside) → its logical type and Arrow type, converted
+# by Arrow in bulk; ints may overflow int64, which leaves them to `infer_column`.
+_BULK = {bool: (BOOLEAN, pa.bool_()), int: (LONG, pa.int64()), float: (DOUBLE, pa.float64())}
+_ZONED_DATETIME = (
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+)
+
+
+def infer_array(values: list) -> Inferred:
+    """`infer_column(values)`, and the array of `values` in that type where one pass
+    makes both: a column of one kind of value (booleans, int64s, floats, objects and
+    arrays, text that is not temporal or is all `Z`/offset date-times). Anything else
+    gets its type from `infer_column` and no array (`column_array` converts it)."""
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in _BULK:
+        logical, target = _BULK[kind]
+        try:
+            return Inferred(logical, pa.array(values, target))
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+            return Inferred(infer_column(values), None)  # an int beyond 64 bits
+    if kinds and kinds <= {dict, list}:
+        return Inferred(JSON, _json_array(values))
+    if kinds == {str} and len(values) >= VECTOR_MIN:
+        return _text_array(values)
+    return Inferred(infer_column(values), None)
+
+
+def _text_array(values: list) -> Inferred:
+    """Text: STRING when nothing in it could be a date (Arrow's one look); UTC_DATETIME
+    parsed in bulk when every value is a date-time with `Z` or an offset, as
+    `column_array` would parse it (a value Arrow refuses, such as a 7th fractional digit,
+    leaves the column to `infer_column`)."""
+    text = pa.array(values, pa.string())
+    if not might_be_temporal(text):
+        return Inferred(STRING, text)
+    if pc.all(pc.match_substring_regex(text, _ZONED_DATETIME)).as_py():
+        try:
+            return Inferred(UTC_DATETIME, text.cast(arrow_type(UTC_DATETIME)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return Inferred(infer_column(values), None)
 
 
 def arrow_type(logical: LogicalType) -> pa.DataType:
@@ -136,12 +202,20 @@ def _reason(exc: Exception) -> str:
     return masking.excerpt(text, 120, note="")
 
 
+# JSON text of one value, NaN and ±Infinity as null: pydantic's encoder, not orjson. Per
+# small value it is several times faster here (orjson gives each answer a fresh page of
+# memory: a page fault per value), and it keeps integers beyond 64 bits exact.
+_JSON = SchemaSerializer(core_schema.any_schema(), core_schema.CoreConfig(ser_json_inf_nan="null"))
+
+
 def _json_array(values: list) -> pa.Array:
-    """JSON text of each value, as bytes decoded by Arrow in bulk. pydantic's encoder, not
-    orjson: per small value it is several times faster here, and it keeps integers
-    beyond 64 bits exact. (Values come from parsed JSON, so nothing exotic reaches it.)"""
-    dumps = partial(pydantic_core.to_json, inf_nan_mode="null")
-    encoded = [None if v is None else dumps(v) for v in values]
+    """JSON text of each value, as bytes decoded by Arrow in bulk; mapped over the column
+    without a Python-level loop when it has no nulls. (Values come from parsed JSON, so
+    nothing exotic reaches the encoder.)"""
+    if None in values:
+        encoded = [None if v is None else _JSON.to_json(v) for v in values]
+    else:
+        encoded = list(map(_JSON.to_json, values))
     return pa.array(encoded, pa.binary()).cast(pa.string())
 
 

@@ -64,7 +64,8 @@ def decode_json(raw: bytes | str) -> Any:
     `TooDeep` for JSON nested deeper than `MAX_DEPTH`.
     """
     try:
-        return pydantic_core.from_json(raw)
+        # strings are not interned (only keys): most of a page's values occur once
+        return pydantic_core.from_json(raw, cache_strings="keys")
     except ValueError as refused:
         # pydantic-core's parser stops at about 200 levels: the stdlib's goes deeper
         try:

@@ -159,15 +159,20 @@ def _group_type(kind: type, group: list) -> LogicalType | None:
     return infer_value(group[0])
 
 
-_VECTOR_MIN = 64  # below this, Arrow's setup costs more than it saves
+VECTOR_MIN = 64  # below this, Arrow's setup costs more than it saves
+
+
+def might_be_temporal(text: pa.Array) -> bool:
+    """Whether any value of a string array starts as every date and date-time does."""
+    return bool(pc.any(pc.match_substring_regex(text, _TEMPORAL_PREFIX)).as_py())
 
 
 def _text_type(group: list[str]) -> LogicalType | None:
     """Most text columns hold no date at all: Arrow tells that in one pass; only columns
     that might be temporal are classified value by value."""
-    if len(group) >= _VECTOR_MIN:
+    if len(group) >= VECTOR_MIN:
         text = pa.array(group, pa.string())
-        if not pc.any(pc.match_substring_regex(text, _TEMPORAL_PREFIX)).as_py():
+        if not might_be_temporal(text):
             return STRING
         bulk = _bulk_temporal_type(group, text)
         if bulk is not None:

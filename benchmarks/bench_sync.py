@@ -52,7 +52,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench_report import BenchRow, Goal, goals_table, print_notes, write_results
+from bench_report import (
+    BenchRow,
+    Goal,
+    goals_table,
+    print_notes,
+    results_document,
+    write_results,
+)
 
 CONNECTOR = "bench"
 TABLE = "customers"
@@ -104,6 +111,8 @@ def deleted_id(op):
 
 
 def handler(request):
+    if SLEEP:
+        time.sleep(SLEEP)  # a round trip, as to AWS Lambda (the paging-ahead row)
     state = request["state"]
     phase, start = state.get("phase", "insert"), state.get("next", 0)
     if phase == "insert":
@@ -202,6 +211,13 @@ THROUGHPUT_GOALS = {
     ("postgresql", "update"): Goal(at_least=60_000),
 }
 DEFAULT_RESULTS = "bench-results.json"
+# what bench-results.json keeps of each run of a phase, beside its rows/s
+DETAIL_FIELDS = {
+    "seconds": "seconds",
+    "peak_rss_mb": "rss_runtime_mb",
+    "runtime_cpu_s": "runtime_cpu_s",
+    "worker_cpu_s": "worker_cpu_s",
+}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -213,6 +229,8 @@ def main() -> int:
         )
     if args.rows < 100 or args.page_size < 1 or min(args.repeat, args.serve_repeat) < 1:
         sys.exit("--rows must be at least 100, --page-size and the repeats at least 1")
+    if args.memory_rows < 0 or 0 < args.incremental_rows <= 10_000:
+        sys.exit("--incremental-rows must be above 10,000 (or 0), --memory-rows at least 0")
     if min(args.syncs, args.alerts, args.requests) < 1:
         sys.exit("--syncs, --alerts and --requests must be at least 1")
     if args.serve == "only" and args.warehouse == "postgresql":
@@ -220,12 +238,16 @@ def main() -> int:
     ci = os.environ.get("CI") == "true"
     status = 0
     figures: list[BenchRow] = []
+    before: list[BenchRow] | None = [] if args.baseline else None
     if args.serve != "only":
         targets = [
             _target(name, args)
             for name in (WAREHOUSES if args.warehouse == "all" else (args.warehouse,))
         ]
-        with tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench_sync_") as tmp,
+            checkout(args.baseline) as baseline,
+        ):
             status = run_benchmark(
                 Path(args.workdir or tmp),
                 args.rows,
@@ -236,7 +258,11 @@ def main() -> int:
                 required=args.warehouse != "all" or ci,
                 history=args.history == "on",
                 figures=figures,
+                baseline=baseline,
+                baseline_figures=before,
             )
+            if args.warehouse in ("duckdb", "all"):
+                status |= duckdb_rows(args, Path(args.workdir or tmp), baseline, figures, before)
     if args.serve != "off" and args.warehouse in ("duckdb", "all"):
         import bench_server  # beside this file: `connector serve` under a client
 
@@ -252,29 +278,77 @@ def main() -> int:
                 required=ci or args.serve == "only",
             )
     if figures:
-        report_figures(figures, args)
+        report_figures(figures, args, before)
     return status
 
 
-def report_figures(figures: list[BenchRow], args: argparse.Namespace) -> None:
-    """The goals table, then bench-results.json (`--json`)."""
+def duckdb_rows(args, workdir: Path, baseline: Path | None, figures, before) -> int:
+    """Memory at `--memory-rows`, incremental cost, paging ahead (bench_duckdb.py); 1 if
+    a check failed."""
+    sys.modules.setdefault("bench_sync", sys.modules[__name__])  # one copy of this module
+    import bench_duckdb
+
+    variants = {"before": baseline, "now": None} if baseline else {"now": None}
+    figures_of = {"now": figures, "before": before if before is not None else []}
+    problems = bench_duckdb.run(args, workdir / "duckdb-rows", variants, figures_of)
+    for problem in problems:
+        print(f"FAIL {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+@contextlib.contextmanager
+def checkout(revision: str | None) -> Iterator[Path | None]:
+    """A git worktree of `revision` in a temporary directory (removed after), or None."""
+    if revision is None:
+        yield None
+        return
+    repository = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="bench_baseline_") as tmp:
+        tree = Path(tmp) / "code"
+        subprocess.run(
+            ["git", "-C", str(repository), "worktree", "add", "--detach", str(tree), revision],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield tree
+        finally:
+            subprocess.run(
+                ["git", "-C", str(repository), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
+
+
+def report_figures(
+    figures: list[BenchRow], args: argparse.Namespace, before: list[BenchRow] | None = None
+) -> None:
+    """The goals table (with the baseline's figures beside, if any), then
+    bench-results.json (`--json`)."""
     from rich.console import Console
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=100)
+        console = Console(width=120)
     repeats = f"medians of {args.repeat} runs" if args.repeat > 1 else "1 run each"
-    console.print(goals_table(figures, f"make bench: figures and goals ({repeats})"))
+    title = f"make bench: figures and goals ({repeats})"
+    if before is not None:
+        title += f"; before: {args.baseline}"
+    console.print(goals_table(figures, title, before))
     print_notes(console, figures)
     options = {k: v for k, v in vars(args).items() if k not in ("child", "phase", "connector")}
     path = Path(args.json)
-    write_results(path, figures, options)
+    baseline = None
+    if before is not None:
+        baseline = results_document(before, options) | {"revision": args.baseline}
+    write_results(path, figures, options, baseline=baseline)
     console.print(f"figures written to {path}", highlight=False)
 
 
-def handler_source(rows: int, page_size: int) -> str:
-    """handler.py as the worker runs it: the constants, then HANDLER."""
-    return f"ROWS = {rows}\nPAGE_SIZE = {page_size}\n\n" + HANDLER
+def handler_source(rows: int, page_size: int, sleep: float = 0.0) -> str:
+    """handler.py as the worker runs it: the constants, then HANDLER. `sleep`: seconds
+    each call waits before it answers."""
+    return f"import time\n\nROWS = {rows}\nPAGE_SIZE = {page_size}\nSLEEP = {sleep}\n\n" + HANDLER
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -307,6 +381,33 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=3,
         help="run every timed part N times and report the median (default 3; 1 for a quick run)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure the code of git revision REV (a worktree), alternating with this "
+        "checkout run by run; the goals table shows both, bench-results.json keeps both",
+    )
+    parser.add_argument(
+        "--memory-rows",
+        type=int,
+        default=1_000_000,
+        help="DuckDB's memory row: both syncs with this many rows, peak RSS against the main "
+        "runs' (default 1,000,000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--incremental-rows",
+        type=int,
+        default=10_000_000,
+        help="DuckDB's incremental row: one 10,000-row update page into a table of this many "
+        "rows against a 10,000-row table (default 10,000,000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        choices=("on", "off"),
+        default="on",
+        help="the paging-ahead row: a function sleeping 50 ms per page, with and without "
+        "prefetch (default on)",
     )
     parser.add_argument(
         "--json",
@@ -705,12 +806,17 @@ def run_benchmark(
     required: bool,
     history: bool = False,
     figures: list[BenchRow] | None = None,
+    baseline: Path | None = None,
+    baseline_figures: list[BenchRow] | None = None,
 ) -> int:
     """`repeat` runs of both phases per warehouse, each in a fresh directory (and, on
     PostgreSQL, a fresh schema); returns the exit status. `required`: a warehouse that
     cannot be reached fails the benchmark instead of being skipped. `history`: each run
-    also syncs a history-mode connector, whose update phase joins the run's results."""
-    by_warehouse: dict[str, list[list[dict]]] = {}
+    also syncs a history-mode connector, whose update phase joins the run's results.
+    `baseline`: a checkout of older code, run as well, alternating with this one run by
+    run (its figures go to `baseline_figures`)."""
+    variants = {"before": baseline, "now": None} if baseline else {"now": None}
+    by_variant: dict[str, dict[str, list[list[dict]]]] = {v: {} for v in variants}
     skipped: dict[str, str] = {}
     failed = False
     for target in targets:
@@ -718,33 +824,43 @@ def run_benchmark(
         if reason:
             skipped[target.name] = reason
             continue
-        runs = by_warehouse.setdefault(target.name, [])
         for number in range(1, repeat + 1):
-            results, problems = _run_once(
-                target,
-                workdir / target.name / f"run{number}",
-                rows,
-                page_size,
-                profile=profile and number == 1,
-            )
-            if history and target.history:
-                kept, found = _run_once(
-                    target,
-                    workdir / target.name / f"run{number}-history",
-                    rows,
-                    page_size,
-                    profile=False,
-                    history=True,
+            for variant, code in variants.items():
+                where = (
+                    workdir / target.name if variant == "now" else workdir / variant / target.name
                 )
-                results.append(kept[-1] | {"label": HISTORY_LABEL})
-                problems += [f"history mode, {problem}" for problem in found]
-            runs.append(results)
-            for problem in problems:
-                print(f"FAIL {target.name} run {number}, {problem}", file=sys.stderr)
-            failed |= bool(problems)
-    _report(by_warehouse, skipped, rows, page_size, required=required)
-    if figures is not None:
-        figures += throughput_rows(by_warehouse, skipped) + history_rows(by_warehouse)
+                with running(code):
+                    results, problems = _run_once(
+                        target,
+                        where / f"run{number}",
+                        rows,
+                        page_size,
+                        profile=profile and number == 1,
+                    )
+                    if history and target.history:
+                        kept, found = _run_once(
+                            target,
+                            where / f"run{number}-history",
+                            rows,
+                            page_size,
+                            profile=False,
+                            history=True,
+                        )
+                        results.append(kept[-1] | {"label": HISTORY_LABEL})
+                        problems += [f"history mode, {problem}" for problem in found]
+                by_variant[variant].setdefault(target.name, []).append(results)
+                for problem in problems:
+                    print(
+                        f"FAIL {target.name} run {number} ({variant}), {problem}", file=sys.stderr
+                    )
+                failed |= bool(problems)
+    for variant, by_warehouse in by_variant.items():
+        heading = f" ({variant}: {baseline})" if variant == "before" else ""
+        _report(by_warehouse, skipped, rows, page_size, required=required, heading=heading)
+        rows_of_variant = figures if variant == "now" else baseline_figures
+        if rows_of_variant is not None:
+            rows_of_variant += throughput_rows(by_warehouse, skipped) + history_rows(by_warehouse)
+    by_warehouse = by_variant["now"]
     if failed:
         print("benchmark FAILED: the warehouse does not hold what was sent", file=sys.stderr)
         return 1
@@ -796,8 +912,32 @@ def _run_phase(
 ) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", str(workdir), "--phase", str(phase)]
     command += ["--connector", connector, "--warehouse", warehouse]
-    subprocess.run(command + (["--profile"] if profile else []), check=True)
+    subprocess.run(command + (["--profile"] if profile else []), check=True, env=child_env())
     return json.loads((workdir / f"phase{phase}.json").read_text())
+
+
+_CODE: list[Path] = []  # the checkout whose code the children run; none: this one
+
+
+@contextlib.contextmanager
+def running(code: Path | None) -> Iterator[None]:
+    """Children started inside run the code of checkout `code` (None: this checkout)."""
+    _CODE.append(code)
+    try:
+        yield
+    finally:
+        _CODE.pop()
+
+
+def child_env() -> dict[str, str] | None:
+    """The environment of a child: PYTHONPATH leads to the chosen checkout, whose
+    `connector_runtime` and `destinations` then come before the installed ones (its
+    worker processes inherit it)."""
+    code = _CODE[-1] if _CODE else None
+    if code is None:
+        return None
+    paths = [str(code), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 COLUMNS = (
@@ -819,6 +959,7 @@ def _report(
     page_size: int,
     *,
     required: bool,
+    heading: str = "",
 ) -> None:
     """One line per warehouse and phase: the median run (by seconds); the spread below
     when repeated; then why a warehouse was not run."""
@@ -829,7 +970,7 @@ def _report(
     title = f"sync benchmark: {rows:,} rows, {page_size:,}-row pages, local process → warehouse"
     if repeats > 1:
         title += f", median of {repeats} runs"
-    table = Table(*COLUMNS, title=title)
+    table = Table(*COLUMNS, title=title + heading)
     for column in table.columns[:2]:
         column.no_wrap = True  # "postgresql", "1 insert": the numbers' headers wrap instead
     for column in table.columns[2:]:
@@ -893,7 +1034,11 @@ def throughput_rows(
                     "rows/s",
                     THROUGHPUT_GOALS.get((warehouse, label)),
                     note="one run under cProfile (slower)" if profiled else "",
-                    detail={"seconds": [run[index]["seconds"] for run in runs]},
+                    detail={
+                        key: [run[index][field] for run in runs]
+                        for key, field in DETAIL_FIELDS.items()
+                        if field in runs[0][index]
+                    },
                 )
             )
     for warehouse, reason in skipped.items():
@@ -1085,6 +1230,7 @@ def _check_versions(reader, handler, phase) -> list[str]:
 
 def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, profile: bool) -> int:
     """Run one sync through `build_job(load_config(...))` + `run_sync`, as the CLI does."""
+    from connector_runtime import sync as sync_module
     from connector_runtime.cli import configure_logging
     from connector_runtime.config import load_config
     from connector_runtime.jobs import build_job
@@ -1096,17 +1242,23 @@ def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, prof
     first_state = _saved_state(job)
     rows_sent = 0
 
+    page_times: list[float] = []  # seconds from the start of run_sync to each page's commit
+
     def on_page(progress) -> None:
         nonlocal rows_sent
         rows_sent += progress.rows
+        page_times.append(time.perf_counter() - started)
 
     rss_before = _peak_rss_mb()
     workers = _WorkerPeak()
+    applying = _Stopwatch(sync_module._Sync, "apply")  # planning and writing each page
     profiler = _start_profiler() if profile else None
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     with workers:
         outcome = run_sync(job, on_page=on_page)
     seconds = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     if profiler is not None:
         _print_profile(profiler, warehouse)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1122,10 +1274,31 @@ def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, prof
         "rss_runtime_mb": _peak_rss_mb(),
         "rss_worker_mb": workers.peak_mb,
         "worker_cpu_s": children.ru_utime + children.ru_stime,
+        "runtime_cpu_s": (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu.ru_utime + cpu.ru_stime),
+        "page_times": page_times,
+        "apply_s": applying.seconds,
+        "code": str(Path(sync_module.__file__).resolve().parent.parent),  # which checkout ran
         "first_state": first_state,
     }
     (workdir / f"phase{phase}.json").write_text(json.dumps(result))
     return 0
+
+
+class _Stopwatch:
+    """The seconds spent in one method of a class (children only: a measuring hook)."""
+
+    def __init__(self, owner: type, name: str) -> None:
+        self.seconds = 0.0
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - began
+
+        setattr(owner, name, timed)
 
 
 def _saved_state(job) -> dict[str, Any]:

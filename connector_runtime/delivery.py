@@ -328,10 +328,11 @@ class Deliverer:
 
     def _failure(self, batch: list[Event], what: str) -> DeliveryFailed:
         first = batch[0]
+        # a table without a key: its record is named by its event id
         key = (
             first.key
             if first.key is not None
-            else {"position": first.payload["context"]["event_id"]}
+            else {"event_id": first.payload["context"]["event_id"]}
         )
         shown_key = masking.excerpt(encode_json(key).decode("utf-8", "replace"), SHOWN_KEY_CHARS)
         more = f" (and {len(batch) - 1} more records of its batch)" if len(batch) > 1 else ""

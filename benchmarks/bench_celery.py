@@ -4,7 +4,7 @@ Run it:  make bench   (or .venv/bin/python benchmarks/bench_celery.py --workers 
 
 For each worker count, in a fresh PostgreSQL database and a fresh RabbitMQ queue: a
 connectors.yaml with `executor: celery` and `--connectors` connectors (default 100) on a
-`--schedule` (default 5s), whose function waits `--page-wait` (default 200 ms) per page
+`--schedule` (default 3s), whose function waits `--page-wait` (default 200 ms) per page
 for `--pages` pages (default 3), one row per page; one `connector serve` and that many
 `connector worker --concurrency C` processes (default 4 syncs each). After `--warmup`
 seconds, the syncs that finish in the next `--seconds` (default 60) are counted. Then
@@ -32,8 +32,10 @@ import uuid
 from pathlib import Path
 
 import yaml
+from bench_report import BenchRow, Goal, goals_table, print_notes, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
+SCALING = Goal(at_least=2.0)  # 4 workers over 1: the functions only wait, so they should scale
 CLI = [sys.executable, "-m", "connector_runtime.cli"]
 HANDLER = """\
 import time
@@ -64,6 +66,7 @@ def main() -> int:
         rows.append(result)
         problems += result["problems"]
     _report(args, rows)
+    _goals(args, rows)
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -341,6 +344,34 @@ def _report(args, rows: list[dict]) -> None:
     )
 
 
+def _goals(args, rows: list[dict]) -> None:
+    """The figures as `make bench` shows them: a row each, and how 4 workers scale over 1."""
+    from rich.console import Console
+
+    figures = [
+        BenchRow.of_runs(
+            f"celery, {row['workers']} worker(s) × {args.concurrency}",
+            [row["per_minute"]],
+            "syncs/min",
+            detail={k: row[k] for k in ("slots", "syncs", "ceiling", "cpu")},
+        )
+        for row in rows
+    ]
+    by_workers = {row["workers"]: row["per_minute"] for row in rows}
+    if 1 in by_workers and 4 in by_workers:
+        ratio = by_workers[4] / by_workers[1]
+        figures.append(BenchRow.of_runs("celery, 4 workers over 1", [ratio], "×", SCALING))
+    console = Console() if Console().is_terminal else Console(width=120)
+    title = (
+        f"bench_celery: {args.connectors} connectors, {args.pages} pages of "
+        f"{args.page_wait * 1000:.0f} ms each"
+    )
+    console.print(goals_table(figures, title))
+    print_notes(console, figures)
+    if args.json:
+        write_results(Path(args.json), figures, vars(args))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2,4", help="worker counts to run (default 1,2,4)")
@@ -348,7 +379,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--connectors", type=int, default=100)
     parser.add_argument("--pages", type=int, default=3)
     parser.add_argument("--page-wait", type=float, default=0.2, help="seconds per page")
-    parser.add_argument("--schedule", default="5s")
+    parser.add_argument("--schedule", default="3s")
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument(
@@ -356,6 +387,9 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(
             "CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
         ),
+    )
+    parser.add_argument(
+        "--json", help="also write the figures to this file (bench_report's format)"
     )
     parser.add_argument(
         "--broker",

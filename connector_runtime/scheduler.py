@@ -186,11 +186,14 @@ class Server:
             with self.control.warehouse(name) as destination:
                 record = destination.get_sync(sync_id)
                 if record is None:
-                    return  # still queued
+                    raise SyncInProgress("still queued")
                 if record.status == "running":
                     with destination.lock(name):
                         pass  # free: nobody runs it any more
         except (SyncInProgress, ConnectorRuntimeError):
+            with self._running_lock:  # queued or running still: ask again in a while
+                if self._running.get(name, (None,))[0] == sync_id:
+                    self._running[name] = (sync_id, time.monotonic())
             return
         self.log.warning("sync_lost", connector=name, sync_id=sync_id, status=record.status)
         self._dropped_by_worker({"connector": name, "sync_id": sync_id, "error": "lost"})

@@ -429,6 +429,42 @@ def test_a_task_for_a_connector_syncing_elsewhere_is_dropped_and_carries_no_secr
     assert worker.stop() == 0
 
 
+def test_serve_frees_a_connector_whose_sent_sync_it_never_heard_end(cluster, monkeypatch):
+    from datetime import UTC
+
+    from connector_runtime import control, scheduler
+    from connector_runtime.config import load_config
+    from connector_runtime.destination import SyncRecord, open_destination
+    from connector_runtime.errors import SyncInProgress
+    from connector_runtime.events import EventBus
+
+    fresh = EventBus()  # this Server's listeners leave with the test
+    monkeypatch.setattr(scheduler, "bus", fresh)
+    monkeypatch.setattr(control, "bus", fresh)
+    config = load_config(cluster.write({"demo": connector()}) / "connectors.yaml")
+    server = scheduler.Server(config)  # not serving: only its start(), against the broker
+    long_ago = time.monotonic() - scheduler.LOST_AFTER_SECONDS - 1
+    try:
+        queued = server.start("demo", "manual")  # no worker takes it
+        with pytest.raises(SyncInProgress):
+            server.start("demo", "manual")  # a second trigger is refused, not queued
+        server._running["demo"] = (queued, long_ago)
+        with pytest.raises(SyncInProgress):
+            server.start("demo", "manual")  # still queued (no row): still busy, however old
+        # a sync a worker began and died in: its row says running, nobody holds its lock
+        with open_destination(cluster.warehouse) as warehouse:
+            warehouse.begin_sync(SyncRecord(queued, "demo", "manual", datetime.now(UTC)))
+            server._running["demo"] = (queued, long_ago)
+            with warehouse.lock("demo"), pytest.raises(SyncInProgress):  # unless it runs still
+                server.start("demo", "manual")
+            server._running["demo"] = (queued, long_ago)
+            again = server.start("demo", "manual")
+        assert again != queued
+        assert cluster.queued() == 2
+    finally:
+        server.control.close()
+
+
 def test_sigterm_to_a_worker_ends_its_sync_after_the_current_page(cluster):
     from connector_runtime.celery_app import make_app, send_sync
     from connector_runtime.config import load_config

@@ -313,7 +313,12 @@ class Flavor:
         conn.execute(sa.insert(table), self.records(rows, types))
 
     def matches(self, dt: DataTable, staged: sa.Table):
+        """Rows of `dt` whose key is staged. One key column: `IN (SELECT ...)`, which finds
+        them through the key's index (a correlated EXISTS makes SQLite scan the table once
+        per staged key: 2,000 deletes into 200,000 rows took 100 s)."""
         keys = dt.info.primary_key
+        if len(keys) == 1:
+            return dt.core.c[keys[0]].in_(sa.select(staged.c[keys[0]]))
         return sa.exists().where(sa.and_(*(dt.core.c[k] == staged.c[k] for k in keys)))
 
     def insert_select(self, dt: DataTable, staged: sa.Table, extra: dict, insert=sa.insert):

@@ -17,14 +17,7 @@ import structlog
 from connector_runtime.errors import SyncInProgress
 from connector_runtime.naming import HISTORY_COLUMNS
 from connector_runtime.page import TableInfo
-from connector_runtime.types import (
-    BOOLEAN,
-    JSON,
-    LONG,
-    STRING,
-    LogicalType,
-    decimal,
-)
+from connector_runtime.types import BOOLEAN, JSON, LONG, STRING, LogicalType, decimal
 
 from . import history, mysql_values
 from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit

@@ -120,6 +120,12 @@ class SQLite(Flavor):
         self.ddl(conn, f"DROP TABLE {dt.ref}")
         self.ddl(conn, f"ALTER TABLE {new_name} RENAME TO {self.q(dt.name)}")
 
+    def matches(self, dt: DataTable, staged: sa.Table):
+        """A compound key too as `(a, b) IN (SELECT ...)`: SQLite's row values use the index."""
+        keys = dt.info.primary_key
+        incoming = sa.select(*(staged.c[k] for k in keys))
+        return sa.tuple_(*(dt.core.c[k] for k in keys)).in_(incoming)
+
     def stage_sql(self, name: str, defs: str) -> str:
         return f"CREATE TEMPORARY TABLE {name} ({defs})"
 

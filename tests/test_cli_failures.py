@@ -456,7 +456,13 @@ def paged(tmp_path) -> Iterator[Path]:
     """The PAGED handler's connectors.yaml; a page still held at the end is let go, so
     that no worker process outlives a failed test."""
     (tmp_path / "handler.py").write_text(PAGED)
-    yield write_config(tmp_path, "duckdb:///warehouse.duckdb")
+    config = write_config(tmp_path, "duckdb:///warehouse.duckdb")
+    # one call at a time: "the page in flight" is then the page being written (paging
+    # ahead would have the next one in flight while this one commits)
+    document = yaml.safe_load(config.read_text())
+    document["connectors"]["demo"]["function"]["prefetch"] = False
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    yield config
     (tmp_path / "hold").unlink(missing_ok=True)
 
 

@@ -238,9 +238,13 @@ def test_serve_schedules_never_overlaps_and_stops_cleanly_on_signals(project):
     # the state is the last committed page's, and exactly those pages' rows are there
     assert made.state() == {"page": committed}
     assert beta_pages(made) == [(p, 10, p * 10, p * 10 + 9) for p in range(committed)]
-    # "finish the current page": no page was asked for and then thrown away
+    # "finish the current page": every committed page asked for once; at most the next
+    # one asked for ahead (paging ahead) and dropped when the sync stopped
     asked = [c["state"] for c in calls(made, "beta") if c["sync_id"] == paged["sync_id"]]
-    assert asked[1:] == [{"page": p} for p in range(1, committed)]
+    assert asked[1:] in (
+        [{"page": p} for p in range(1, committed)],
+        [{"page": p} for p in range(1, committed + 1)],
+    ), asked
 
     # logs off a terminal are JSON lines, each sync's start and end naming its connector
     events = json_lines(stderr)

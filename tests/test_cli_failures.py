@@ -445,7 +445,10 @@ def test_a_closed_postgresql_port_fails_within_seconds(tmp_path):
     result = run(config, "status")
     elapsed = time.monotonic() - started
     assert result.returncode == 1 and str(port) in result.stderr, result
-    assert elapsed < 5, f"`connector status` took {elapsed:.1f}s against a closed port"
+    # refused at once, not retried with backoff: the bound only has to tell seconds (a
+    # loaded machine starts Python slowly) from the minutes retries would take
+    assert "retrying" not in result.stderr, result.stderr
+    assert elapsed < 30, f"`connector status` took {elapsed:.1f}s against a closed port"
 
 
 # -- 2. a DuckDB file held by another process --------------------------------------------

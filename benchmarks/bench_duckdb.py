@@ -140,7 +140,14 @@ def incremental_rows(args, workdir: Path, variants, figures_of) -> tuple[dict, l
     big = args.incremental_rows
     sizes = (INCREMENTAL_PAGE, big)
     problems: list[str] = []
-    bases = {size: _incremental_base(workdir / "incremental" / f"{size}", size) for size in sizes}
+    try:
+        bases = {
+            size: _incremental_base(workdir / "incremental" / f"{size}", size) for size in sizes
+        }
+    except RuntimeError as exc:
+        name = f"duckdb update page, {big:,}-row table over {sizes[0]:,}"
+        row = BenchRow.not_run(name, "×", INCREMENTAL_GOAL, str(exc))
+        return {variant: [row] for variant in variants}, [f"incremental: {exc}"]
     pages: dict[str, dict[int, list[float]]] = {v: {size: [] for size in sizes} for v in variants}
     for number in range(1, args.repeat + 1):
         for variant, code in variants.items():
@@ -191,7 +198,9 @@ def _incremental_base(base: Path, table_rows: int) -> Path:
     (base / "handler.py").write_text(source)
     url = json.dumps("duckdb:///warehouse.duckdb")
     (base / "connectors.yaml").write_text(bench.CONFIG.format(url=url, connector=bench.CONNECTOR))
-    bench._run_phase(base, 1, bench.CONNECTOR, "duckdb", profile=False)
+    seeding = bench._run_phase(base, 1, bench.CONNECTOR, "duckdb", profile=False)
+    if seeding["status"] != "succeeded":
+        raise RuntimeError(f"the seeding sync {seeding['status']}: {seeding['error']}")
     if table_rows > seeded:
         print(f"incremental: {table_rows - seeded:,} more rows from range()", file=sys.stderr)
         con = duckdb.connect(str(base / "warehouse.duckdb"))

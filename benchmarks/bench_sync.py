@@ -1331,7 +1331,7 @@ class _WorkerPeak:
     its peak; the worker then idles while the runtime writes the last page.
     """
 
-    INTERVAL = 0.01
+    INTERVAL = 0.05  # VmHWM only grows: the last sample before the worker ends holds its peak
 
     def __init__(self) -> None:
         self.peaks: dict[int, int] = {}  # pid -> VmHWM in KiB

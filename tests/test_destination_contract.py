@@ -1228,19 +1228,51 @@ def test_values_arrive_exactly_through_every_write_path(destination_url):
     (appended) store the same values: 64-bit and larger integers, the shortest doubles,
     instants before 1970 and 2000 with offsets and microseconds, JSON with unicode,
     empty text apart from NULL, quotes and backslashes."""
+    sync_and_check_exact(destination_url)
+
+
+def sync_and_check_exact(url: str) -> None:
     keys = [{"id": row["id"]} for row in EXACT]
     first = {"state": {}, "insert": {"new": EXACT, "later": keys, "log": EXACT}}
     first["schema"] = {"new": {"primary_key": ["id"]}, "later": {"primary_key": ["id"]}}
     second = {"state": {}, "insert": {"later": EXACT}, "schema": first["schema"]}
     for pages in ([first], [second]):
-        outcome, _ = sync(destination_url, pages)
+        outcome, _ = sync(url, pages)
         assert outcome.record.status == "succeeded", outcome.alert
-    wh = Warehouse(destination_url)
+    wh = Warehouse(url)
     assert read_exact(wh, "new") == READ_BACK
     assert read_exact(wh, "later") == READ_BACK
     log = wh.rows("log", "_fivetran_index, id", "_fivetran_index")
     assert log == [(i, row["id"]) for i, row in enumerate(EXACT)]
     assert sorted(read_exact(wh, "log")) == READ_BACK
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    url, drop = _fresh_database("mariadb")
+    try:
+        yield url
+    finally:
+        drop()
+
+
+def test_rows_too_long_for_mysql_packets_go_alone_through_the_driver(mariadb_url, monkeypatch):
+    """Text goes to MySQL/MariaDB as hex, twice its length: a row whose statement would
+    not fit in the server's max_allowed_packet (tiny here) is sent alone through the
+    driver's own escaping, and arrives exactly all the same."""
+    from destinations.sql.mysql import MySQL
+
+    alone = []
+    real = MySQL.driver_row
+
+    def driver_row(self, row, types, constants):
+        alone.append(row.num_rows)
+        return real(self, row, types, constants)
+
+    monkeypatch.setattr(MySQL, "packet_bytes", lambda self, conn: 1024 + 400)
+    monkeypatch.setattr(MySQL, "driver_row", driver_row)
+    sync_and_check_exact(mariadb_url)
+    assert alone and set(alone) == {1}
 
 
 def test_nan_and_infinity_in_a_double_column_upserted_into(destination_url):

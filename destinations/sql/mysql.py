@@ -20,7 +20,7 @@ from connector_runtime.page import TableInfo
 from connector_runtime.types import BOOLEAN, JSON, LONG, STRING, LogicalType, decimal
 
 from . import history, mysql_values
-from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, fit
+from .base import BATCH, DELETED, INDEX, SYNCED, DataTable, Flavor, as_utc, fit
 
 MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031}
 MAX_IDENTIFIER = 64
@@ -316,17 +316,42 @@ class MySQL(Flavor):
         tail: str = "",
     ) -> None:
         """Multi-row INSERT into `target`'s quoted `columns`: `rows`' columns of `types`,
-        then `constants`; `tail` follows the rows (ON DUPLICATE KEY UPDATE ...)."""
-        rows = self.finite(rows, types)
+        then `constants`; `tail` follows the rows (ON DUPLICATE KEY UPDATE ...).
+
+        A row whose statement would not fit in the server's max_allowed_packet (its text
+        as hex is twice as long) goes alone through the driver's own escaping instead."""
+        rows, constants = self.finite(rows, types), constants or {}
+        head = f"INSERT INTO {target} ({', '.join(columns)}) VALUES "
+        tail = f" {tail}" if tail else ""
         # names are quoted for statements with parameters (`%` doubled); these have none
-        head = f"INSERT INTO {target} ({', '.join(columns)}) VALUES ".replace(self.pct, "%")
-        tail = f" {tail}".replace(self.pct, "%") if tail else ""
+        raw_head, raw_tail = (part.replace(self.pct, "%").encode() for part in (head, tail))
+        packet = self.packet_bytes(conn) - 1024  # the protocol's own bytes, and some room
+        limit = min(mysql_values.STATEMENT_BYTES, packet - len(raw_head) - len(raw_tail))
         cursor = conn.connection.driver_connection.cursor()
         with cursor:
-            for statement in mysql_values.statements(
-                head.encode(), rows, types, constants, tail.encode()
+            for first, statement in mysql_values.statements(
+                raw_head, rows, types, constants, raw_tail, limit
             ):
-                cursor.execute(statement)
+                if len(statement) <= packet:
+                    cursor.execute(statement)
+                else:  # one row, alone: `limit` is below the packet
+                    marks = ", ".join(["%s"] * (len(types) + len(constants)))
+                    row = self.driver_row(rows.slice(first, 1), types, constants)
+                    cursor.execute(f"{head}({marks}){tail}", row)
+
+    def packet_bytes(self, conn) -> int:
+        """The server's max_allowed_packet, asked once per connection."""
+        info = conn.connection.info
+        if "max_allowed_packet" not in info:
+            asked = conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+            info["max_allowed_packet"] = int(asked)
+        return info["max_allowed_packet"]
+
+    def driver_row(self, row: pa.Table, types, constants) -> list:
+        """A one-row table's values as the driver binds them: instants as UTC wall clocks."""
+        values = [row.column(c)[0].as_py() for c in types]
+        values += [value for value, _ in constants.values()]
+        return [as_utc(v).replace(tzinfo=None) if isinstance(v, datetime) else v for v in values]
 
     def fill(self, conn, table: sa.Table, rows: pa.Table, types) -> None:
         staged = {c: types.get(c, LONG) for c in rows.column_names}  # `__row`, a hash: LONG

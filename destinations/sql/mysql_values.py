@@ -35,9 +35,11 @@ def statements(
     types: Mapping[str, LogicalType],
     constants: Mapping[str, tuple[Any, LogicalType]] | None = None,
     tail: bytes = b"",
-) -> Iterator[bytes]:
-    """`head` + `(v, ...), (v, ...)` + `tail`, the rows split over statements of about
-    STATEMENT_BYTES: `rows`' columns of `types`, in that order, then `constants`."""
+    limit: int = STATEMENT_BYTES,
+) -> Iterator[tuple[int, bytes]]:
+    """`head` + `(v, ...), (v, ...)` + `tail`, the rows split over statements whose rows
+    take at most `limit` bytes (a longer row goes alone): `rows`' columns of `types`, in
+    that order, then `constants`. Each statement comes with the index of its first row."""
     constants = constants or {}
     fixed = [_literals(pa.array([v], arrow_type(t)), t)[0] for v, t in constants.values()]
     if not rows.num_rows:
@@ -50,10 +52,9 @@ def statements(
     text = memoryview(data)
     start = 0
     while start < len(tuples):
-        # as many rows as fit in STATEMENT_BYTES, and at least one
-        fit = bisect.bisect_right(ends, ends[start] + STATEMENT_BYTES, start + 1) - 1
+        fit = bisect.bisect_right(ends, ends[start] + limit, start + 1) - 1
         stop = max(fit, start + 1)
-        yield head + text[ends[start] : ends[stop] - 1] + tail  # without the last comma
+        yield start, head + text[ends[start] : ends[stop] - 1] + tail  # no last comma
         start = stop
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from warehouses import SERVERS, Warehouse, _fresh_database, backend_of, canon, instant
 from warehouses import destination_url as destination_url  # fixtures
+from warehouses import mariadb_url as mariadb_url
 from warehouses import postgres_url as postgres_url
 
 import connector_runtime.sync as sync_module
@@ -1245,15 +1246,6 @@ def sync_and_check_exact(url: str) -> None:
     log = wh.rows("log", "_fivetran_index, id", "_fivetran_index")
     assert log == [(i, row["id"]) for i, row in enumerate(EXACT)]
     assert sorted(read_exact(wh, "log")) == READ_BACK
-
-
-@pytest.fixture
-def mariadb_url() -> str:
-    url, drop = _fresh_database("mariadb")
-    try:
-        yield url
-    finally:
-        drop()
 
 
 def test_rows_too_long_for_mysql_packets_go_alone_through_the_driver(mariadb_url, monkeypatch):

@@ -9,7 +9,8 @@ that name would hide the `destinations` package from every test.)
   `CONNECTOR_TEST_POSTGRES` (default `postgresql://postgres@127.0.0.1:5432/test`) and
   `CONNECTOR_TEST_MARIADB` (default `mysql://root@127.0.0.1:3306/test`). An unreachable
   server or a missing driver skips the test with how to fix it, and fails it under CI=true.
-- `postgres_url`: a fresh PostgreSQL database alone, for tests of what only it has.
+- `postgres_url`, `mariadb_url`: a fresh PostgreSQL or MariaDB database alone, for
+  tests of what only that database has.
 - `Warehouse(url)`: reads what a backend stored, the same way for each: quoted names as
   the backend lays tables out, values normalised (`canon`).
 """
@@ -125,14 +126,24 @@ def destination_url(request, tmp_path) -> str:
             drop()
 
 
-@pytest.fixture
-def postgres_url() -> str:
-    """A fresh PostgreSQL database, for what only PostgreSQL has."""
-    url, drop = _fresh_database("postgresql")
+def _database_alone(backend: str):
+    url, drop = _fresh_database(backend)
     try:
         yield url
     finally:
         drop()
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh PostgreSQL database, for what only PostgreSQL has."""
+    yield from _database_alone("postgresql")
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    """A fresh MariaDB database, for what only MySQL and MariaDB do."""
+    yield from _database_alone("mariadb")
 
 
 def backend_of(url: str) -> str:

@@ -280,7 +280,8 @@ def configure_logging(*, verbose: bool = False) -> None:
     renderer = (
         structlog.dev.ConsoleRenderer()
         if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
+        # text as it is: escaped, a non-ASCII message would take six times its length
+        else structlog.processors.JSONRenderer(ensure_ascii=False)
     )
     structlog.configure(
         processors=[

@@ -233,8 +233,10 @@ def main() -> int:
         sys.exit("--incremental-rows must be above 10,000 (or 0), --memory-rows at least 0")
     if min(args.syncs, args.alerts, args.requests) < 1:
         sys.exit("--syncs, --alerts and --requests must be at least 1")
-    if args.serve == "only" and args.warehouse == "postgresql":
-        sys.exit("--serve only times `connector serve` on DuckDB: drop --warehouse postgresql")
+    if args.serve == "only" and args.warehouse not in ("duckdb", "all"):
+        sys.exit(
+            f"--serve only times `connector serve` on DuckDB: drop --warehouse {args.warehouse}"
+        )
     ci = os.environ.get("CI") == "true"
     status = 0
     figures: list[BenchRow] = []

@@ -771,10 +771,15 @@ def test_example_fivetran_lambda(tmp_path, connector, warehouse):
 
 CRASH_PAGES, CRASH_ROWS, CRASH_EVENTS = 60, 500, 50
 CRASH_HANDLER = f"""
+import pathlib
 import time
+
+CALLED = pathlib.Path(__file__).parent / "called"
 
 def handler(request):
     n = request["state"].get("page", 0)
+    with open(CALLED, "a") as called:  # the test times its kill from the first call
+        called.write(f"{{n}}\\n")
     if n >= {CRASH_PAGES}:  # a run after the sync ended (the last kill came too late)
         return {{"state": request["state"], "hasMore": False}}
     time.sleep(0.02)
@@ -833,7 +838,16 @@ def test_kill_9_mid_sync_loses_and_doubles_nothing(project):
     ):
         low, high = windows[len(moments) % 4]
         moments.append(rng.uniform(low, high))
+        called = demo.root / "called"
+        before = len(called.read_text().splitlines()) if called.exists() else 0
         running = demo.start("run", "demo")
+        # the moment counts from the sync's first call, not from the process's start,
+        # which a loaded machine can take seconds for
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and running.poll() is None:
+            if called.exists() and len(called.read_text().splitlines()) > before:
+                break
+            time.sleep(0.01)
         time.sleep(moments[-1])
         running.send_signal(signal.SIGKILL)
         running.communicate()

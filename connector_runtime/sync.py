@@ -162,21 +162,32 @@ def run_sync(
     return outcome
 
 
+_GC_PAUSES = [0, False]  # pauses under way in this process; whether gc was on before them
+_GC_PAUSES_LOCK = threading.Lock()
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a page is parsed and planned.
 
     A page allocates tens of thousands of row dicts and no reference cycles; without
     this, the collector rescans every live object of the process again and again (a
-    sixth of a sync's time in `make bench`). Collection resumes after each page.
+    sixth of a sync's time in `make bench`). Collection resumes when the last pause of
+    the process ends: pauses overlap (the prefetch thread parses the next page while
+    this one is written; `serve` runs several syncs), so they are counted.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    with _GC_PAUSES_LOCK:
+        if _GC_PAUSES[0] == 0:
+            _GC_PAUSES[1] = gc.isenabled()
+            gc.disable()
+        _GC_PAUSES[0] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GC_PAUSES_LOCK:
+            _GC_PAUSES[0] -= 1
+            if _GC_PAUSES[0] == 0 and _GC_PAUSES[1]:
+                gc.enable()
 
 
 def internal_error(exc: Exception) -> SyncFailure:
@@ -464,7 +475,8 @@ class _Sync:
             raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
         except TransientInvokeError as exc:
             raise InvokeFailed(exc.gave_up(self.job.retry.attempts)) from exc
-        return read_page(self.job, raw, location)
+        with gc_paused():  # the answer's rows are parsed here, often in the prefetch thread
+            return read_page(self.job, raw, location)
 
     def warn_ignored(self, response: Response) -> None:
         """One warning per sync for each unknown key the function answers with."""

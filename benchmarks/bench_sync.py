@@ -298,6 +298,16 @@ def duckdb_rows(args, workdir: Path, baseline: Path | None, figures, before) -> 
     return 1 if problems else 0
 
 
+def _commit_of(revision: str) -> str | None:
+    """The full commit id a revision names, or None if git cannot say."""
+    done = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", revision],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() or None
+
+
 @contextlib.contextmanager
 def checkout(revision: str | None) -> Iterator[Path | None]:
     """A git worktree of `revision` in a temporary directory (removed after), or None."""
@@ -331,7 +341,7 @@ def report_figures(
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=120)
+        console = Console(width=150)
     repeats = f"medians of {args.repeat} runs" if args.repeat > 1 else "1 run each"
     title = f"make bench: figures and goals ({repeats})"
     if before is not None:
@@ -342,7 +352,10 @@ def report_figures(
     path = Path(args.json)
     baseline = None
     if before is not None:
-        baseline = results_document(before, options) | {"revision": args.baseline}
+        baseline = results_document(before, options) | {
+            "revision": args.baseline,
+            "git": {"commit": _commit_of(args.baseline), "dirty": False},
+        }
     write_results(path, figures, options, baseline=baseline)
     console.print(f"figures written to {path}", highlight=False)
 

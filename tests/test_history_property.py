@@ -155,14 +155,14 @@ def answer(upserts, deletes, more: bool, soft_delete: bool) -> bytes:
 def stored(url: str, schema: str) -> list[tuple]:
     """The history table as the model's rows; a column no value has typed yet is null."""
     wh = Warehouse(url)
-    present = {
-        name
-        for (name,) in wh.query(
-            "SELECT column_name FROM information_schema.columns"
-            " WHERE table_schema = :schema AND table_name = 't'",
-            {"schema": schema},
-        )
-    }
+    if wh.backend == "sqlite":
+        query = f"SELECT name FROM pragma_table_info('{schema}__t')"
+    else:  # MySQL names the table <schema>__t in the URL's database
+        where = f"table_schema = '{schema}' AND table_name = 't'"
+        if wh.backend == "mariadb":
+            where = f"table_schema = DATABASE() AND table_name = '{schema}__t'"
+        query = f"SELECT column_name FROM information_schema.columns WHERE {where}"
+    present = {name for (name,) in wh.query(query)}
     if not present:  # no table yet: nothing was ever upserted
         return []
     columns = [c if c in present else "NULL" for c in ("plan", "seats")]

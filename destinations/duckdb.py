@@ -749,7 +749,7 @@ def _may_hold_keys(con, target: str, write: TableWrite) -> bool:
     """Whether the table may already hold one of the page's keys (so they must be deleted
     before the insert). Not when this page creates the table, nor when the page's keys
     are integers all above the table's largest: new rows of an ascending key, the usual
-    insert. Answered from the table's statistics, without a scan."""
+    insert. DuckDB answers `max` from the table's statistics, without a scan of it."""
     if write.previous is None:
         return False
     key = write.table.primary_key

@@ -94,6 +94,13 @@ def _active(t: sa.Table):
     return t.c[ACTIVE] == sa.true()
 
 
+def _analyze(flavor, conn, staged: sa.Table) -> None:
+    """PostgreSQL plans the joins into the history table by hash (about twice as fast as
+    the merge join it picks otherwise) once it knows how many rows were staged."""
+    if flavor.dialect.name == "postgresql":
+        flavor.ddl(conn, f"ANALYZE {flavor.q(staged.name)}")
+
+
 def _moment(value: datetime):
     return sa.literal(value, base.UtcTimestamp())
 
@@ -101,25 +108,24 @@ def _moment(value: datetime):
 def upsert(
     flavor, conn, dt: base.DataTable, rows: pa.Table, synced_at: datetime, name: str
 ) -> None:
-    """Replace, close, confirm and open versions for the page's rows."""
+    """Replace, close or confirm the active versions of the page's keys, then open
+    versions for the keys left without one."""
     t, keys = dt.core, dt.info.primary_key
     with flavor.stage(conn, dt, rows, name) as s:
+        _analyze(flavor, conn, s)
         columns = [c.key for c in s.c if c.key not in ("__row", HASH)]
-        changed = (_active(t), s.c[HASH] != t.c[HASH])
+        same = t.c[HASH] == s.c[HASH]
         # a version this sync opened is replaced, not closed: no zero-length versions
         values = {c: s.c[c] if c in columns else sa.null() for c in dt.info.columns}
         conn.execute(
-            _update(t, s, keys, *changed, t.c[START] == synced_at).values(
+            _update(t, s, keys, _active(t), ~same, t.c[START] == synced_at).values(
                 {**values, HASH: s.c[HASH], SYNCED: synced_at}
             )
         )
+        # other values: closed; the same: the version stands, confirmed by this sync
+        end = sa.case((same, t.c[END]), else_=_moment(closing_time(synced_at)))
         conn.execute(
-            _update(t, s, keys, *changed).values(
-                {END: closing_time(synced_at), ACTIVE: sa.false(), SYNCED: synced_at}
-            )
-        )
-        conn.execute(  # the same values: the version stands, confirmed by this sync
-            _update(t, s, keys, _active(t), t.c[SYNCED] < synced_at).values({SYNCED: synced_at})
+            _update(t, s, keys, _active(t)).values({END: end, ACTIVE: same, SYNCED: synced_at})
         )
         other = t.alias("cr_version")
         values = sa.select(
@@ -139,6 +145,7 @@ def close(flavor, conn, dt: base.DataTable, keys: pa.Table, synced_at: datetime,
     keys = keys.group_by(list(dt.info.primary_key)).aggregate([])
     primary_key = dt.info.primary_key
     with flavor.stage(conn, dt, keys, name) as s:
+        _analyze(flavor, conn, s)
         removed = conn.execute(
             _delete(flavor, t, s, primary_key, _active(t), t.c[START] == synced_at)
         ).rowcount

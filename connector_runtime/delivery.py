@@ -80,6 +80,7 @@ class PageContext:
     page: int
     synced_at: datetime
     requested_state: dict[str, Any]  # the state the page was asked for with
+    part: int | None = None  # of a streamed page (design §13): part of each event's identity
 
 
 def page_events(
@@ -115,6 +116,8 @@ def page_events(
                 identity = (
                     encode_json(key) if key is not None else f"{operation}:{position}".encode()
                 )
+                if context.part is not None:  # the same key may come again in another part
+                    identity = b"part %d:%s" % (context.part, identity)
                 occurrence = seen.get(identity, 0)
                 seen[identity] = occurrence + 1
                 data = _shown(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -154,6 +154,13 @@ class PageResult:
     tables: dict[str, TableCounts] = field(default_factory=dict)
     schema_changes: list[SchemaChange] = field(default_factory=list)  # as recorded, in order
 
+    def add(self, table: str, counts: TableCounts) -> None:
+        """Count what another part of the page did to `table`."""
+        kept = self.tables.setdefault(table, TableCounts())
+        kept.upserted += counts.upserted
+        kept.deleted += counts.deleted
+        kept.missing += counts.missing
+
     @property
     def upserted(self) -> int:
         return sum(c.upserted for c in self.tables.values())
@@ -175,6 +182,10 @@ class Destination(ABC):
     - names from functions are always quoted; no name is spliced into SQL unquoted.
     """
 
+    # Whether DDL is part of a transaction (not on MySQL, where it commits by itself): a
+    # streamed page's tables must then take their final shape before its rows are written.
+    transactional_ddl = True
+
     @abstractmethod
     def lock(self, connector: str) -> AbstractContextManager[None]:
         """Hold the connector's sync lock; raise SyncInProgress if another process has it.
@@ -189,11 +200,19 @@ class Destination(ABC):
         """Record a running sync; mark rows left `running` by dead processes `failed`;
         open a sync cycle if none is open (`reset_state`: a re-sync, from state {})."""
 
-    @abstractmethod
     def apply_page(self, page: PageWrite) -> PageResult:
         """Create, widen, upsert, append, delete, save names, catalog and state, record the
         page's `schema_changes_of` in `connector_runtime.schema_changes` (returned in the
         result), and count the page in the sync's row (pages, rows): one transaction."""
+        return self.apply_parts([page])
+
+    @abstractmethod
+    def apply_parts(self, parts: Iterable[PageWrite]) -> PageResult:
+        """`apply_page` for a page that arrives in parts (a streamed answer, design §13):
+        each part applied as `apply_page` would, in order, all in one transaction, and
+        `parts` read one at a time while it is open (so memory holds one part). The page
+        counts once in the sync's row; the state saved is the last part's. An exception
+        raised by `parts` rolls everything back and propagates unchanged."""
 
     @abstractmethod
     def finish_cycle(

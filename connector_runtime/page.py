@@ -107,10 +107,14 @@ class PageWrite:
     state: dict[str, Any]
     tables: list[TableWrite]
     names: list[NameEntry]
+    part: int | None = None  # of a streamed page (design §13): 1, 2, ...; None: a whole page
 
     @property
     def batch(self) -> str:
-        return f"{self.sync_id}:{self.number}"
+        """What tells an appended row's page apart (`_fivetran_batch`); with the row's
+        position in it (`_fivetran_index`), each appended row's identity."""
+        whole = f"{self.sync_id}:{self.number}"
+        return whole if self.part is None else f"{whole}:{self.part}"
 
 
 @dataclass
@@ -134,10 +138,17 @@ class PagePlanner:
     settings: TableSettings = field(default_factory=TableSettings)
 
     def plan(
-        self, response: Response, *, sync_id: str, number: int, synced_at: datetime
+        self,
+        response: Response,
+        *,
+        sync_id: str,
+        number: int,
+        synced_at: datetime,
+        part: int | None = None,
     ) -> PageWrite:
-        """Validate and type one page; raises InvalidResponse and changes nothing then
-        (ConfigConflict if the config turned history mode off for a table)."""
+        """Validate and type one page (`part` of it, when it streams); raises InvalidResponse
+        and changes nothing then (ConfigConflict if the config turned history mode off for
+        a table)."""
         self._check_history()
         names_before = len(self.names.added)
         try:
@@ -157,6 +168,7 @@ class PagePlanner:
             response.state,
             writes,
             self.names.added[names_before:],
+            part,
         )
 
     def commit(self, page: PageWrite) -> None:

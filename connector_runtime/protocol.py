@@ -124,6 +124,8 @@ class Response(BaseModel):
 
     # Top-level keys the protocol does not know (and that are no typo): ignored.
     _ignored: tuple[str, ...] = PrivateAttr(default=())
+    # In a streamed answer: whether this part carries the state (`validate_part`).
+    _last: bool = PrivateAttr(default=False)
 
     @property
     def row_count(self) -> int:
@@ -132,6 +134,11 @@ class Response(BaseModel):
     @property
     def ignored_keys(self) -> tuple[str, ...]:
         return self._ignored
+
+    @property
+    def is_last(self) -> bool:
+        """A streamed answer's part that carries `state` and `hasMore`."""
+        return self._last
 
 
 # The answer's top-level keys, and those of a table's entry in `schema`.
@@ -197,13 +204,40 @@ def validate_response(answer: dict[str, Any]) -> Response:
         raise InvalidResponse(
             f"{describe_path(('state', *path))} is {token(number)}, which JSON cannot carry"
         )
+    return _response(answer, state, _has_more(answer.get("hasMore", False)))
+
+
+def validate_part(answer: dict[str, Any], requested_state: dict[str, Any]) -> Response:
+    """One part of a streamed answer (design §13), decoded, checked against the protocol.
+
+    A part with `state` is the last: it is a whole answer (`validate_response`). Any other
+    part is a partial page: `insert`, `delete`, `schema` and `softDelete` only, returned
+    with `requested_state` and `hasMore` true, so that applying it changes no state. Its
+    `Response.is_last` says which. Messages are the caller's to locate (the part's number)."""
+    if "state" in answer:
+        response = validate_response(answer)
+        response._last = True
+        return response
+    misspelt = misspelt_key(answer, PROTOCOL_KEYS)
+    if misspelt is not None:
+        raise InvalidResponse(misspelt)
+    if "hasMore" in answer:
+        raise InvalidResponse(
+            "hasMore without state: the last part of a streamed answer carries both, "
+            "and the parts before it neither"
+        )
+    return _response(answer, requested_state, True)
+
+
+def _response(answer: dict[str, Any], state: dict[str, Any], has_more: bool) -> Response:
+    """The answer's pages, checked, with `state` and `has_more` already checked."""
     response = Response.model_construct(
         state=state,
         insert=_rows(answer, "insert"),
         delete=_rows(answer, "delete"),
         schema_=_schemas(answer.get("schema")),
         soft_delete=_soft_delete(answer.get("softDelete")),
-        has_more=_has_more(answer.get("hasMore", False)),
+        has_more=has_more,
     )
     response._ignored = tuple(unknown_keys(answer))
     return response

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import gc
 import json
+import struct
+import tempfile
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,10 +49,10 @@ from .errors import (
     TransientStorageError,
 )
 from .events import bus
-from .invokers import Invoker, OutputTail
+from .invokers import Invoker, OutputTail, Stream
 from .naming import NameMap
-from .page import PagePlanner, PageWrite, TableSettings
-from .protocol import Request, Response, decode_answer, validate_response
+from .page import PagePlanner, PageWrite, TableSettings, TableWrite
+from .protocol import Request, Response, decode_answer, validate_part, validate_response
 from .retry import RetryPolicy, with_retries
 from .storage import S3PageStore
 from .storage import url as object_url
@@ -190,6 +193,14 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def _close_stream(following: Future) -> None:
+    """Close the stream a prefetch got, if it got one: its page will not be read now."""
+    if not following.cancelled() and following.exception() is None:
+        answer = following.result().answer
+        if isinstance(answer, Stream):
+            answer.close()
+
+
 def internal_error(exc: Exception) -> SyncFailure:
     """An unexpected exception as a failure, with its traceback for the alert."""
     return DestinationError(
@@ -236,7 +247,9 @@ def _check(job: SyncJob, request: dict) -> tuple[str, str]:
     return (f"{shape} handler; {summary}" if shape else summary), output
 
 
-def _judge(job: SyncJob, request: dict, raw: bytes) -> str:
+def _judge(job: SyncJob, request: dict, raw: bytes | Stream) -> str:
+    if isinstance(raw, Stream):
+        return _judge_stream(job, request, raw)
     stored = "file" in request and job.storage is not None
     location = {"bucket": request["bucket"], "file": request["file"]} if stored else None
     response = read_page(job, raw, location)
@@ -246,6 +259,29 @@ def _judge(job: SyncJob, request: dict, raw: bytes) -> str:
     summary = f"{response.row_count} rows; {tables or 'no tables'}; hasMore {response.has_more}"
     if response.ignored_keys:
         summary += f"; ignored unknown keys: {', '.join(map(_shown_key, response.ignored_keys))}"
+    return summary
+
+
+def _judge_stream(job: SyncJob, request: dict, stream: Stream) -> str:
+    """`_judge` for a streamed answer: every part checked and planned, one at a time."""
+    planner = PagePlanner(job.connector, job.schema, NameMap(job.naming), {}, job.settings)
+    rows = parts = 0
+    last: Response | None = None
+    ignored: dict[str, None] = {}
+    with stream:
+        for _, part, _ in checked_parts(stream, request["state"]):
+            at = datetime.now(UTC)
+            planner.commit(planner.plan(part, sync_id=request["sync_id"], number=1, synced_at=at))
+            parts += 1
+            rows += part.row_count
+            ignored.update(dict.fromkeys(part.ignored_keys))
+            last = part
+    tables = ", ".join(f"{name}: {len(t.columns)} columns" for name, t in planner.catalog.items())
+    summary = (
+        f"streamed in {parts} parts; {rows} rows; {tables or 'no tables'}; hasMore {last.has_more}"
+    )
+    if ignored:
+        summary += f"; ignored unknown keys: {', '.join(map(_shown_key, ignored))}"
     return summary
 
 
@@ -279,6 +315,53 @@ def read_page(job: SyncJob, raw: bytes, location: dict[str, str] | None) -> Resp
         raise
 
 
+def read_part(raw: bytes, index: int, where: str, requested_state: dict[str, Any]) -> Response:
+    """Part `index` of a streamed answer from `where`, checked (`validate_part`); an
+    `InvalidResponse` says which part it was."""
+    try:
+        return validate_part(decode_answer(raw), requested_state)
+    except InvalidResponse as exc:
+        exc.message = f"streamed answer from {where}, part {index}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
+def checked_parts(
+    stream: Stream, requested_state: dict[str, Any]
+) -> Iterator[tuple[int, Response, bytes]]:
+    """The parts of a streamed answer as they arrive: each part's number, the part checked
+    (`read_part`) and its raw JSON; `InvalidResponse` for a part after the one that
+    carried state, and for a stream that ends without it."""
+    last = False
+    index = 0
+    for index, raw in enumerate(stream, 1):
+        if last:
+            raise InvalidResponse(
+                f"streamed answer from {stream.where}, part {index}: came after the part "
+                "that carried state; that part must be the last"
+            )
+        part = read_part(raw, index, stream.where, requested_state)
+        last = part.is_last
+        yield index, part, raw
+    if not last:
+        raise InvalidResponse(
+            f"the streamed answer from {stream.where} ended without its last part, the one "
+            f"that carries state and hasMore, after {index} parts (did the function stop "
+            "mid-stream?); nothing of the page was written"
+        )
+
+
+_SPOOLED = struct.Struct(">Q")  # each spooled part: its length, then its JSON
+
+
+def _unspooled(spool: Any) -> Iterator[bytes]:
+    """The parts written to `spool`, read back one at a time; the file closed at the end."""
+    with spool:
+        while header := spool.read(_SPOOLED.size):
+            (length,) = _SPOOLED.unpack(header)
+            yield spool.read(length)
+
+
 def discard_page_object(job: SyncJob, location: dict[str, str], log: Any) -> None:
     """Delete a page's object in cloud storage; a failure is only logged (the page's
     outcome stands, and a leftover object is never read again: keys are per sync)."""
@@ -290,10 +373,10 @@ def discard_page_object(job: SyncJob, location: dict[str, str], log: Any) -> Non
 
 @dataclass(frozen=True)
 class _Fetched:
-    """A validated answer, the state it was asked for with, and its page's number and
-    object in cloud storage (None without storage)."""
+    """A validated answer (or a stream of its parts, not yet read), the state it was asked
+    for with, and its page's number and object in cloud storage (None without storage)."""
 
-    response: Response
+    answer: Response | Stream
     requested_state: dict[str, Any]
     location: dict[str, str] | None
     number: int
@@ -404,28 +487,28 @@ class _Sync:
             self.page_object = self.job.page_object(self.record.sync_id, self.record.pages + 1)
             fetched = self.fetch(invoker, state, self.record.pages + 1)
             while True:
-                with gc_paused():
-                    response = fetched.response
-                    self.warn_ignored(response)
-                    empty_in_a_row = (
-                        empty_in_a_row + 1 if response.has_more and not response.row_count else 0
-                    )
-                    if empty_in_a_row > MAX_EMPTY_PAGES:
-                        raise Stalled(
-                            f"{empty_in_a_row} responses in a row said hasMore without a "
-                            "single row; stopped so the sync does not loop forever"
+                following = None
+                if isinstance(fetched.answer, Stream):  # its state comes with its last part
+                    with gc_paused():
+                        response, rows = self.apply_streamed(invoker, fetched)
+                    empty_in_a_row = self.stalled(empty_in_a_row, response.has_more, rows)
+                else:
+                    with gc_paused():
+                        response = fetched.answer
+                        self.warn_ignored(response)
+                        empty_in_a_row = self.stalled(
+                            empty_in_a_row, response.has_more, response.row_count
                         )
-                    following = None
-                    if response.has_more and self.job.prefetch and not self.stopping():
-                        following = ahead.submit(
-                            self.fetch, invoker, response.state, fetched.number + 1
-                        )
-                    self.current, self.page_object = fetched, fetched.location
-                    try:
-                        self.apply(response)
-                    except BaseException:
-                        self.abandon(following, fetched.number + 1)
-                        raise
+                        if response.has_more and self.job.prefetch and not self.stopping():
+                            following = ahead.submit(
+                                self.fetch, invoker, response.state, fetched.number + 1
+                            )
+                        self.current, self.page_object = fetched, fetched.location
+                        try:
+                            self.apply(response)
+                        except BaseException:
+                            self.abandon(following, fetched.number + 1)
+                            raise
                 if not response.has_more:
                     return "succeeded"
                 if self.stopping():
@@ -439,6 +522,17 @@ class _Sync:
                     else self.fetch(invoker, response.state, number)
                 )
 
+    @staticmethod
+    def stalled(empty_in_a_row: int, has_more: bool, rows: int) -> int:
+        """Count pages that said hasMore without a row; `Stalled` past `MAX_EMPTY_PAGES`."""
+        empty_in_a_row = empty_in_a_row + 1 if has_more and not rows else 0
+        if empty_in_a_row > MAX_EMPTY_PAGES:
+            raise Stalled(
+                f"{empty_in_a_row} responses in a row said hasMore without a "
+                "single row; stopped so the sync does not loop forever"
+            )
+        return empty_in_a_row
+
     def stopping(self) -> bool:
         """Out of time, or asked to stop: end after the current page."""
         return self.out_of_time() or (self.stop is not None and self.stop.is_set())
@@ -448,7 +542,8 @@ class _Sync:
         for it again from the committed state."""
         if following is None:
             return
-        following.cancel()  # not started yet: never called
+        if not following.cancel():  # under way or done: a stream it got is dropped unread
+            following.add_done_callback(_close_stream)
         location = self.job.page_object(self.record.sync_id, number)
         if location is not None:
             discard_page_object(self.job, location, self.log)
@@ -460,10 +555,12 @@ class _Sync:
 
     def invoke(
         self, invoker: Invoker, state: dict[str, Any], location: dict[str, str] | None = None
-    ) -> Response:
+    ) -> Response | Stream:
+        """The function's validated answer to `state`, or the stream of its parts (read
+        while they are applied)."""
         request = self.job.request(state, self.record.sync_id, location=location)
 
-        def call() -> bytes:
+        def call() -> bytes | Stream:
             try:
                 return invoker.invoke(request)
             except (SyncFailure, TransientInvokeError):
@@ -475,6 +572,8 @@ class _Sync:
             raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
         except TransientInvokeError as exc:
             raise InvokeFailed(exc.gave_up(self.job.retry.attempts)) from exc
+        if isinstance(raw, Stream):
+            return raw
         with gc_paused():  # the answer's rows are parsed here, often in the prefetch thread
             return read_page(self.job, raw, location)
 
@@ -513,7 +612,8 @@ class _Sync:
 
     def deliver(self, response: Response, page: PageWrite) -> PageWrite:
         """Send the page's records to the destination function; return the page as it is
-        then committed: its state (and names) only, no tables."""
+        then committed: its state (and names) only, no tables. `delivered_counts` then
+        holds what it sent (added to, for each part of a streamed page)."""
         context = PageContext(
             connector=self.job.connector,
             schema=self.job.schema,
@@ -522,6 +622,7 @@ class _Sync:
             page=page.number,
             synced_at=self.record.started_at,
             requested_state=self.current.requested_state,
+            part=page.part,
         )
         names = self.planner.names
         keys = {}  # each table's key columns, by the names the function sent
@@ -532,14 +633,14 @@ class _Sync:
         events = page_events(response, context, names, self.job.settings, keys)
         self.sender.deliver(events)
         self.save_deliveries()
-        counts: dict[str, TableCounts] = {}
+        if page.part is None or page.part == 1:
+            self.delivered_counts = PageResult()
         for event in events:
-            tally = counts.setdefault(names.table(event.table), TableCounts())
+            tally = self.delivered_counts.tables.setdefault(names.table(event.table), TableCounts())
             if event.payload["context"]["operation"] == "delete":
                 tally.deleted += 1
             else:
                 tally.upserted += 1
-        self.delivered_counts = PageResult(counts)
         return replace(page, tables=[])
 
     def apply(self, response: Response) -> None:
@@ -576,6 +677,153 @@ class _Sync:
         self.count(number, result)
         self.on_page(PageProgress(number, response.row_count, result, response.has_more))
         bus.publish("sync.progress", {"sync": self.progress()})
+
+    def apply_streamed(self, invoker: Invoker, fetched: _Fetched) -> tuple[Response, int]:
+        """Apply a streamed answer (design §13) as one page, its parts read as they are
+        written; return its last part (with the state and hasMore) and its rows.
+
+        A stream cannot be read twice: when the warehouse's connection or the stream
+        breaks before the commit (nothing of the page is written), the page is asked for
+        again with the same state, as many times as the retry policy allows."""
+        policy = self.job.retry
+        for attempt in range(1, policy.attempts + 1):
+            self.current, self.page_object = fetched, fetched.location
+            try:
+                if not isinstance(fetched.answer, Stream):  # answered whole this time
+                    self.warn_ignored(fetched.answer)
+                    self.apply(fetched.answer)
+                    return fetched.answer, fetched.answer.row_count
+                return self.apply_parts(fetched)
+            except (TransientDestinationError, TransientInvokeError) as exc:
+                if attempt == policy.attempts:
+                    if isinstance(exc, TransientInvokeError):
+                        raise InvokeFailed(exc.gave_up(policy.attempts)) from exc
+                    raise DestinationError(f"{exc} (after {attempt} attempts)") from exc
+                wait = policy.delay(attempt - 1, getattr(exc, "retry_after", None))
+                self.log.warning(
+                    "retrying",
+                    what="streamed_page",
+                    attempt=attempt,
+                    of=policy.attempts,
+                    wait_s=round(wait, 2),
+                    error=str(exc),
+                )
+                time.sleep(wait)
+                fetched = self.fetch(invoker, fetched.requested_state, fetched.number)
+        raise AssertionError("unreachable: attempts >= 1")
+
+    def apply_parts(self, fetched: _Fetched) -> tuple[Response, int]:
+        """One pass over a streamed answer: each part validated, planned and handed to the
+        warehouse while its transaction is open; on any failure nothing of it remains."""
+        number, stream = self.record.pages + 1, fetched.answer
+        catalog = dict(self.planner.catalog)
+        planned: list[PageWrite] = []  # names given so far; tables kept only until applied
+        last: list[Response] = []
+        soft_delete: set[str] = set()
+        rows = 0
+
+        def parts(checked: Iterator[tuple[int, Response, bytes]]) -> Iterator[PageWrite]:
+            nonlocal rows
+            for index, part, _ in checked:
+                self.warn_ignored(part)
+                page = self.plan_part(part, number, index)
+                planned.append(replace(page, tables=[]))
+                self.planner.commit(page)  # the next part is planned against this one
+                if self.job.delivery is not None:
+                    page = self.deliver(part, page)
+                rows += part.row_count
+                soft_delete.update(part.soft_delete)
+                if part.is_last:
+                    last.append(part)
+                yield page
+
+        try:
+            checked = checked_parts(stream, fetched.requested_state)
+            if self.job.delivery is None and not self.destination.transactional_ddl:
+                checked = self.shapes_first(checked, fetched)
+                catalog = dict(self.planner.catalog)  # committed: the point to go back to
+            result = self.destination.apply_parts(parts(checked))
+        except BaseException as exc:
+            stream.close()
+            self.planner.catalog.clear()
+            self.planner.catalog.update(catalog)
+            for page in planned:
+                self.planner.rollback(page)
+            if isinstance(exc, SyncFailure | TransientDestinationError | TransientInvokeError):
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            raise DestinationError(f"page {number} could not be written: {exc}") from exc
+        (response,) = last
+        self.outcome.schema_changes += result.schema_changes
+        if self.job.delivery is not None:
+            result = self.delivered_counts
+        self.discard_page_object()
+        self.soft_delete.update(self.planner.names.table(t) for t in soft_delete)
+        self.count(number, result)
+        self.on_page(PageProgress(number, rows, result, response.has_more))
+        bus.publish("sync.progress", {"sync": self.progress()})
+        return response, rows
+
+    def plan_part(self, part: Response, number: int, index: int) -> PageWrite:
+        return self.planner.plan(
+            part,
+            sync_id=self.record.sync_id,
+            number=number,
+            synced_at=self.record.started_at,
+            part=index,
+        )
+
+    def shapes_first(
+        self, checked: Iterator[tuple[int, Response, bytes]], fetched: _Fetched
+    ) -> Iterator[tuple[int, Response, bytes]]:
+        """For a warehouse whose DDL commits by itself (MySQL): no table may change while
+        the page's transaction is open. So the stream is read once into a temporary file
+        and planned only to learn where its tables end up; their DDL (and the names the
+        parts brought) commits first, as a whole page's DDL does there; the parts are then
+        read back from the file, each planned again, now with nothing left to change."""
+        before = dict(self.planner.catalog)
+        names: list = []
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - read back lazily, closed there
+        try:
+            for index, part, raw in checked:
+                page = self.plan_part(part, self.record.pages + 1, index)
+                names += page.names
+                self.planner.commit(page)
+                spool.write(_SPOOLED.pack(len(raw)) + raw)
+            changed = [
+                TableWrite(table, before.get(name))
+                for name, table in self.planner.catalog.items()
+                if table != before.get(name)
+            ]
+            if changed or names:  # counted as no page: the sync's pages stay as they are
+                shapes = PageWrite(
+                    self.job.connector,
+                    self.job.schema,
+                    self.record.sync_id,
+                    self.record.pages,
+                    self.record.started_at,
+                    fetched.requested_state,
+                    changed,
+                    names,
+                )
+                result = with_retries(
+                    lambda: self.destination.apply_page(shapes),
+                    self.job.retry,
+                    TransientDestinationError,
+                    what="apply_page",
+                )
+                self.outcome.schema_changes += result.schema_changes
+        except BaseException:
+            spool.close()
+            self.planner.catalog.clear()
+            self.planner.catalog.update(before)
+            self.planner.names.forget(names)
+            raise
+        spool.seek(0)
+        return checked_parts(
+            Stream(_unspooled(spool), fetched.answer.where), fetched.requested_state
+        )
 
     def progress(self) -> dict[str, Any]:
         """The running sync's document with its live numbers (page, rows, rows/s, elapsed)."""

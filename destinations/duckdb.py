@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -524,24 +525,34 @@ class DuckDBDestination(Destination):
 
     # -- pages ------------------------------------------------------------------------
 
-    def apply_page(self, page: PageWrite) -> PageResult:
+    def apply_parts(self, parts: Iterable[PageWrite]) -> PageResult:
         result = PageResult()
+        page = None
         try:
             with self._transaction() as con:
-                if page.schema not in self._schemas:
-                    con.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema(page.schema)}")
-                for write in page.tables:
-                    result.tables[write.table.name] = self._apply_table(con, page, write)
-                self._save_catalog(con, page)
-                result.schema_changes = self._record_schema_changes(con, page)
-                con.execute(
-                    f"UPDATE {RUNTIME_SCHEMA}.syncs SET pages = ?, rows_upserted = rows_upserted"
-                    " + ?, rows_deleted = rows_deleted + ? WHERE sync_id = ?",
-                    [page.number, result.upserted, result.deleted, page.sync_id],
-                )
+                for page in parts:
+                    if page.schema not in self._schemas:
+                        con.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema(page.schema)}")
+                        self._schemas.add(page.schema)
+                    part = PageResult()
+                    for write in page.tables:
+                        part.tables[write.table.name] = self._apply_table(con, page, write)
+                    self._save_catalog(con, page)
+                    result.schema_changes += self._record_schema_changes(con, page)
+                    con.execute(
+                        f"UPDATE {RUNTIME_SCHEMA}.syncs SET pages = ?, rows_upserted ="
+                        " rows_upserted + ?, rows_deleted = rows_deleted + ? WHERE sync_id = ?",
+                        [page.number, part.upserted, part.deleted, page.sync_id],
+                    )
+                    for name, counts in part.tables.items():
+                        result.add(name, counts)
         except duckdb.Error as exc:
-            raise DestinationError(f"DuckDB refused page {page.number}: {exc}") from exc
-        self._schemas.add(page.schema)
+            self._schemas.clear()  # a schema created in the transaction is gone again
+            number = "" if page is None else f" {page.number}"
+            raise DestinationError(f"DuckDB refused page{number}: {exc}") from exc
+        except BaseException:
+            self._schemas.clear()
+            raise
         return result
 
     def _apply_table(self, con, page: PageWrite, write: TableWrite) -> TableCounts:

@@ -28,7 +28,7 @@ connection); anything else the database refuses as DestinationError.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -644,37 +644,71 @@ class SQLAlchemyDestination(Destination):
 
     # -- pages ------------------------------------------------------------------------
 
-    def apply_page(self, page: PageWrite) -> PageResult:
-        writes = [(w, self.flavor.data_table(page.schema, w.table)) for w in page.tables]
-        changed = [(w, table) for w, table in writes if w.table != w.previous]
-        changes = schema_changes_of(page, datetime.now(UTC))
-        if changed and not self.flavor.transactional_ddl:
-            with self._transaction(f"the DDL of page {page.number}") as conn:
-                for write, table in changed:
-                    self.flavor.evolve(conn, table, write.previous)
-                # the catalog follows the committed DDL at once, so it never lags the tables
-                self._save_tables(conn, page)
-                self._record_schema_changes(conn, changes)  # so does the change log
+    @property
+    def transactional_ddl(self) -> bool:
+        return self.flavor.transactional_ddl
+
+    def apply_parts(self, parts: Iterable[PageWrite]) -> PageResult:
+        parts = iter(parts)
+        first = next(parts, None)
+        if first is None:
+            return PageResult()
+        changes = schema_changes_of(first, datetime.now(UTC))
+        if not self.flavor.transactional_ddl:
+            self._evolve_first(first, changes)
         result = PageResult()
-        with self._transaction(f"page {page.number}") as conn:
-            for write, table in writes:
-                if self.flavor.transactional_ddl and write.table != write.previous:
-                    self.flavor.evolve(conn, table, write.previous)
-                result.tables[write.table.name] = self._write(conn, page, write, table)
-            self._save_catalog(conn, page)
-            self._record_schema_changes(conn, changes)
-            syncs = self.runtime["syncs"]
-            conn.execute(
-                sa.update(syncs)
-                .where(syncs.c.sync_id == page.sync_id)
-                .values(
-                    pages=page.number,
-                    rows_upserted=syncs.c.rows_upserted + result.upserted,
-                    rows_deleted=syncs.c.rows_deleted + result.deleted,
-                )
-            )
-        result.schema_changes = [c.in_words_of(self.flavor.sql_type) for c in changes]
+        with self._transaction(f"page {first.number}") as conn:
+            for page in itertools.chain([first], parts):
+                if page is not first:
+                    changes = schema_changes_of(page, datetime.now(UTC))
+                result.schema_changes += self._apply_part(conn, page, result, changes)
         return result
+
+    def _evolve_first(self, page: PageWrite, changes: list[SchemaChange]) -> None:
+        """Without transactional DDL (MySQL), a page's DDL commits by itself first; the
+        catalog and the change log follow it at once, so they never lag the tables."""
+        changed = [w for w in page.tables if w.table != w.previous]
+        if not changed:
+            return
+        with self._transaction(f"the DDL of page {page.number}") as conn:
+            for write in changed:
+                self.flavor.evolve(
+                    conn, self.flavor.data_table(page.schema, write.table), write.previous
+                )
+            self._save_tables(conn, page)
+            self._record_schema_changes(conn, changes)
+
+    def _apply_part(self, conn, page: PageWrite, result: PageResult, changes: list[SchemaChange]):
+        """Write one page (or one part of a streamed one, whose shape `changes` are) in the
+        open transaction; count it into `result`; return its schema changes as recorded."""
+        writes = [(w, self.flavor.data_table(page.schema, w.table)) for w in page.tables]
+        changed = [w for w, _ in writes if w.table != w.previous]
+        if changed and page.part not in (None, 1) and not self.flavor.transactional_ddl:
+            raise DestinationError(  # the sync reads such a stream ahead to prevent this
+                f"{self.flavor.title} cannot change a table inside a transaction, and part "
+                f"{page.part} of streamed page {page.number} changes "
+                + ", ".join(sorted({repr(w.table.name) for w in changed}))
+            )
+        part = PageResult()
+        for write, table in writes:
+            if self.flavor.transactional_ddl and write.table != write.previous:
+                self.flavor.evolve(conn, table, write.previous)
+            part.tables[write.table.name] = self._write(conn, page, write, table)
+        self._save_catalog(conn, page)
+        self._record_schema_changes(conn, changes)
+        syncs = self.runtime["syncs"]
+        conn.execute(
+            sa.update(syncs)
+            .where(syncs.c.sync_id == page.sync_id)
+            .values(
+                pages=page.number,
+                rows_upserted=syncs.c.rows_upserted + part.upserted,
+                rows_deleted=syncs.c.rows_deleted + part.deleted,
+            )
+        )
+        for name, counts in part.tables.items():
+            result.add(name, counts)
+        return [c.in_words_of(self.flavor.sql_type) for c in changes]
 
     def _write(self, conn, page: PageWrite, write: TableWrite, table: DataTable) -> TableCounts:
         counts = TableCounts()

@@ -121,12 +121,23 @@ def the_alert(demo: Project, result) -> tuple[dict, list[str]]:
     return alert, printed.splitlines()
 
 
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def gone(pid: int, within: float = 10.0) -> bool:
+    """Whether `pid` has died, waiting up to `within` seconds for a SIGKILL to land.
+
+    A killed grandchild is reparented to PID 1 and stays a zombie until PID 1 reaps it,
+    which a container's init may never do: a zombie counts as gone.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 # -- bash and curl -----------------------------------------------------------------------------

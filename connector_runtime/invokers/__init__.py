@@ -13,11 +13,16 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from connector_runtime.errors import InvokeFailed
 from connector_runtime.masking import mask
 
 OUTPUT_TAIL_BYTES = 64 * 1024
+# the longest line of a streamed answer: one partial page (design §13); a longer one is
+# refused rather than read into memory whole
+MAX_STREAM_LINE_BYTES = 256 * 1024 * 1024
 
 
 class OutputTail:
@@ -87,12 +92,87 @@ class OutputTail:
             self._size -= dropped + 1
 
 
+class Stream:
+    """An answer that arrives in parts (design §13): an NDJSON body, or a handler that
+    returned a generator, an async iterator or a `ReadableStream`.
+
+    Iterating it yields each part as the JSON bytes of one value, in order, as they
+    arrive: partial pages, the last of which carries `state` and `hasMore` (or an error
+    shape). Reading a part may raise what `Invoker.invoke` raises. `close()` drops what
+    is left unread (the connection, or the worker that was still writing) and is
+    idempotent; a stream read to its end closes itself. `where` names where the parts
+    come from, for messages.
+    """
+
+    def __init__(
+        self, parts: Iterable[bytes], where: str, close: Callable[[], None] | None = None
+    ) -> None:
+        self.where = where
+        self._parts = iter(parts)
+        self._close = close
+        self.ended = False  # read to its end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._parts)
+        except StopIteration:
+            self.ended = True
+            self.close()
+            raise
+
+    def close(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def ndjson_lines(
+    chunks: Iterable[bytes], where: str, limit: int = MAX_STREAM_LINE_BYTES
+) -> Iterator[bytes]:
+    """The non-blank lines of NDJSON text arriving in `chunks` of any size, without their
+    line ends; at most `limit` bytes are held for one line (a longer one is an
+    `InvokeFailed` naming the line). The last line needs no newline."""
+    pending = bytearray()
+    number = 0
+    for chunk in chunks:
+        start = len(pending)
+        pending += chunk
+        end = pending.find(b"\n", start)
+        begin = 0
+        while end != -1:
+            number += 1
+            line = bytes(pending[begin:end]).strip()
+            if line:
+                yield line
+            begin = end + 1
+            end = pending.find(b"\n", begin)
+        del pending[:begin]
+        if len(pending) > limit:
+            raise InvokeFailed(
+                f"{where}: line {number + 1} of the streamed answer is longer than "
+                f"{limit // (1024 * 1024)} MB; send smaller parts (one JSON object per line)"
+            )
+    line = bytes(pending).strip()
+    if line:
+        yield line
+
+
 class Invoker(ABC):
     """Calls one function. Created once per sync, closed at its end.
 
     `invoke` returns the function's answer as JSON bytes, whatever it is: a valid page,
     an error-shaped object (`errorMessage`, ...) or garbage; judging it is the caller's
-    job. It raises:
+    job. An answer that streams (design §13) is returned as a `Stream` of its parts
+    instead; the caller reads it before the next call. It raises:
 
     - `errors.TransientInvokeError` when the call may succeed if repeated (throttling,
       5xx, timeouts, connection errors); the caller retries with backoff;
@@ -124,8 +204,9 @@ class Invoker(ABC):
         return tail
 
     @abstractmethod
-    def invoke(self, request: dict[str, Any]) -> bytes:
-        """Send `request` to the function and return its answer as JSON bytes."""
+    def invoke(self, request: dict[str, Any]) -> bytes | Stream:
+        """Send `request` to the function and return its answer as JSON bytes (a `Stream`
+        of parts when it streams)."""
 
     def close(self) -> None:
         """Release what the invoker holds (a worker process, a client). Idempotent."""

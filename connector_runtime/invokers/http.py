@@ -19,12 +19,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from connector_runtime import __version__, errors, masking
-from connector_runtime.invokers import Invoker
+from connector_runtime.invokers import Invoker, Stream, ndjson_lines
 from connector_runtime.masking import MIN_LENGTH
 
 EXCERPT_CHARS = 200
 MAX_REDIRECTS = 5
 LENIENT_TYPES = ("", "text/plain")  # absent, or a Fetch `new Response(string)` default
+STREAMED_TYPE = "application/x-ndjson"  # a 2xx answer of this type streams (design §13)
+STREAM_READ_BYTES = 256 * 1024
 TOO_LARGE_HINT = (
     " - the request or response is too large for the function host: "
     "return fewer rows per page and set hasMore"
@@ -40,6 +42,9 @@ class HttpInvoker(Invoker):
     - 2xx with a JSON content type (`application/json`, `*/*+json`): its body is returned.
       No content type or `text/plain` is accepted when the body parses as JSON; any
       other content type (a proxy's HTML page) is `InvokeFailed`.
+    - 2xx with `application/x-ndjson`: a `Stream` of the body's lines, read as the caller
+      asks for them (`timeout` bounds each wait for bytes); a connection that breaks
+      mid-stream raises `TransientInvokeError` from the stream.
     - 4xx/5xx whose body is a JSON object with `errorMessage` is the function's own
       error: returned (the sync loop makes it a `function_error`), never retried.
       Except 429, which is always throttling.
@@ -96,7 +101,7 @@ class HttpInvoker(Invoker):
         self._proxied = bool(proxy) and not urllib.request.proxy_bypass(parts.hostname)
         self._connection: http.client.HTTPConnection | None = None
 
-    def invoke(self, request: dict[str, Any]) -> bytes:
+    def invoke(self, request: dict[str, Any]) -> bytes | Stream:
         body = json.dumps(request, allow_nan=False).encode()
         post = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
         try:
@@ -117,6 +122,8 @@ class HttpInvoker(Invoker):
             response = self._opener.open(post, timeout=self.timeout)
         except urllib.error.HTTPError as exc:  # a non-2xx answer: judged like any other
             response = exc
+        if self._streams(response):
+            return self._streamed(response, response.close)
         with response:
             return _Answer(response.status, response.reason, response.headers, response.read())
 
@@ -143,6 +150,8 @@ class HttpInvoker(Invoker):
             try:
                 connection.request("POST", target, body=body, headers=self._headers)
                 response = connection.getresponse()
+                if self._streams(response):
+                    return self._streamed(response, self._drop_connection)
                 data = response.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 self._drop_connection()
@@ -174,7 +183,40 @@ class HttpInvoker(Invoker):
             self._connection.close()
             self._connection = None
 
-    def _judge(self, answer: _Answer) -> bytes:
+    def _streams(self, response: Any) -> bool:
+        """Whether `response` is a streamed answer: 2xx NDJSON, to a source's request."""
+        media_type = response.headers.get_content_type() if response.headers else ""
+        return (
+            200 <= response.status < 300
+            and media_type == STREAMED_TYPE
+            and not (self.status_answers)
+        )
+
+    def _streamed(self, response: Any, drop: Any) -> _Answer:
+        """The answer whose body is read part by part: each line of NDJSON, one part.
+        Read to its end, the connection stays for the next call; closed before, `drop`
+        closes it (its unread rest cannot be skipped cheaply)."""
+
+        def chunks() -> Any:
+            while True:
+                try:
+                    chunk = response.read1(STREAM_READ_BYTES)
+                except (OSError, http.client.HTTPException) as exc:
+                    drop()
+                    raise self._unreachable(exc, streaming=True) from exc
+                if not chunk:
+                    if response.will_close:
+                        drop()
+                    return
+                yield chunk
+
+        lines = ndjson_lines(chunks(), self.where)
+        stream = Stream(lines, self.where, close=lambda: None if stream.ended else drop())
+        return _Answer(response.status, response.reason, response.headers, b"", stream)
+
+    def _judge(self, answer: _Answer) -> bytes | Stream:
+        if answer.stream is not None:
+            return answer.stream
         status = answer.status
         if 200 <= status < 300 and self.status_answers:
             parsed = answer.parsed()
@@ -216,7 +258,14 @@ class HttpInvoker(Invoker):
             f" ({content_type}){note}: {excerpt}",
         )
 
-    def _unreachable(self, reason: object) -> errors.ConnectorRuntimeError:
+    def _unreachable(
+        self, reason: object, *, streaming: bool = False
+    ) -> errors.ConnectorRuntimeError:
+        if streaming:  # the page is asked for again: nothing of it was written
+            detail = self._mask(str(reason)) or "connection closed"
+            return errors.TransientInvokeError(
+                f"{self.where}: the streamed answer broke off: {type(reason).__name__}: {detail}"
+            )
         if isinstance(reason, ssl.SSLCertVerificationError):
             return errors.InvokeFailed(
                 f"TLS verification failed for {self.where}: {reason.verify_message}; "
@@ -243,6 +292,7 @@ class _Answer:
     reason: str
     headers: Message
     body: bytes
+    stream: Stream | None = None  # a streamed answer's parts, not yet read
 
     def media_type(self) -> str:
         return self.headers.get_content_type() if self.headers.get("Content-Type") else ""

@@ -11,14 +11,21 @@ Netlify or Azure Functions get what those hosts pass and answer as there (`_shap
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
-byte (`ANSWER`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`) and its payload
-from the worker. A request `DESCRIBE` is answered with the handler's name and shape
-(`connector validate`), without calling it.
+byte (`ANSWER`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`, `PART`,
+`STREAM_END`) and its payload from the worker. A request `DESCRIBE` is answered with the
+handler's name and shape (`connector validate`), without calling it.
 
-Before each reply the worker flushes `sys.stdout` and `sys.stderr` and writes
-`END_OF_CALL` and the call's number (1, 2, ...) as a line of its own to fd 2, where its
-output goes: once the parent's reader of that pipe reaches the line, it has read all
-the call printed (`local._Worker`).
+A streamed answer (design §13: the handler returned a generator, an async generator or
+another iterator; `Parts`) is several frames: `PART` frames, one per partial page,
+then one empty `STREAM_END`. A host-shaped one (`{"statusCode": 200, "body": <a
+generator>}`) opens with a `SHAPED` frame whose header says `"stream": true` and whose
+body is empty. The worker writes each frame as the handler yields, so a parent that
+stops reading pauses the handler (the pipe fills).
+
+Before the frame that ends each reply (the only one, or `STREAM_END`) the worker flushes
+`sys.stdout` and `sys.stderr` and writes `END_OF_CALL` and the call's number (1, 2, ...)
+as a line of its own to fd 2, where its output goes: once the parent's reader of that
+pipe reaches the line, it has read all the call printed (`local._Worker`).
 """
 
 from __future__ import annotations
@@ -36,12 +43,13 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from connector_runtime.invokers import _shapes
+from connector_runtime.errors import InvokeFailed
+from connector_runtime.invokers import _shapes, ndjson_lines
 from connector_runtime.jsonio import encode_json
 
 ANSWER = b"A"  # the handler's answer, or its error shape
@@ -50,11 +58,15 @@ DESCRIBED = b"D"  # to DESCRIBE: {"handler": name, "shape": shape or null}
 DESCRIBE = {"connector-runtime": "describe"}  # a request never has this key
 IMPORT_FAILED = b"I"  # the module failed to import: an error shape; retire this worker
 NOT_FOUND = b"N"  # no such file or handler attribute: a message for InvokeFailed
+PART = b"P"  # one part of a streamed answer: the JSON of a partial page, or an error shape
+STREAM_END = b"E"  # a streamed answer is complete (empty payload)
 
 LENGTH = struct.Struct(">I")
 # Ends a call's output on fd 2; the NUL keeps any real output from looking like it.
 # `node_worker.mjs` writes the same line.
 END_OF_CALL = b"\x00connector-runtime:end-of-call:"
+# Of a streamed body answered with a status other than 2xx: enough to quote in an alert.
+FAILED_BODY_BYTES = 4096
 LAMBDA_HANDLER = "lambda_handler"  # the name that says "written for AWS Lambda"
 DEFAULT_HANDLERS = ("handler", LAMBDA_HANDLER, "main")  # main: Azure Functions' entry point
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
@@ -127,9 +139,10 @@ class FunctionHost:
         self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def call(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
+    def call(self, request: dict[str, Any]) -> tuple[bytes, bytes] | Parts:
         """The reply to `request`: `ANSWER` and the page as JSON bytes (an exception as its
-        error shape), or `SHAPED` and a host's answer (`_shapes.Shaped`).
+        error shape), `SHAPED` and a host's answer (`_shapes.Shaped`), or the `Parts` of
+        a streamed answer, read from the handler as they are iterated.
 
         `SystemExit` and other non-`Exception`s are not caught: an exit is a crash.
         """
@@ -141,26 +154,42 @@ class FunctionHost:
             return ANSWER, encode_json(error_shape(exc, _shapes.INVALID_ANSWER, stack_trace=[]))
         except Exception as exc:
             return ANSWER, encode_json(error_shape(exc))
+        if isinstance(answer, Parts):
+            return answer
         if isinstance(answer, _shapes.Shaped):
             return SHAPED, answer.header() + answer.body
         return ANSWER, encode_answer(answer)
 
     def _answer(self, request: dict[str, Any]) -> Any:
-        """The handler's answer, called in its shape's way; a `Shaped` for a host's shape."""
+        """The handler's answer, called in its shape's way; a `Shaped` for a host's shape,
+        `Parts` for a streamed one."""
         name = self.spec.function_name
         if self.shape == "azure":
             arguments = [_shapes.azure_request(request, name)]
             if _takes_context(self._handler):
                 arguments.append(_shapes.AzureContext(name))
-            return _shapes.azure_answer(self._run(*arguments))
+            return self._host_answer("azure", self._run(*arguments))
         if self.shape == "netlify":
-            return _shapes.netlify_answer(self._run(_shapes.netlify_event(request, name)))
+            return self._host_answer("netlify", self._run(_shapes.netlify_event(request, name)))
         if self.shape is None:
             request = _shapes.RequestEvent(request, _shapes.netlify_event(request, name))
         answer = self._run(request)
         if self.shape is None and _shapes.is_netlify_answer(answer):
-            return _shapes.netlify_answer(answer)
-        return answer
+            return self._host_answer("netlify", answer)
+        return Parts(answer, self._event_loop, self.spec.path) if is_stream(answer) else answer
+
+    def _host_answer(self, shape: str, answer: Any) -> _shapes.Shaped | Parts:
+        """A netlify or azure answer; a body that is an iterator streams, unless the status
+        is not 2xx: then its first parts are the body quoted in the alert."""
+        shaped = _shapes.netlify_answer if shape == "netlify" else _shapes.azure_answer
+        body = answer.get("body") if isinstance(answer, dict) else None
+        if not is_stream(body):
+            return shaped(answer)
+        status = shaped({**answer, "body": None}).status  # its shape is checked all the same
+        parts = Parts(body, self._event_loop, self.spec.path, _shapes.Shaped(shape, status, b""))
+        if 200 <= status < 300:
+            return parts
+        return _shapes.Shaped(shape, status, parts.head(FAILED_BODY_BYTES))
 
     def _call_like_lambda(self, request: dict[str, Any]) -> Any:
         """`handler(event, context)`, as Lambda calls it; a handler that cannot take those
@@ -190,9 +219,12 @@ class FunctionHost:
         else:
             answer = (self._call_like_lambda if self._takes_context else self._handler)(*arguments)
         if inspect.isawaitable(answer):
-            self._loop = self._loop or asyncio.new_event_loop()
-            answer = self._loop.run_until_complete(answer)
+            answer = self._event_loop().run_until_complete(answer)
         return answer
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = self._loop or asyncio.new_event_loop()
+        return self._loop
 
 
 def load_handler(path: Path, name: str | None) -> tuple[str, Callable[..., Any]]:
@@ -311,8 +343,114 @@ def encode_answer(answer: Any) -> bytes:
     try:
         return encode_json(answer)
     except (TypeError, ValueError) as exc:
-        message = f"Unable to marshal response: {exc}"
-        return encode_json(error_shape(exc, "Runtime.MarshalError", message, []))
+        return _marshal_error(exc)
+
+
+def _marshal_error(exc: Exception) -> bytes:
+    message = f"Unable to marshal response: {exc}"
+    return encode_json(error_shape(exc, "Runtime.MarshalError", message, []))
+
+
+def is_stream(answer: Any) -> bool:
+    """Whether an answer (or a host's body) streams: an iterator or an async iterator, such
+    as a generator; a dict, list, str or bytes never does."""
+    return isinstance(answer, Iterator | AsyncIterator) and not isinstance(
+        answer, dict | list | str | bytes | bytearray
+    )
+
+
+class Parts:
+    """A streamed answer (design §13): the handler's iterator, read as it is iterated.
+
+    Iterating yields each part as JSON bytes. An item that is a dict (or any other
+    value) is one part, encoded as answers are (`Runtime.MarshalError` if it won't,
+    which ends the parts); `str` or `bytes` items are NDJSON text, one part a line,
+    cut anywhere (a line may span items). When the handler raises, one last part is
+    its error shape, as a raise answers. An async iterator runs on the host's event
+    loop. `shaped` is the host's status and shape when the answer came as a host's
+    (`{"statusCode": 200, "body": <a generator>}`), None for the runtime's own shape.
+    The parts end by closing the handler's iterator; `close()` does so early.
+    """
+
+    def __init__(
+        self,
+        items: Any,
+        loop: Callable[[], asyncio.AbstractEventLoop],
+        where: str,
+        shaped: _shapes.Shaped | None = None,
+    ) -> None:
+        self.items, self.where, self.shaped = items, where, shaped
+        self._loop = loop
+
+    def header(self) -> bytes | None:
+        """The `SHAPED` frame's payload that opens a host's streamed answer, else None."""
+        if self.shaped is None:
+            return None
+        header = {"shape": self.shaped.shape, "status": self.shaped.status, "stream": True}
+        return json.dumps(header).encode() + b"\n"
+
+    def head(self, limit: int) -> bytes:
+        """The first parts, a line each, until `limit` bytes are taken; then the end."""
+        taken = bytearray()
+        with contextlib.closing(iter(self)) as parts:
+            for part in parts:
+                taken += part + b"\n"
+                if len(taken) >= limit:
+                    break
+        return bytes(taken)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from ndjson_lines(self._chunks(), self.where)
+        except InvokeFailed as exc:  # a line too long to hold
+            yield encode_json(error_shape(exc, _shapes.INVALID_ANSWER, stack_trace=[]))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the handler's iterator (its `finally` blocks run); idempotent."""
+        with contextlib.suppress(Exception):  # a generator that won't stop is done all the same
+            if hasattr(self.items, "aclose"):
+                self._loop().run_until_complete(self.items.aclose())
+            elif hasattr(self.items, "close"):
+                self.items.close()
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The items as NDJSON text; a raise, or an item that won't encode, ends it with
+        its error shape's line."""
+        try:
+            for item in self._items():
+                chunk, encoded = _ndjson(item)
+                yield chunk
+                if not encoded:
+                    return
+        except Exception as exc:
+            yield b"\n" + encode_json(error_shape(exc)) + b"\n"
+
+    def _items(self) -> Iterator[Any]:
+        if not isinstance(self.items, AsyncIterator):
+            yield from self.items
+            return
+        loop = self._loop()
+        while True:
+            try:
+                item = loop.run_until_complete(anext(self.items))
+            except StopAsyncIteration:
+                return
+            yield item
+
+
+def _ndjson(item: Any) -> tuple[bytes, bool]:
+    """One item of a streamed answer as NDJSON text, and whether it encoded (if not, the
+    text is its `Runtime.MarshalError` line)."""
+    if isinstance(item, str):
+        return item.encode(), True
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item), True
+    try:  # a line of its own: the newlines end any text before it; JSON holds no raw newline
+        return b"\n" + encode_json(item) + b"\n", True
+    except (TypeError, ValueError) as exc:
+        return b"\n" + _marshal_error(exc) + b"\n", False
 
 
 class _Channel:
@@ -344,8 +482,22 @@ class _Channel:
         return json.loads(self._reader.read(length))
 
     def send(self, kind: bytes, payload: bytes) -> None:
+        """The frame that ends a reply, after the call's end-of-output mark."""
         self._replies += 1
         _end_output(self._replies)
+        self._frame(kind, payload)
+
+    def stream(self, parts: Parts) -> None:
+        """A streamed reply: a host's `SHAPED` header, a `PART` frame per part as the
+        handler yields it, then `STREAM_END`."""
+        header = parts.header()
+        if header is not None:
+            self._frame(SHAPED, header)
+        for part in parts:
+            self._frame(PART, part)
+        self.send(STREAM_END, b"")
+
+    def _frame(self, kind: bytes, payload: bytes) -> None:
         self._writer.write(LENGTH.pack(len(payload) + 1) + kind)
         self._writer.write(payload)
         self._writer.flush()
@@ -391,7 +543,11 @@ def main(argv: list[str]) -> None:
         _refuse(channel, IMPORT_FAILED, exc.answer)
         return
     while (request := channel.receive()) is not None:
-        channel.send(*host.call(request))
+        reply = host.call(request)
+        if isinstance(reply, Parts):
+            channel.stream(reply)
+        else:
+            channel.send(*reply)
 
 
 def _exit_with_parent(poll_seconds: float = 0.5) -> None:

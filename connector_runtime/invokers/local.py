@@ -13,6 +13,11 @@ returned, not raised. Handlers written for Netlify (`handler(event, context)` re
 them (`_shapes`); a non-2xx status they answer with raises `InvokeFailed` quoting the
 body, and `shape` says which shape the last answer came in.
 
+A handler that returns a generator, an async generator or another iterator (or a host's
+answer whose body is one) streams (design §13): `invoke` returns a `Stream` of its parts,
+read from the handler as the stream is iterated (`_worker.Parts` says what each item
+becomes). A raise mid-stream is one last part, its error shape.
+
 Loading: the file's directory goes first on `sys.path` and the module is imported once.
 A missing file or handler attribute raises `InvokeFailed`; a module that fails to import
 answers with an error shape (`Runtime.UserCodeSyntaxError`, `Runtime.ImportModuleError`
@@ -26,18 +31,21 @@ Isolation:
   `Sandbox.Timedout`; `memory_mb` caps the worker's address space (`RLIMIT_AS`), so a
   blow-up ends as a `MemoryError` shape or an exit. Either error carries the last lines
   the worker wrote to stdout/stderr as `stack_trace` (and `log_tail`); the next call
-  starts a fresh worker. Every output line is logged as `function_output` and kept in
-  the invoker's `output`, whichever worker wrote it: when a call returns or raises,
-  what it printed is there (see `_Worker`).
+  starts a fresh worker. A stream's parts come one frame at a time, the timeout counting
+  to its end; closing it early kills the worker. Every output line is logged as
+  `function_output` and kept in the invoker's `output`, whichever worker wrote it: when
+  a call returns or raises (or its stream ends), what it printed is there (see `_Worker`).
 - `inline`: the handler runs in this process and thread. Same bytes and error shapes,
   and `sys.exit` still becomes `Runtime.ExitError` (then a fresh import), but nothing
   guards against `os._exit`, segfaults, hangs (the timeout only drives the context's
-  countdown) or memory; `sys.path` and `sys.modules` keep the handler's entries. During
-  a call (the module's import included) `sys.stdout` and `sys.stderr` are replaced by
-  tees: what is written through them still reaches the real streams and its lines go to
-  `output`. Writes that bypass them (`sys.stdout.buffer`, fd 1 or 2, C code, child
-  processes) are not captured; the streams are process-wide, so what another thread
-  prints during the call is. For trusted, well-behaved functions and tests.
+  countdown) or memory; a stream's parts are read in this thread as it is iterated, and
+  closing it closes the handler's generator; `sys.path` and `sys.modules` keep the
+  handler's entries. During a call (the module's import and the reading of each part
+  included) `sys.stdout` and `sys.stderr` are replaced by tees: what is written through
+  them still reaches the real streams and its lines go to `output`. Writes that bypass
+  them (`sys.stdout.buffer`, fd 1 or 2, C code, child processes) are not captured; the
+  streams are process-wide, so what another thread prints during the call is. For
+  trusted, well-behaved functions and tests.
 """
 
 from __future__ import annotations
@@ -48,12 +56,13 @@ import math
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -61,7 +70,7 @@ from typing import Any
 import structlog
 
 from connector_runtime import errors, masking
-from connector_runtime.invokers import Invoker, OutputTail, _shapes
+from connector_runtime.invokers import Invoker, OutputTail, Stream, _shapes
 from connector_runtime.invokers._worker import (
     ANSWER,
     DESCRIBE,
@@ -70,11 +79,14 @@ from connector_runtime.invokers._worker import (
     IMPORT_FAILED,
     LENGTH,
     NOT_FOUND,
+    PART,
     SHAPED,
+    STREAM_END,
     FunctionHost,
     FunctionSpec,
     HandlerImportError,
     HandlerNotFound,
+    Parts,
     encode_json,
 )
 
@@ -85,6 +97,7 @@ STOP_GRACE_SECONDS = 2.0
 # normally there within a millisecond: the worker writes the mark before the reply, and
 # no more than a pipe's capacity of output can be unread then.
 OUTPUT_CATCH_UP_SECONDS = 5.0
+_FRAME_HEAD = struct.Struct(">Ic")  # a reply frame's length, then its kind byte
 
 
 class LocalPythonInvoker(Invoker):
@@ -128,11 +141,15 @@ class LocalPythonInvoker(Invoker):
         )
         self._host: FunctionHost | None = None
 
-    def invoke(self, request: dict[str, Any]) -> bytes:
-        if self.isolation == "inline":
-            page, self.shape = answer_of(*self._invoke_inline(request), self.spec)
-            return page
-        return self._worker.call(request)
+    def invoke(self, request: dict[str, Any]) -> bytes | Stream:
+        if self.isolation == "process":
+            return self._worker.call(request)
+        reply = self._invoke_inline(request)
+        if isinstance(reply, Parts):
+            self.shape = reply.shaped.shape if reply.shaped else self.spec.shape or "fivetran"
+            return Stream(self._inline_parts(reply), self.spec.path, close=reply.close)
+        page, self.shape = answer_of(*reply, self.spec)
+        return page
 
     @property
     def shape(self) -> str | None:
@@ -152,17 +169,34 @@ class LocalPythonInvoker(Invoker):
             self._host.close()
             self._host = None
 
-    def _invoke_inline(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
+    def _invoke_inline(self, request: dict[str, Any]) -> tuple[bytes, bytes] | Parts:
         # A private copy, as a worker would receive: the handler can't alter the caller's state.
         request = json.loads(encode_json(request))
         try:
-            with _captured_prints(self.output):
+            with self._running_inline():
                 self._host = self._host or FunctionHost(self.spec)
                 return self._host.call(request)
         except HandlerImportError as exc:
             return ANSWER, exc.answer
         except HandlerNotFound as exc:
             raise errors.InvokeFailed(str(exc)) from exc
+
+    def _inline_parts(self, parts: Parts) -> Iterator[bytes]:
+        """A streamed answer's parts, each read from the handler as a call runs inline."""
+        each = iter(parts)
+        while True:
+            with self._running_inline():
+                part = next(each, None)
+            if part is None:
+                return
+            yield part
+
+    @contextlib.contextmanager
+    def _running_inline(self) -> Iterator[None]:
+        """The handler's prints teed into `output`; its `sys.exit` as a worker's exit."""
+        try:
+            with _captured_prints(self.output):
+                yield
         except SystemExit as exc:
             self.close()  # like a crashed worker: the next call imports the module afresh
             status = _exit_status(exc.code)
@@ -174,6 +208,12 @@ class LocalPythonInvoker(Invoker):
 class WarmWorker:
     """The worker behind a process-isolated invoker: started on the first call, kept warm
     between calls, replaced after it dies or when the function's module failed to load.
+
+    A streamed answer (design §13) is a `Stream` that reads the worker's frames as it is
+    iterated, each by the call's deadline (the function's `timeout` counts from the
+    call's start to the stream's end, as Lambda's does for a whole invocation). Closed
+    before its end (or left unread at the next call), it kills the worker, which may be
+    blocked writing a part; the next call starts a fresh one.
 
     Every worker it starts appends its output lines to the one `output`.
     """
@@ -191,11 +231,24 @@ class WarmWorker:
         self.output = output if output is not None else OutputTail()
         self.shape: str | None = None  # of the last answer (design §13)
         self._worker: _Worker | None = None
+        self._stream: Stream | None = None  # the last streamed answer, until it is closed
+        self.where = spec.source or spec.path  # names the function in a stream's messages
 
-    def call(self, request: dict[str, Any]) -> bytes:
-        """The page the function answered `request` with (or its error shape)."""
-        page, self.shape = answer_of(*self._exchange(request), self.spec)
-        return page
+    def call(self, request: dict[str, Any]) -> bytes | Stream:
+        """The page the function answered `request` with (or its error shape), or the
+        `Stream` of its parts."""
+        if (unread := self._stream) is not None:
+            unread.close()
+        kind, payload = self._exchange(request)
+        streamed = _streamed_shape(kind, payload)
+        complete = streamed is None or kind == STREAM_END
+        if complete and (worker := self._worker) is not None:  # None: retired, output all read
+            worker.end_call()
+        if streamed is None:
+            page, self.shape = answer_of(kind, payload, self.spec)
+            return page
+        self.shape = streamed or self.spec.shape or "fivetran"
+        return self._open_stream(payload if kind == PART else None, ended=kind == STREAM_END)
 
     def describe(self) -> dict[str, Any]:
         """`{"handler", "shape"}` of the loaded handler, without calling it; then the
@@ -210,6 +263,7 @@ class WarmWorker:
         return json.loads(payload)
 
     def _exchange(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The reply's first frame."""
         if self._worker is None:
             self._worker = _Worker(
                 self.command(), self.spec.function_name, self.log, self.output, self.env
@@ -219,16 +273,69 @@ class WarmWorker:
         except errors.FunctionError:
             self._worker = None  # it is dead; the next call starts a fresh one
             raise
-        if kind not in (ANSWER, SHAPED, DESCRIBED):  # the module did not load: retire the
-            self.close()  # worker so that the next call imports it afresh
+        if kind not in (ANSWER, SHAPED, DESCRIBED, PART, STREAM_END):  # the module did not
+            self.close()  # load: retire the worker so that the next call imports it afresh
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
         return kind, payload
 
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
+    def _open_stream(self, first: bytes | None, *, ended: bool) -> Stream:
+        worker = self._worker
+
+        def end() -> None:  # the stream is closed: kill a worker still writing it
+            if self._stream is stream:
+                self._stream = None
+            if worker is not None and worker.replying:
+                worker.kill()
+                self._forget(worker)
+
+        stream = Stream(() if ended else self._parts(worker, first), self.where, close=end)
+        self._stream = stream
+        return stream
+
+    def _parts(self, worker: _Worker, first: bytes | None) -> Iterator[bytes]:
+        """The parts of a streamed reply, frame by frame, until `STREAM_END`."""
+        if first is not None:
+            yield first
+        while True:
+            try:
+                kind, payload = worker.next_frame()
+            except errors.FunctionError:
+                self._forget(worker)
+                raise
+            if kind == STREAM_END:
+                worker.end_call()
+                return
+            if kind != PART:
+                worker.kill()
+                self._forget(worker)
+                raise errors.InvokeFailed(
+                    f"the worker broke its protocol: a {kind!r} frame inside a streamed answer"
+                )
+            yield payload
+
+    def _forget(self, worker: _Worker) -> None:
+        """`worker` is dead: the next call starts a fresh one."""
+        if self._worker is worker:
             self._worker = None
+
+    def close(self) -> None:
+        if (unread := self._stream) is not None:
+            unread.close()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+
+
+def _streamed_shape(kind: bytes, payload: bytes) -> str | None:
+    """For the first frame of a streamed reply, the host shape it is in ("" for the
+    runtime's own); None for a reply of one frame."""
+    if kind in (PART, STREAM_END):
+        return ""
+    if kind != SHAPED:
+        return None
+    header = json.loads(payload.partition(b"\n")[0])
+    return header["shape"] if header.get("stream") else None
 
 
 def answer_of(kind: bytes, payload: bytes, spec: FunctionSpec) -> tuple[bytes, str | None]:
@@ -271,9 +378,9 @@ class _Worker:
     to `output`.
 
     The reader thread may lag behind the reply, which comes on another pipe. So before
-    each reply the worker flushes its output and writes `END_OF_CALL` with the call's
-    number to stderr; having read the reply, `exchange` waits until the reader has passed
-    that mark (all the call printed is then in `output`), at most
+    the frame that ends each reply the worker flushes its output and writes `END_OF_CALL`
+    with the call's number to stderr; having read that frame, `end_call` waits until the
+    reader has passed that mark (all the call printed is then in `output`), at most
     `OUTPUT_CATCH_UP_SECONDS`. If a mark never comes (the function closed or redirected
     fd 2), later calls don't wait again until a mark is read.
     """
@@ -301,6 +408,8 @@ class _Worker:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.output, self._log = output, log
         self._calls = 0  # requests sent
+        self.replying = False  # a call's reply is not yet read to its end
+        self._timeout, self._deadline = 0.0, 0.0  # of the current call
         self._calls_ended = 0  # the last end-of-call mark read from stderr
         self._marks_arrive = True  # false once a mark was missed, true again at the next
         self._reader_done = False
@@ -312,24 +421,51 @@ class _Worker:
         log.debug("function_worker_started", function=function_name, pid=self._process.pid)
 
     def exchange(self, request: bytes, timeout: float) -> tuple[bytes, bytes]:
-        """Send one request; return the reply's kind and payload.
+        """Send one request; return the kind and payload of its reply's first frame.
 
-        Raises `FunctionError` (the worker is then gone) if it exits or times out.
+        A streamed reply's further frames come from `next_frame`, by the same deadline;
+        once the reply is read to its end, `end_call`. Raises `FunctionError` (the worker
+        is then gone) if it exits or the call outlasts `timeout`.
         """
-        deadline = time.monotonic() + timeout
+        self._timeout, self._deadline = timeout, time.monotonic() + timeout
         self._calls += 1
+        self.replying = True
+        with self._failures():
+            self._write(LENGTH.pack(len(request)) + request, self._deadline)
+            return self._frame()
+
+    def next_frame(self) -> tuple[bytes, bytes]:
+        """The next frame of the current call's reply; raises as `exchange` does, and
+        `InvokeFailed` once the worker was stopped (its stream, or its invoker, closed)."""
+        if self._process.stdout.closed:
+            raise errors.InvokeFailed(
+                "the streamed answer was closed (or its invoker was) before it was read to "
+                "its end; nothing more of it can be read"
+            )
+        with self._failures():
+            return self._frame()
+
+    def end_call(self) -> None:
+        """The reply is read: wait until `output` holds all the call printed."""
+        self.replying = False
+        self._await_output(self._calls)
+
+    def _frame(self) -> tuple[bytes, bytes]:
+        length, kind = _FRAME_HEAD.unpack(self._read(_FRAME_HEAD.size, self._deadline))
+        return kind, self._read(length - 1, self._deadline)
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """A call's timeout or the worker's end as the `FunctionError` Lambda reports."""
         try:
-            self._write(LENGTH.pack(len(request)) + request, deadline)
-            (length,) = LENGTH.unpack(self._read(LENGTH.size, deadline))
-            reply = self._read(length, deadline)
+            yield
         except TimeoutError:
             self.kill()
-            raise self._failure(f"Task timed out after {timeout:g} s", "Sandbox.Timedout") from None
+            headline = f"Task timed out after {self._timeout:g} s"
+            raise self._failure(headline, "Sandbox.Timedout") from None
         except (EOFError, BrokenPipeError):
             headline = f"Runtime exited with error: {self._exit_description()}"
             raise self._failure(headline, "Runtime.ExitError") from None
-        self._await_output(self._calls)
-        return reply[:1], reply[1:]
 
     def stop(self) -> None:
         """Close stdin so the worker ends its loop; kill it if it lingers."""
@@ -349,6 +485,7 @@ class _Worker:
         self._release()
 
     def _release(self) -> None:
+        self.replying = False  # nothing more comes
         self._stderr_reader.join(timeout=1.0)
         for pipe in (self._process.stdin, self._process.stdout):
             with contextlib.suppress(OSError):

@@ -1,8 +1,9 @@
 """Streamed answers (design §13) from local functions: Python handlers in real worker
-processes and inline.
+processes and inline, JavaScript handlers in real node workers.
 
-A handler that returns a generator, an async generator or another iterator answers a
-`Stream` of parts.
+A handler that returns a generator, an async generator, an async iterator or a
+`ReadableStream` answers a `Stream` of parts. Without `node` on PATH the JavaScript tests
+skip, or fail when CI=true (conftest's `node` fixture).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import json
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from typescript_toolchain import link_esbuild
 
 from connector_runtime import errors
 from connector_runtime.invokers import Stream
 from connector_runtime.invokers.local import LocalPythonInvoker
+from connector_runtime.invokers.node import NodeInvoker
 
 REQUEST = {"agent": "connector-runtime/test", "state": {}, "secrets": {}, "sync_id": "s-1"}
 PAGE_END = {"state": {"cursor": 3}, "hasMore": False}
@@ -40,14 +44,16 @@ def restore_imports():
 
 @pytest.fixture
 def make_invoker(tmp_path):
-    """Write `source` as a handler file and return an invoker for it, closed after the test."""
-    invokers: list[LocalPythonInvoker] = []
+    """Write `source` as a handler file (`.py`: a Python invoker, else node) and return
+    an invoker for it, closed after the test."""
+    invokers: list[LocalPythonInvoker | NodeInvoker] = []
 
     def make(source: str, *, name: str = "handler.py", **options):
         options.setdefault("timeout", 30)  # a broken protocol fails instead of hanging
         path = tmp_path / name
         path.write_text(textwrap.dedent(source))
-        invokers.append(LocalPythonInvoker(path, **options))
+        kind = LocalPythonInvoker if path.suffix == ".py" else NodeInvoker
+        invokers.append(kind(path, **options))
         return invokers[-1]
 
     yield make
@@ -256,6 +262,7 @@ STREAMER = """
     def parts(action, count):
         blob = "x" * (1024 * 1024)
         for n in range(count):
+            print("made part", n)
             yield {"insert": {"blobs": [{"id": n, "blob": blob}]}}
         if action == "hang":
             time.sleep(600)
@@ -365,3 +372,213 @@ def test_a_normal_answer_still_comes_as_bytes(make_invoker, isolation):
         isolation=isolation,
     )
     assert json.loads(invoker.invoke(REQUEST)) == {"state": {}, "insert": {"t": [{"id": 1}]}}
+
+
+# -- JavaScript ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        pytest.param(
+            "handler.mjs",
+            """
+            export async function* handler(event) {
+              for (const id of [1, 2, 3]) yield { insert: { orders: [{ id }] } };
+              yield { state: { cursor: 3 }, hasMore: false };
+            }
+            """,
+            id="async-generator",
+        ),
+        pytest.param(
+            "handler.cjs",
+            """
+            exports.handler = async () => (function* () {
+              for (const id of [1, 2, 3]) yield { insert: { orders: [{ id }] } };
+              yield { state: { cursor: 3 }, hasMore: false };
+            })();
+            """,
+            id="generator",
+        ),
+        pytest.param(
+            "handler.mjs",
+            """
+            export const handler = async () => {
+              const chunks = [
+                '{"insert": {"orders": [{"id": 1}]}}\\n{"insert": {"ord',
+                'ers": [{"id": 2}]}}\\n\\n {"insert": {"orders": [{"id"',
+                ': 3}]}}\\r\\n{"state": {"cursor": 3}, "hasMore": false}',
+              ];
+              const encoder = new TextEncoder();
+              return new ReadableStream({
+                pull(controller) {
+                  if (chunks.length) controller.enqueue(encoder.encode(chunks.shift()));
+                  else controller.close();
+                },
+              });
+            };
+            """,
+            id="readable-stream-of-ndjson",
+        ),
+        pytest.param(
+            "handler.mjs",
+            """
+            export const handler = async () => ({
+              async *[Symbol.asyncIterator]() {
+                yield { insert: { orders: [{ id: 1 }] } };
+                yield '{"insert": {"orders": [{"id": 2}]}}\\n';
+                yield Buffer.from('{"insert": {"orders": [{"id": 3}]}}\\n');
+                yield { state: { cursor: 3 }, hasMore: false };
+              },
+            });
+            """,
+            id="async-iterable-mixed",
+        ),
+    ],
+)
+def test_a_javascript_handler_streams_its_parts(make_invoker, node, name, body):
+    invoker = make_invoker(body, name=name)
+    assert streamed(invoker) == [*ROWS, PAGE_END]
+    assert invoker.shape == "fivetran"
+
+
+def test_a_typescript_async_generator_streams(make_invoker, node, tmp_path):
+    link_esbuild(tmp_path)
+    invoker = make_invoker(
+        """
+        interface Request { state: { cursor?: number } }
+
+        export async function* handler(event: Request): AsyncGenerator<object> {
+          for (const id of [1, 2, 3]) yield { insert: { orders: [{ id }] } };
+          yield { state: { cursor: 3 }, hasMore: false };
+        }
+        """,
+        name="handler.ts",
+    )
+    assert streamed(invoker) == [*ROWS, PAGE_END]
+
+
+def test_a_web_response_of_ndjson_streams_its_body(make_invoker, node):
+    invoker = make_invoker(
+        """
+        export default async (req) => {
+          const { state } = await req.json();
+          const lines = [
+            '{"insert": {"orders": [{"id": 1}]}}\\n{"insert": {"orders": [{"id": 2}]}}\\n',
+            '{"insert": {"orders": [{"id": 3}]}}\\n',
+            JSON.stringify({ state: { cursor: 3 }, hasMore: false }),
+          ];
+          const encoder = new TextEncoder();
+          const body = new ReadableStream({
+            pull(controller) {
+              if (lines.length) controller.enqueue(encoder.encode(lines.shift()));
+              else controller.close();
+            },
+          });
+          return new Response(body, { headers: { 'Content-Type': 'application/x-ndjson' } });
+        };
+        """,
+        name="handler.mjs",
+        shape=None,
+    )
+    assert streamed(invoker) == [*ROWS, PAGE_END]
+    assert invoker.shape == "web"
+
+
+def test_a_netlify_body_that_is_an_async_generator_streams(make_invoker, node):
+    invoker = make_invoker(
+        """
+        exports.handler = async (event, context) => ({
+          statusCode: 200,
+          body: (async function* () {
+            yield { insert: { orders: [{ id: 1 }] } };
+            yield { state: { cursor: 3 }, hasMore: false };
+          })(),
+        });
+        """,
+        name="handler.cjs",
+        shape=None,
+    )
+    assert streamed(invoker) == [ROWS[0], PAGE_END]
+    assert invoker.shape == "netlify"
+
+
+def test_a_throw_mid_stream_ends_it_with_the_error_shape(make_invoker, node):
+    invoker = make_invoker(
+        """
+        exports.handler = async function* () {
+          yield { insert: { orders: [{ id: 1 }] } };
+          throw new TypeError('the API went away');
+        };
+        """,
+        name="handler.cjs",
+    )
+    first, failure = streamed(invoker)
+    assert first == ROWS[0]
+    assert failure["errorMessage"] == "the API went away"
+    assert failure["errorType"] == "TypeError"
+    assert any("handler.cjs:4" in line for line in failure["stackTrace"])
+
+
+def test_a_stream_that_can_never_go_on_says_so(make_invoker, node):
+    invoker = make_invoker(
+        """
+        exports.handler = async function* () {
+          yield { insert: { orders: [{ id: 1 }] } };
+          await new Promise(() => {}); // nothing pending could ever settle it
+        };
+        """,
+        name="handler.cjs",
+    )
+    first, failure = streamed(invoker)
+    assert first == ROWS[0]
+    assert failure["errorType"] == "Runtime.NoAnswer"
+    assert failure["errorMessage"].startswith("the streamed answer stopped before its end")
+
+
+JS_STREAMER = """
+    exports.handler = async (event) => {
+      if (event.state.action === 'pid') return { state: { pid: process.pid } };
+      return (async function* () {
+        const blob = 'x'.repeat(1024 * 1024);
+        for (let id = 0; id < event.state.count; id++) {
+          console.log(`made part ${id}`);
+          yield { insert: { blobs: [{ id, blob }] } };
+        }
+        yield { state: { count: event.state.count } };
+      })();
+    };
+"""
+
+
+def test_closing_a_javascript_stream_early_kills_its_worker_and_the_next_call_works(
+    make_invoker, node
+):
+    invoker = make_invoker(JS_STREAMER, name="handler.cjs")
+    before = worker_pid(invoker)
+    stream = invoker.invoke(with_state(count=50))
+    assert json.loads(next(stream))["insert"]["blobs"][0]["id"] == 0
+    stream.close()
+    assert not is_running(before)
+    after = worker_pid(invoker)
+    assert after != before
+    assert streamed(invoker, with_state(count=2))[-1] == {"state": {"count": 2}}
+    assert worker_pid(invoker) == after
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        pytest.param(STREAMER, "handler.py", id="python"),
+        pytest.param(JS_STREAMER, "handler.cjs", id="javascript"),
+    ],
+)
+def test_a_stream_not_read_pauses_its_handler(make_invoker, request, source, name):
+    if name.endswith(".cjs"):
+        request.getfixturevalue("node")
+    invoker = make_invoker(source, name=name)
+    with invoker.invoke(with_state(count=50)) as stream:  # 1 MB parts: the pipe holds none
+        next(stream)
+        time.sleep(1.0)  # time enough to make all 50, were it not paused
+        made = [line for line in invoker.output.text().splitlines() if line.startswith("made")]
+        assert 1 <= len(made) <= 4

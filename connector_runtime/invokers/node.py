@@ -29,6 +29,13 @@ Netlify, Google Cloud Functions or Azure Functions are called as those hosts cal
 (`node_shapes.mjs`); a non-2xx status they answer with raises `InvokeFailed` quoting the
 body, and `shape` says which shape the last answer came in.
 
+A handler whose answer is an async iterator, a generator or a `ReadableStream` (a netlify
+or azure body that is one, or a web `Response` of `Content-Type: application/x-ndjson`)
+streams (design §13): `invoke` returns a `Stream` of its parts, as `local.py` does for
+Python; objects are parts, strings and bytes NDJSON text. A throw mid-stream is one last
+part, its error shape; the worker writes each part as it is yielded and waits while the
+parent has not read the last one.
+
 Numbers: the request is parsed with `JSON.parse`, so integers beyond 2**53 (a cursor,
 say) arrive rounded: send them as strings. An answer may hold `BigInt`s; they are
 written as exact JSON integers.
@@ -45,7 +52,7 @@ from typing import Any
 import structlog
 
 from connector_runtime import errors
-from connector_runtime.invokers import Invoker, typescript
+from connector_runtime.invokers import Invoker, Stream, typescript
 from connector_runtime.invokers._worker import FunctionSpec
 from connector_runtime.invokers.local import WarmWorker
 
@@ -89,7 +96,7 @@ class NodeInvoker(Invoker):
         log = log if log is not None else structlog.get_logger()
         self._worker = WarmWorker(self._command, self.spec, log, self.output, env=env)
 
-    def invoke(self, request: dict[str, Any]) -> bytes:
+    def invoke(self, request: dict[str, Any]) -> bytes | Stream:
         return self._worker.call(request)
 
     @property

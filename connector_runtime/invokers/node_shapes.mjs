@@ -21,7 +21,10 @@
 // the request with the HandlerEvent's fields readable on it but not enumerable, so a
 // Fivetran function sees exactly the request.
 //
-// A body that is not a string (or bytes) is taken as the page itself (JSON-encoded).
+// A body that is not a string (or bytes) is taken as the page itself (JSON-encoded). A
+// streamed answer (design §13) comes as a `Shaped` whose `stream` holds the body still to
+// read: a netlify or azure body that is a ReadableStream or an (async) iterator, or a web
+// `Response` of `Content-Type: application/x-ndjson`.
 
 import { randomUUID } from 'node:crypto';
 
@@ -32,12 +35,13 @@ const EVENT_FIELDS = [
   'queryStringParameters', 'multiValueQueryStringParameters', 'body', 'isBase64Encoded',
 ];
 
-/** A host's answer: its status and the page's bytes. */
+/** A host's answer: its status and the page's bytes, or the `stream` of its parts to read. */
 export class Shaped {
-  constructor(shape, status, body) {
+  constructor(shape, status, body, stream = undefined) {
     this.shape = shape;
     this.status = status;
     this.body = body;
+    this.stream = stream;
   }
 }
 
@@ -154,10 +158,21 @@ export function isNetlifyAnswer(answer) {
   return typeof answer?.statusCode === 'number' && !('state' in answer);
 }
 
+/**
+ * Whether an answer (or a host's body) streams: a ReadableStream, an async iterable or an
+ * iterator such as a generator; never an array, a string, bytes or a plain object.
+ */
+export function isStreamed(answer) {
+  if (answer === null || typeof answer !== 'object') return false;
+  return typeof answer[Symbol.asyncIterator] === 'function' || typeof answer.getReader === 'function' ||
+    (typeof answer.next === 'function' && typeof answer[Symbol.iterator] === 'function');
+}
+
 export function netlifyAnswer(answer) {
   if (!isNetlifyAnswer(answer)) {
     throw new WrongAnswer(`a netlify handler returns {statusCode, body}; this one returned ${described(answer)}`);
   }
+  if (isStreamed(answer.body)) return new Shaped('netlify', answer.statusCode, null, answer.body);
   const base64 = answer.isBase64Encoded && typeof answer.body === 'string';
   return new Shaped('netlify', answer.statusCode, base64 ? Buffer.from(answer.body, 'base64') : bodyBytes(answer.body));
 }
@@ -209,9 +224,18 @@ function callWeb(handler, request, functionName, finish, fail) {
     if (!(response instanceof Response)) {
       throw new WrongAnswer(`a web handler returns a Response; this one returned ${described(response)}`);
     }
+    if (isNdjson(response) && response.body) {
+      finish(() => new Shaped('web', response.status, null, response.body));
+      return;
+    }
     const bytes = Buffer.from(await response.arrayBuffer());
     finish(() => new Shaped('web', response.status, bytes));
   }, fail);
+}
+
+function isNdjson(response) {
+  const type = response.headers.get('content-type') ?? '';
+  return type.split(';')[0].trim().toLowerCase() === 'application/x-ndjson';
 }
 
 /** Netlify's `Context` for a function running here: no geolocation, no deploy. */
@@ -307,8 +331,10 @@ function azureAnswer(response) {
   if (response === null || typeof response !== 'object') {
     throw new WrongAnswer(`an azure handler answers through context.res or returns {status, body}; this one gave ${described(response)}`);
   }
+  const status = Number(response.status ?? 200);
+  if (isStreamed(response.body)) return new Shaped('azure', status, null, response.body);
   const body = response.jsonBody !== undefined ? JSON.stringify(response.jsonBody) : response.body;
-  return new Shaped('azure', Number(response.status ?? 200), bodyBytes(body));
+  return new Shaped('azure', status, bodyBytes(body));
 }
 
 /** Run `call`; its value (awaited if a promise) to `then(value, wasPromise)`, a throw to `fail`. */

@@ -7,13 +7,21 @@
 // inside a frame. The frames are those of `_worker.py`: a 4-byte big-endian length, then a
 // request's JSON from the parent, or one kind byte (A answer, S a host-shaped answer: a
 // {shape, status} line then the body, D the handler's name and shape for a describe
-// request, I import failed, N not found) and its payload from this worker. It serves
-// requests until fd 3 closes. Handler shapes (netlify, web, gcf, azure): node_shapes.mjs.
+// request, I import failed, N not found, P a part of a streamed answer, E its end) and its
+// payload from this worker. It serves requests until fd 3 closes. Handler shapes
+// (netlify, web, gcf, azure): node_shapes.mjs.
 //
-// Before each reply the worker waits until what the function wrote to process.stdout and
-// process.stderr has reached the pipe (on Linux, node writes pipes asynchronously), then
-// writes END_OF_CALL and the call's number as a line of its own to stderr: once the
-// parent's reader reaches it, it has read all the call printed (`_worker.py` does the same).
+// A streamed answer (design §13: an async iterator, a generator or a ReadableStream; see
+// `streamParts`) is a P frame per part, then an empty E frame; a host-shaped one opens with
+// an S frame whose header says `"stream": true` and whose body is empty. Frames are
+// written synchronously as the handler yields: while the parent is not reading, the pipe
+// is full and the handler waits, so a stream of any length keeps this worker's memory flat.
+//
+// Before the frame that ends each reply (the only one, or E) the worker waits until what
+// the function wrote to process.stdout and process.stderr has reached the pipe (on Linux,
+// node writes pipes asynchronously), then writes END_OF_CALL and the call's number as a
+// line of its own to stderr: once the parent's reader reaches it, it has read all the call
+// printed (`_worker.py` does the same).
 //
 // Between two calls the worker blocks reading fd 3, so timers and sockets the function
 // left behind wait for the next call, as on a frozen Lambda instance.
@@ -27,10 +35,12 @@ import { types } from 'node:util';
 
 import {
   INVALID_ANSWER,
+  Shaped,
   WrongAnswer,
   callHost,
   exportedHandler,
   isNetlifyAnswer,
+  isStreamed,
   netlifyAnswer,
   netlifyEvent,
   requestEvent,
@@ -45,6 +55,12 @@ const DESCRIBED = 'D';
 const DESCRIBE = 'describe'; // a request {"connector-runtime": "describe"}, as in _worker.py
 const IMPORT_FAILED = 'I';
 const NOT_FOUND = 'N';
+const PART = 'P';
+const STREAM_END = 'E';
+// Of a streamed body answered with a status other than 2xx: enough to quote in an alert.
+const FAILED_BODY_BYTES = 4096;
+const MAX_LINE_BYTES = 256 * 1024 * 1024; // of a streamed answer, as in invokers/__init__.py
+const JSON_WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]);
 const END_OF_CALL = '\0connector-runtime:end-of-call:'; // as in _worker.py
 const WORKER_LOCATIONS = [`${import.meta.url}:`, `${fileURLToPath(import.meta.url)}:`];
 const INTERNAL_FRAME = /^\s+at (.*\()?node:/;
@@ -103,14 +119,16 @@ function writeThen(stream, text, then) {
   }
 }
 
+/** Write one frame; blocks while the pipe is full. */
 function send(kind, payload) {
   const body = Buffer.isBuffer(payload) ? payload : Buffer.from(payload, 'utf8');
-  const frame = Buffer.alloc(5 + body.length);
-  frame.writeUInt32BE(body.length + 1, 0);
-  frame.write(kind, 4, 'latin1');
-  body.copy(frame, 5);
-  for (let written = 0; written < frame.length; ) {
-    written += fs.writeSync(ANSWERS, frame, written);
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(body.length + 1, 0);
+  head.write(kind, 4, 'latin1');
+  for (const bytes of [head, body]) {
+    for (let written = 0; written < bytes.length; ) {
+      written += fs.writeSync(ANSWERS, bytes, written);
+    }
   }
 }
 
@@ -208,16 +226,25 @@ function isWorkerFrame(line) {
 /** The answer as JSON; a BigInt as its exact digits; what won't encode is a MarshalError. */
 function marshal(answer) {
   try {
-    const text = JSON.stringify(answer ?? null, (_, value) =>
-      typeof value === 'bigint' || (typeof value === 'number' && !Number.isFinite(value))
-        ? `${NUMBER_MARK}${value}`
-        : value,
-    );
-    return (text ?? 'null').replace(NUMBER_MARKED, '$1');
+    return toJson(answer);
   } catch (error) {
-    const message = `Unable to marshal response: ${readable(() => String(error.message))}`;
-    return JSON.stringify({ ...errorShape(error, 'Runtime.MarshalError', message), stackTrace: [] });
+    return marshalError(error);
   }
+}
+
+/** The answer as JSON, a BigInt as its exact digits; throws what won't encode. */
+function toJson(answer) {
+  const text = JSON.stringify(answer ?? null, (_, value) =>
+    typeof value === 'bigint' || (typeof value === 'number' && !Number.isFinite(value))
+      ? `${NUMBER_MARK}${value}`
+      : value,
+  );
+  return (text ?? 'null').replace(NUMBER_MARKED, '$1');
+}
+
+function marshalError(error) {
+  const message = `Unable to marshal response: ${readable(() => String(error.message))}`;
+  return JSON.stringify({ ...errorShape(error, 'Runtime.MarshalError', message), stackTrace: [] });
 }
 
 /** The `context` a handler receives, with the fields of Lambda's Node.js runtime. */
@@ -242,10 +269,14 @@ function lambdaContext(spec, logStreamName, done) {
   };
 }
 
-/** The reply for a host's shaped answer: a {shape, status} line, then the body. */
+/** The reply for a host's shaped answer: a {shape, status} line, then the body; or its stream. */
 function shapedReply(shaped) {
-  const header = Buffer.from(`${JSON.stringify({ shape: shaped.shape, status: shaped.status })}\n`);
-  return { kind: SHAPED, body: Buffer.concat([header, shaped.body]) };
+  if (shaped.stream !== undefined) return { stream: { shaped, items: shaped.stream } };
+  return { kind: SHAPED, body: Buffer.concat([shapedHeader(shaped), shaped.body]) };
+}
+
+function shapedHeader({ shape, status }, stream = false) {
+  return Buffer.from(`${JSON.stringify({ shape, status, ...(stream && { stream }) })}\n`);
 }
 
 /** An error answer; a `WrongAnswer` (not of the handler's shape) without a stack. */
@@ -278,6 +309,9 @@ function call(loaded, request, spec, logStreamName, settled) {
       } catch (error) {
         return settled({ body: failure(error), waitForEmptyLoop: answer.waitForEmptyLoop });
       }
+    }
+    if (answer.error === undefined && isStreamed(answer.result)) {
+      return settled({ stream: { items: answer.result }, waitForEmptyLoop: answer.waitForEmptyLoop });
     }
     const body = answer.error === undefined ? marshal(answer.result) : failure(answer.error);
     settled({ body, waitForEmptyLoop: answer.waitForEmptyLoop });
@@ -345,9 +379,14 @@ function serve(loaded, spec, logStreamName) {
   const reply = () => {
     process.removeListener('beforeExit', reply);
     answer ??= idleAnswer(idle);
+    const next = () => setImmediate(serve, loaded, spec, logStreamName);
+    if (answer?.stream) {
+      sendStream(answer.stream, next);
+      return;
+    }
     endOutput(() => {
       send(answer?.kind ?? ANSWER, answer?.body ?? NO_ANSWER);
-      setImmediate(serve, loaded, spec, logStreamName);
+      next();
     });
   };
   // The event loop empties when nothing the call started is pending any more.
@@ -356,6 +395,164 @@ function serve(loaded, spec, logStreamName) {
     answer = settled;
     if (!settled.waitForEmptyLoop) reply();
   });
+}
+
+// -- streamed answers ---------------------------------------------------------------------
+
+/**
+ * Send a streamed answer as the handler yields it: a host's S header, a P frame per part,
+ * then (once the call's output is written) E; then `then()`. A host's answer with a status
+ * other than 2xx is not streamed: its first parts are the body of an S answer, to quote.
+ */
+async function sendStream({ shaped, items }, then) {
+  const finish = (kind, payload) => endOutput(() => {
+    send(kind, payload);
+    then();
+  });
+  const parts = streamParts(items);
+  if (shaped && !(shaped.status >= 200 && shaped.status < 300)) {
+    const failed = new Shaped(shaped.shape, shaped.status, await head(parts, FAILED_BODY_BYTES));
+    const { kind, body } = shapedReply(failed);
+    return finish(kind, body);
+  }
+  if (shaped) send(SHAPED, shapedHeader(shaped, true));
+  for await (const part of parts) send(PART, part);
+  return finish(STREAM_END, '');
+}
+
+/** The first parts, a line each, until `limit` bytes are taken; then the end. */
+async function head(parts, limit) {
+  const taken = [];
+  let size = 0;
+  for await (const part of parts) {
+    taken.push(part, Buffer.from('\n'));
+    size += part.length + 1;
+    if (size >= limit) break;
+  }
+  return Buffer.concat(taken);
+}
+
+/**
+ * The parts of a streamed answer as Buffers of JSON, pulled from `items` one at a time. An
+ * item that is a string or bytes is NDJSON text, a part a line, cut anywhere (a line may
+ * span items); any other item is one part. A throw, an item that won't encode, or the
+ * event loop emptying while the handler still owes an item ends the parts with its error
+ * shape, as a throw answers.
+ */
+async function* streamParts(items) {
+  const lines = new NdjsonLines();
+  const iterator = iteratorOf(items);
+  try {
+    for (let item = await nextItem(iterator); !item.done; item = await nextItem(iterator)) {
+      const text = textOf(item.value);
+      if (text) {
+        yield* lines.push(text);
+        continue;
+      }
+      yield* lines.end();
+      let part;
+      try {
+        part = toJson(item.value);
+      } catch (error) {
+        yield Buffer.from(marshalError(error));
+        return;
+      }
+      yield Buffer.from(part);
+    }
+    yield* lines.end();
+  } catch (error) {
+    yield* lines.end();
+    yield Buffer.from(failure(error));
+  } finally {
+    closeQuietly(iterator);
+  }
+}
+
+/** The iterator of a ReadableStream, an async iterable or a (sync) iterator. */
+function iteratorOf(items) {
+  if (typeof items[Symbol.asyncIterator] === 'function') return items[Symbol.asyncIterator]();
+  if (typeof items.getReader === 'function') {
+    const reader = items.getReader();
+    return { next: () => reader.read(), return: () => reader.cancel() };
+  }
+  return items;
+}
+
+const NO_STACK = { name: 'Runtime.NoAnswer', stack: undefined };
+const STALLED = 'the streamed answer stopped before its end: the handler awaited something ' +
+  'that could never settle, and nothing it started was still running';
+
+/** The iterator's next `{value, done}`, its value awaited; throws if the loop empties first. */
+function nextItem(iterator) {
+  return new Promise((resolve, reject) => {
+    const stalled = () => reject(Object.assign(new Error(STALLED), NO_STACK));
+    process.once('beforeExit', stalled);
+    const settle = (outcome, value) => {
+      process.removeListener('beforeExit', stalled);
+      outcome(value);
+    };
+    Promise.resolve()
+      .then(() => iterator.next())
+      .then(async (item) => (item.done ? item : { done: false, value: await item.value }))
+      .then((item) => settle(resolve, item), (error) => settle(reject, error));
+  });
+}
+
+/** Ask the iterator to stop (its `finally` blocks run), without waiting or throwing. */
+function closeQuietly(iterator) {
+  try {
+    Promise.resolve(iterator.return?.()).catch(() => {});
+  } catch {} // its return() threw: it is done all the same
+}
+
+/** A string or bytes as a Buffer (not copied), or null for any other item. */
+function textOf(item) {
+  if (typeof item === 'string') return Buffer.from(item, 'utf8');
+  if (item instanceof ArrayBuffer) return Buffer.from(item);
+  if (ArrayBuffer.isView(item)) return Buffer.from(item.buffer, item.byteOffset, item.byteLength);
+  return null;
+}
+
+/** NDJSON text arriving in chunks: `push(chunk)` and, at its end, `end()` yield its non-blank lines. */
+class NdjsonLines {
+  pending = [];
+  size = 0;
+  number = 0;
+
+  *push(chunk) {
+    let start = 0;
+    for (let newline = chunk.indexOf(10); newline !== -1; newline = chunk.indexOf(10, start)) {
+      this.number += 1;
+      this.pending.push(chunk.subarray(start, newline));
+      yield* this.end();
+      start = newline + 1;
+    }
+    if (start === chunk.length) return;
+    this.pending.push(chunk.subarray(start));
+    this.size += chunk.length - start;
+    if (this.size > MAX_LINE_BYTES) {
+      this.pending = []; // refused, not sent
+      throw new WrongAnswer(
+        `line ${this.number + 1} of the streamed answer is longer than ${MAX_LINE_BYTES / 2 ** 20} MB; ` +
+          'send smaller parts (one JSON object per line)',
+      );
+    }
+  }
+
+  *end() {
+    const line = trimmed(this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending));
+    this.pending = [];
+    this.size = 0;
+    if (line.length) yield line;
+  }
+}
+
+function trimmed(line) {
+  let start = 0;
+  let end = line.length;
+  while (start < end && JSON_WHITESPACE.has(line[start])) start += 1;
+  while (end > start && JSON_WHITESPACE.has(line[end - 1])) end -= 1;
+  return line.subarray(start, end);
 }
 
 /** What a handler that never answered leaves to answer with (Azure's `context.res`). */

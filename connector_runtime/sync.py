@@ -237,13 +237,13 @@ def _check(job: SyncJob, request: dict) -> tuple[str, str]:
         except SyncFailure as failure:
             failure.function_output = invoker.output.text()
             raise
-        output = invoker.output.text()
         shape = invoker.shape  # design §13: which handler shape answered
-    try:
-        summary = _judge(job, request, raw)
-    except SyncFailure as failure:
-        failure.function_output = output
-        raise
+        try:  # a streamed answer is read while its worker is still there
+            summary = _judge(job, request, raw)
+        except SyncFailure as failure:
+            failure.function_output = invoker.output.text()
+            raise
+        output = invoker.output.text()
     return (f"{shape} handler; {summary}" if shape else summary), output
 
 
@@ -340,7 +340,8 @@ def checked_parts(
                 f"streamed answer from {stream.where}, part {index}: came after the part "
                 "that carried state; that part must be the last"
             )
-        part = read_part(raw, index, stream.where, requested_state)
+        with gc_paused():
+            part = read_part(raw, index, stream.where, requested_state)
         last = part.is_last
         yield index, part, raw
     if not last:
@@ -489,8 +490,7 @@ class _Sync:
             while True:
                 following = None
                 if isinstance(fetched.answer, Stream):  # its state comes with its last part
-                    with gc_paused():
-                        response, rows = self.apply_streamed(invoker, fetched)
+                    response, rows = self.apply_streamed(invoker, fetched)
                     empty_in_a_row = self.stalled(empty_in_a_row, response.has_more, rows)
                 else:
                     with gc_paused():
@@ -726,7 +726,8 @@ class _Sync:
             nonlocal rows
             for index, part, _ in checked:
                 self.warn_ignored(part)
-                page = self.plan_part(part, number, index)
+                with gc_paused():  # one part at a time: cycles are collected between parts
+                    page = self.plan_part(part, number, index)
                 planned.append(replace(page, tables=[]))
                 self.planner.commit(page)  # the next part is planned against this one
                 if self.job.delivery is not None:

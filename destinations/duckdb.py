@@ -5,6 +5,10 @@ tens of thousands of rows a second, while a keyed delete-and-insert from an Arro
 staging view runs near a million. Uniqueness is ours to keep: every page is deduplicated
 before it is staged, and each key is deleted before it is inserted, in one transaction.
 The file is opened per sync and closed after it, so other processes can use it between.
+
+A page's Arrow rows reach SQL as a local variable the SQL names (`_page_rows`: DuckDB's
+replacement scan), not as a registered view: a view dropped inside a transaction keeps
+its Arrow data alive until the commit, so a streamed page would hold all of its parts.
 """
 
 from __future__ import annotations
@@ -609,56 +613,47 @@ class DuckDBDestination(Destination):
     def _upsert(self, con, target: str, page: PageWrite, write: TableWrite) -> int:
         rows = write.upserts
         columns = [c for c in rows.column_names if c != "__row"]
-        con.register("_page_rows", _staged(rows, write.table))
-        try:
-            if _may_hold_keys(con, target, write):
-                on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in write.table.primary_key)
-                con.execute(f"DELETE FROM {target} AS t USING _page_rows AS s WHERE {on}")
-            extra, values = (
-                ("", "") if not write.table.deleted_column else (", _fivetran_deleted", ", false")
-            )
-            select = ", ".join(f"s.{q(c)}" for c in columns)
-            con.execute(
-                f"INSERT INTO {target} ({', '.join(map(q, columns))}, _fivetran_synced{extra})"
-                f" SELECT {select}, ?{values} FROM _page_rows AS s",
-                [page.synced_at],
-            )
-        finally:
-            con.unregister("_page_rows")
+        _page_rows = _staged(rows, write.table)  # noqa: F841 - the SQL below reads it by name
+        if _may_hold_keys(con, target, write):
+            on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in write.table.primary_key)
+            con.execute(f"DELETE FROM {target} AS t USING _page_rows AS s WHERE {on}")
+        extra, values = (
+            ("", "") if not write.table.deleted_column else (", _fivetran_deleted", ", false")
+        )
+        select = ", ".join(f"s.{q(c)}" for c in columns)
+        con.execute(
+            f"INSERT INTO {target} ({', '.join(map(q, columns))}, _fivetran_synced{extra})"
+            f" SELECT {select}, ?{values} FROM _page_rows AS s",
+            [page.synced_at],
+        )
         return rows.num_rows
 
     def _append(self, con, target: str, page: PageWrite, write: TableWrite) -> int:
         rows = write.appends
         columns = [c for c in rows.column_names if c != "__row"]
-        con.register("_page_rows", _staged(rows, write.table))
-        try:
-            names = "".join(f"{q(c)}, " for c in columns)
-            select = "".join(f"s.{q(c)}, " for c in columns)
-            con.execute(
-                f"INSERT INTO {target} ({names}_fivetran_synced, _fivetran_batch, _fivetran_index)"
-                f" SELECT {select}?, ?, s.__row FROM _page_rows AS s",
-                [page.synced_at, page.batch],
-            )
-        finally:
-            con.unregister("_page_rows")
+        _page_rows = _staged(rows, write.table)  # noqa: F841 - the SQL below reads it by name
+        names = "".join(f"{q(c)}, " for c in columns)
+        select = "".join(f"s.{q(c)}, " for c in columns)
+        con.execute(
+            f"INSERT INTO {target} ({names}_fivetran_synced, _fivetran_batch, _fivetran_index)"
+            f" SELECT {select}?, ?, s.__row FROM _page_rows AS s",
+            [page.synced_at, page.batch],
+        )
         return rows.num_rows
 
     def _delete(self, con, target: str, page: PageWrite, write: TableWrite) -> tuple[int, int]:
         keys = write.table.primary_key
-        con.register("_page_keys", write.deletes)
-        try:
-            key_list = ", ".join(q(k) for k in keys)
-            wanted = con.execute(
-                f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM _page_keys)"
-            ).fetchone()[0]
-            on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
-            marked = con.execute(
-                f"UPDATE {target} AS t SET _fivetran_deleted = true, _fivetran_synced = ?"
-                f" FROM (SELECT DISTINCT {key_list} FROM _page_keys) AS s WHERE {on}",
-                [page.synced_at],
-            ).fetchone()[0]
-        finally:
-            con.unregister("_page_keys")
+        _page_keys = write.deletes  # noqa: F841 - the SQL below reads it by name
+        key_list = ", ".join(q(k) for k in keys)
+        wanted = con.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM _page_keys)"
+        ).fetchone()[0]
+        on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
+        marked = con.execute(
+            f"UPDATE {target} AS t SET _fivetran_deleted = true, _fivetran_synced = ?"
+            f" FROM (SELECT DISTINCT {key_list} FROM _page_keys) AS s WHERE {on}",
+            [page.synced_at],
+        ).fetchone()[0]
         return marked, wanted - marked
 
     def _save_catalog(self, con, page: PageWrite) -> None:

@@ -49,30 +49,27 @@ def upsert(con, target: str, write: TableWrite, synced_at: datetime) -> int:
     rows = write.upserts
     on = _on(write.table.primary_key)
     changed = f"t.{ACTIVE} AND {on} AND t.{HASH} <> s.{HASH}"
-    con.register("_page_rows", rows)
-    try:
-        # a version this sync opened is replaced, not closed: no zero-length versions
-        con.execute(
-            f"DELETE FROM {target} AS t USING _page_rows AS s WHERE {changed} AND t.{START} = ?",
-            [synced_at],
-        )
-        con.execute(
-            f"UPDATE {target} AS t SET {SYNCED} = ?,"
-            f" {END} = CASE WHEN t.{HASH} = s.{HASH} THEN t.{END} ELSE ? END,"
-            f" {ACTIVE} = t.{HASH} = s.{HASH} FROM _page_rows AS s WHERE t.{ACTIVE} AND {on}",
-            [synced_at, closing_time(synced_at)],
-        )
-        columns = [c for c in rows.column_names if c not in ("__row", HASH)]
-        names = "".join(f"{q(c)}, " for c in columns)
-        values = "".join(f"s.{q(c)}, " for c in columns)
-        con.execute(
-            f"INSERT INTO {target} ({names}{SYNCED}, {START}, {END}, {ACTIVE}, {HASH})"
-            f" SELECT {values}?, ?, ?, true, s.{HASH} FROM _page_rows AS s WHERE NOT EXISTS"
-            f" (SELECT 1 FROM {target} AS t WHERE t.{ACTIVE} AND {on})",
-            [synced_at, synced_at, END_OF_TIME],
-        )
-    finally:
-        con.unregister("_page_rows")
+    _page_rows = rows  # noqa: F841 - the SQL below reads it by name
+    # a version this sync opened is replaced, not closed: no zero-length versions
+    con.execute(
+        f"DELETE FROM {target} AS t USING _page_rows AS s WHERE {changed} AND t.{START} = ?",
+        [synced_at],
+    )
+    con.execute(
+        f"UPDATE {target} AS t SET {SYNCED} = ?,"
+        f" {END} = CASE WHEN t.{HASH} = s.{HASH} THEN t.{END} ELSE ? END,"
+        f" {ACTIVE} = t.{HASH} = s.{HASH} FROM _page_rows AS s WHERE t.{ACTIVE} AND {on}",
+        [synced_at, closing_time(synced_at)],
+    )
+    columns = [c for c in rows.column_names if c not in ("__row", HASH)]
+    names = "".join(f"{q(c)}, " for c in columns)
+    values = "".join(f"s.{q(c)}, " for c in columns)
+    con.execute(
+        f"INSERT INTO {target} ({names}{SYNCED}, {START}, {END}, {ACTIVE}, {HASH})"
+        f" SELECT {values}?, ?, ?, true, s.{HASH} FROM _page_rows AS s WHERE NOT EXISTS"
+        f" (SELECT 1 FROM {target} AS t WHERE t.{ACTIVE} AND {on})",
+        [synced_at, synced_at, END_OF_TIME],
+    )
     return rows.num_rows
 
 
@@ -81,22 +78,19 @@ def close(con, target: str, write: TableWrite, synced_at: datetime) -> tuple[int
     Returns (versions closed or removed, distinct keys without an active version)."""
     keys = write.table.primary_key
     key_list = ", ".join(q(k) for k in keys)
-    con.register("_page_keys", write.deletes)
-    try:
-        distinct = f"(SELECT DISTINCT {key_list} FROM _page_keys) AS s"
-        wanted = con.execute(f"SELECT count(*) FROM {distinct}").fetchone()[0]
-        where = f"t.{ACTIVE} AND {_on(keys)}"
-        removed = con.execute(
-            f"DELETE FROM {target} AS t USING {distinct} WHERE {where} AND t.{START} = ?",
-            [synced_at],
-        ).fetchone()[0]
-        closed = con.execute(
-            f"UPDATE {target} AS t SET {END} = ?, {ACTIVE} = false, {SYNCED} = ?"
-            f" FROM {distinct} WHERE {where}",
-            [closing_time(synced_at), synced_at],
-        ).fetchone()[0]
-    finally:
-        con.unregister("_page_keys")
+    _page_keys = write.deletes  # noqa: F841 - the SQL below reads it by name
+    distinct = f"(SELECT DISTINCT {key_list} FROM _page_keys) AS s"
+    wanted = con.execute(f"SELECT count(*) FROM {distinct}").fetchone()[0]
+    where = f"t.{ACTIVE} AND {_on(keys)}"
+    removed = con.execute(
+        f"DELETE FROM {target} AS t USING {distinct} WHERE {where} AND t.{START} = ?",
+        [synced_at],
+    ).fetchone()[0]
+    closed = con.execute(
+        f"UPDATE {target} AS t SET {END} = ?, {ACTIVE} = false, {SYNCED} = ?"
+        f" FROM {distinct} WHERE {where}",
+        [closing_time(synced_at), synced_at],
+    ).fetchone()[0]
     return removed + closed, wanted - removed - closed
 
 
@@ -138,14 +132,11 @@ def rehash(con, target: str, table: TableInfo, *, active_only: bool) -> None:
         parts.append(typed.select(list(keys)).append_column(HASH, row_hashes(typed, columns)))
     if not parts:
         return
-    con.register("_rehashed", pa.concat_tables(parts))
-    try:
-        con.execute(
-            f"UPDATE {target} AS t SET {HASH} = s.{HASH} FROM _rehashed AS s WHERE {_on(keys)}"
-            + (f" AND t.{ACTIVE}" if active_only else "")
-        )
-    finally:
-        con.unregister("_rehashed")
+    _rehashed = pa.concat_tables(parts)  # noqa: F841 - the SQL below reads it by name
+    con.execute(
+        f"UPDATE {target} AS t SET {HASH} = s.{HASH} FROM _rehashed AS s WHERE {_on(keys)}"
+        + (f" AND t.{ACTIVE}" if active_only else "")
+    )
 
 
 def _typed(rows: pa.Table, columns: dict[str, LogicalType]) -> pa.Table:

@@ -146,6 +146,7 @@ SCENARIOS = {
     ),
     "python": Scenario({"shop.orders": 120}, env={"SHOP_API_KEY": "docs-shop-key-123"}),
     "javascript": Scenario({"helpdesk.tickets": 60}),
+    "streamed": Scenario({"shop.orders": 3}),
     "lambda": Scenario({"finance.rates": 15}, entry="lambda_function.lambda_handler"),
     "http": Scenario(
         {"weather.readings": 24},

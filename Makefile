@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sync.py
+	$(BIN)/python benchmarks/bench_stream.py
 	$(BIN)/python benchmarks/bench_celery.py
 
 clean:

@@ -13,6 +13,7 @@ its Arrow data alive until the commit, so a streamed page would hold all of its 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -139,6 +140,11 @@ def sql_type(logical: LogicalType) -> str:
     if logical.name == "DECIMAL":
         return f"DECIMAL({logical.precision},{logical.scale})"
     return SQL_TYPES[logical.name]
+
+
+# DuckDB's memory limit while a streamed page is written (design §13): it holds the
+# blocks of one part and what DuckDB keeps per row until the commit, not the page
+STREAMED_MEMORY_LIMIT = "64MB"
 
 
 class DuckDBDestination(Destination):
@@ -530,6 +536,34 @@ class DuckDBDestination(Destination):
     # -- pages ------------------------------------------------------------------------
 
     def apply_parts(self, parts: Iterable[PageWrite]) -> PageResult:
+        parts = iter(parts)
+        first = next(parts, None)
+        if first is None:
+            return PageResult()
+        if first.part is None:  # a whole page: its memory is its own
+            return self._apply_parts(itertools.chain([first], parts))
+        with self._memory_capped():
+            return self._apply_parts(itertools.chain([first], parts))
+
+    @contextmanager
+    def _memory_capped(self):
+        """DuckDB caches the blocks a transaction writes up to its memory limit (80% of
+        the machine's by default): a streamed page of any size would end up cached whole.
+        Capped, it spills what it no longer needs and stays near the cap."""
+        capped = False
+        try:
+            self.con.execute(f"SET memory_limit = '{STREAMED_MEMORY_LIMIT}'")
+            capped = True
+        except duckdb.Error:  # cached data it cannot drop: write as before, uncapped
+            pass
+        try:
+            yield
+        finally:
+            if capped:
+                with suppress(duckdb.Error):
+                    self.con.execute("RESET memory_limit")
+
+    def _apply_parts(self, parts: Iterable[PageWrite]) -> PageResult:
         result = PageResult()
         page = None
         try:

@@ -287,9 +287,11 @@ TRICKY = st.sampled_from("'\"\\/%+=&? \t\néß€😀\u200b\u202e")
 SECRETS = st.text(PRINTABLE | TRICKY, min_size=6, max_size=40).filter(
     # `*` is what masks are made of; a secret must show more than its whitespace, and be
     # no plain English word, which the runtime may write itself (`HttpRequest`, `connector`)
-    lambda secret: "*" not in secret
-    and len(_squeezed(secret)) >= 6
-    and not (secret.strip().isascii() and secret.strip().isalpha())
+    lambda secret: (
+        "*" not in secret
+        and len(_squeezed(secret)) >= 6
+        and not (secret.strip().isascii() and secret.strip().isalpha())
+    )
 )
 
 

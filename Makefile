@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench schemas clean
+.PHONY: run test test-slow test-all lint bench schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ run: $(STAMP)
 	@echo "The dashboard: cd examples/transactions && ../../$(BIN)/connector serve"
 	@echo "then open the login URL it prints (http://127.0.0.1:8765/login?token=...)."
 
+# `slow` tests (see pyproject.toml) run in `test-slow`; CI runs both
 test: $(STAMP)
+	$(BIN)/pytest -m "not slow"
+	@echo "make test skips the tests marked slow: make test-slow runs them (CI runs both)"
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+test-all: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)

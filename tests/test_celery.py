@@ -32,6 +32,8 @@ from test_notify_e2e import receiver as receiver  # fixture
 from test_serve_ops import assert_never_overlapping, wait_until
 from warehouses import postgres_url as postgres_url  # fixture
 
+pytestmark = pytest.mark.slow  # real workers on a real broker: about two minutes
+
 RABBITMQ = os.environ.get("CONNECTOR_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS = os.environ.get("CONNECTOR_TEST_REDIS", "redis://127.0.0.1:6379/0")
 SECRET = "celery-test-secret-value-2f9c"

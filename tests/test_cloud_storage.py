@@ -32,6 +32,8 @@ from connector_runtime.storage import S3PageStore, merge_page
 from connector_runtime.sync import SyncJob, run_sync
 from connector_runtime.testing import ScriptedInvoker
 
+pytestmark = pytest.mark.slow  # a moto S3 server and npm's AWS SDK: about a minute
+
 FUNCTIONS = Path(__file__).resolve().parent / "s3_functions"
 AWS_SDK = {"@aws-sdk/client-s3": "3.1178.0"}  # pinned: later ones may need a newer node
 PREFIX = "cr/"

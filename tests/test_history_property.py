@@ -30,6 +30,8 @@ from connector_runtime.retry import RetryPolicy
 from connector_runtime.sync import SyncJob, run_sync
 from connector_runtime.testing import ScriptedInvoker
 
+pytestmark = pytest.mark.slow  # property runs on DuckDB and PostgreSQL
+
 KEYS = (1, 2, 3, 4)
 HISTORY = TableSettings(history=frozenset({"t"}))
 FAST_RETRY = RetryPolicy(attempts=2, base=0.01, cap=0.05)

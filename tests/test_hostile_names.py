@@ -22,8 +22,11 @@ from warehouses import destination_url as destination_url  # fixtures
 from connector_runtime.destination import open_destination
 from connector_runtime.naming import HISTORY_COLUMNS, RESERVED_COLUMNS, NameMap, UnusableName, fold
 
+pytestmark = pytest.mark.slow  # hostile names on all four warehouses: about a minute
+
 REPLAY = """
 import json, pathlib
+
 def handler(request):
     pages = json.loads((pathlib.Path(__file__).parent / "pages.json").read_text())
     return pages[request["state"].get("page", 0)]

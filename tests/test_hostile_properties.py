@@ -1185,6 +1185,7 @@ def examples(draw) -> tuple[str, Answer]:
     return naming, draw(answers(naming))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=220,
     deadline=None,
@@ -1272,6 +1273,7 @@ def decodes(raw: bytes) -> bool:
     return True
 
 
+@pytest.mark.slow
 @settings(
     max_examples=12,
     deadline=None,

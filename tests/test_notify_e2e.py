@@ -211,6 +211,7 @@ def test_a_webhook_answering_500_then_200_gets_it_and_the_sync_is_unaffected(pro
         assert "notification_failed" not in result.stderr
 
 
+@pytest.mark.slow  # a webhook retried with its backoff: about 20 s
 def test_a_webhook_that_is_down_changes_neither_the_exit_code_nor_the_outcome(project):
     url = closed_port_url()
     made = notifying(project(HANDLER), url)

@@ -30,6 +30,8 @@ from lambda_rie import unavailable
 from connector_runtime import errors
 from connector_runtime.invokers.runtime_api import RuntimeApiInvoker
 
+pytestmark = pytest.mark.slow  # builds a Go program and starts runtimes: most of a minute
+
 CLIENTS = Path(__file__).parent / "runtime_api"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "go_runtime_api"
 REQUEST = {"agent": "connector-runtime/test", "state": {}, "secrets": {}, "sync_id": "s-1"}

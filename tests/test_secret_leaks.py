@@ -295,6 +295,7 @@ SECRETS = st.text(PRINTABLE | TRICKY, min_size=6, max_size=40).filter(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=15,
     deadline=None,

@@ -63,6 +63,8 @@ import json
 import urllib.error
 import urllib.request
 
+pytestmark = pytest.mark.slow  # functions waited on through callbacks: about 30 s
+
 
 def post(callback, body):
     request = urllib.request.Request(

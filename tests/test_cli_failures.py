@@ -515,6 +515,7 @@ def held_page(root: Path) -> int:
     return int(wait_until(lambda: held.exists() and held.read_text(), "the handler to hold"))
 
 
+@pytest.mark.slow  # waits out a held warehouse
 def test_a_warehouse_held_by_a_sync_is_waited_for_out_loud_then_one_line(tmp_path, paged):
     config = paged
     (tmp_path / "hold").write_text("2")  # pages 0 and 1 commit, page 2 waits
@@ -557,6 +558,7 @@ def test_the_lock_wait_variable_must_be_seconds(paged):
 # -- 3. signals on `connector run` ---------------------------------------------------------
 
 
+@pytest.mark.slow  # signals mid-sync, runs resumed
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_run_after_the_page_and_the_next_run_resumes(tmp_path, paged, sig, code):
     config = paged
@@ -588,6 +590,7 @@ def test_a_signal_stops_run_after_the_page_and_the_next_run_resumes(tmp_path, pa
     assert_every_row_once(config)
 
 
+@pytest.mark.slow  # signals mid-sync, runs resumed
 def test_a_second_sigint_exits_at_once_and_the_next_run_recovers(tmp_path, paged):
     config = paged
     (tmp_path / "hold").write_text("3")

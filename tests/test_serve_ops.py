@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import duckdb
+import pytest
 import yaml
 
 # -- helpers ----------------------------------------------------------------------------
@@ -188,6 +189,7 @@ def beta_pages(made) -> list[tuple]:
     )
 
 
+@pytest.mark.slow  # serve on a schedule for seconds
 def test_serve_schedules_never_overlaps_and_stops_cleanly_on_signals(project):
     made = project(SERVED, name="beta")
     write_connectors(made, {"alpha": {"schedule": "1s"}, "beta": {"schedule": "2s"}})
@@ -379,6 +381,7 @@ def shown_state(made) -> dict:
     return json.loads(shown.stdout)  # JSON alone on stdout
 
 
+@pytest.mark.slow  # many CLI starts
 def test_state_show_set_and_reset(project):
     made = project(CURSOR)
     write_connectors(made, {"demo": {}})

@@ -631,6 +631,7 @@ def test_run_progress_conflicts_state_and_tables_through_the_api(tmp_path):
     assert statuses == [("broken", "failed", 1), ("slow", "succeeded", 2)]
 
 
+@pytest.mark.slow  # serve restarted
 def test_pause_persists_across_restarts_and_keeps_schedules_off(tmp_path):
     made = new_project(tmp_path, {"ticker": {"schedule": "1s"}})
     with serving(made) as served:
@@ -864,6 +865,7 @@ def status_line(result, name: str) -> str:
     return " ".join(lines[0].split())
 
 
+@pytest.mark.slow  # a sync held open for seconds
 def test_commands_act_through_serve_while_a_sync_holds_the_warehouse(tmp_path):
     made = new_project(tmp_path, {"slow": {"schedule": "1d"}, "other": {}})
     with serving(made) as served:

@@ -288,14 +288,16 @@ def prefetch_rows(args, workdir: Path, variants, figures_of) -> tuple[dict, list
     per_page: dict[str, dict[bool, list[dict]]] = {v: {True: [], False: []} for v in variants}
     for number in range(1, args.repeat + 1):
         for variant, code in variants.items():
-            for prefetch in (True, False):
+            # an older checkout (`--baseline`) may predate paging ahead and its setting:
+            # it runs as written, which is paging ahead's "off"
+            for prefetch in (True, False) if code is None else (False,):
                 run_dir = workdir / "prefetch" / variant / f"{'on' if prefetch else 'off'}{number}"
                 run_dir.mkdir(parents=True)
                 (run_dir / "handler.py").write_text(source)
                 config = bench.CONFIG.format(
                     url=json.dumps("duckdb:///warehouse.duckdb"), connector=bench.CONNECTOR
                 )
-                if not prefetch:
+                if not prefetch and code is None:
                     config = config.replace(
                         "timeout: 10m\n", "timeout: 10m\n      prefetch: false\n"
                     )
@@ -331,6 +333,8 @@ def _page_figures(result: dict) -> dict[str, float]:
 def _prefetch_figures(runs: dict[bool, list[dict]]) -> list[BenchRow]:
     name = f"paging ahead, {PREFETCH_SLEEP * 1000:.0f} ms function: ms per page"
     on, off = runs[True], runs[False]
+    if off and not on:  # an older checkout, without paging ahead
+        return [BenchRow.of_runs(f"{name}, prefetch off", [r["page_s"] * 1000 for r in off], "ms")]
     if not on or not off:
         return [BenchRow.not_run(f"{name}, prefetch on", "ms", None, "a check failed")]
     apply_ms = statistics.median(r["apply_s"] for r in off) * 1000

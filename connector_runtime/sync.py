@@ -158,11 +158,31 @@ def run_sync(
 
     `stop`, once set, ends the sync after its current page, as `rescheduled`."""
     masking.register(job.secrets)
-    with open_destination(job.destination_url) as destination, destination.lock(job.connector):
-        sync = _Sync(job, destination, trigger, on_page or (lambda _: None), stop, sync_id)
-        outcome = sync.run()
+    invoker = _started(job)  # its worker loads the function while the warehouse opens
+    try:
+        with (
+            open_destination(job.destination_url) as destination,
+            destination.lock(job.connector),
+        ):
+            on_page = on_page or (lambda _: None)
+            sync = _Sync(job, destination, trigger, on_page, stop, sync_id, invoker)
+            outcome = sync.run()
+    finally:
+        if invoker is not None:
+            invoker.close()
     sync.announce()  # once the lock is free: whoever hears "finished" may start the next
     return outcome
+
+
+def _started(job: SyncJob) -> Invoker | None:
+    """The job's invoker, its worker started; None if it cannot be made now: the sync
+    makes it again, and its failure is then the sync's alert."""
+    try:
+        invoker = job.invoker()
+    except Exception:
+        return None
+    invoker.start()
+    return invoker
 
 
 _GC_PAUSES = [0, False]  # pauses under way in this process; whether gc was on before them
@@ -392,8 +412,10 @@ class _Sync:
         on_page: Callable[[PageProgress], None],
         stop: threading.Event | None,
         sync_id: str | None = None,
+        invoker: Invoker | None = None,
     ) -> None:
         self.job, self.destination, self.on_page, self.stop = job, destination, on_page, stop
+        self.invoker = invoker  # made ahead (`run_sync`); else made when pages are asked for
         sync_id = sync_id or str(uuid.uuid4())
         self.record = SyncRecord(sync_id, job.connector, trigger, datetime.now(UTC))
         self.outcome = SyncOutcome(self.record)
@@ -481,7 +503,7 @@ class _Sync:
         # prefetch call short, and the pool then has nothing left to wait for
         with (
             ThreadPoolExecutor(1, thread_name_prefix="prefetch") as ahead,
-            self.job.invoker() as invoker,
+            self.invoker or self.job.invoker() as invoker,
             self.deliverer(),
         ):
             self.output = invoker.output

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from conftest import start_connector
 
+pytestmark = pytest.mark.slow  # functions waited on through callbacks: about 30 s
+
 # Two pages, each POSTed to the callback; the first call also tries a wrong token, no
 # token and a second POST, and the second page reports the statuses they got. The
 # function goes on working after posting, then returns what Netlify would ignore.
@@ -62,8 +64,6 @@ PY_POSTER = """\
 import json
 import urllib.error
 import urllib.request
-
-pytestmark = pytest.mark.slow  # functions waited on through callbacks: about 30 s
 
 
 def post(callback, body):

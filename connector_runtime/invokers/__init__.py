@@ -208,6 +208,11 @@ class Invoker(ABC):
         """Send `request` to the function and return its answer as JSON bytes (a `Stream`
         of parts when it streams)."""
 
+    def start(self) -> None:
+        """Begin what the first call needs (a worker process) without waiting for it, so
+        that it gets ready while the caller does other work. Never raises: a failure is
+        the first call's to report. Optional."""
+
     def close(self) -> None:
         """Release what the invoker holds (a worker process, a client). Idempotent."""
 

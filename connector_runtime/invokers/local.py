@@ -163,6 +163,10 @@ class LocalPythonInvoker(Invoker):
         """The handler's name and shape, loaded in a worker as a sync would (inline too)."""
         return self._worker.describe()
 
+    def start(self) -> None:
+        if self.isolation == "process":
+            self._worker.start()
+
     def close(self) -> None:
         self._worker.close()
         if self._host is not None:
@@ -262,12 +266,22 @@ class WarmWorker:
             raise errors.InvokeFailed(f"{failed.get('errorType')}: {failed.get('errorMessage')}")
         return json.loads(payload)
 
+    def start(self) -> None:
+        """Start the worker now, without waiting for it to load the function; a failure
+        to start is left to the first call, which raises it."""
+        if self._worker is None:
+            with contextlib.suppress(Exception):
+                self._start()
+
+    def _start(self) -> None:
+        self._worker = _Worker(
+            self.command(), self.spec.function_name, self.log, self.output, self.env
+        )
+
     def _exchange(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
         """The reply's first frame."""
         if self._worker is None:
-            self._worker = _Worker(
-                self.command(), self.spec.function_name, self.log, self.output, self.env
-            )
+            self._start()
         try:
             kind, payload = self._worker.exchange(encode_json(request), self.spec.timeout)
         except errors.FunctionError:

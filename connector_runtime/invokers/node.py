@@ -108,6 +108,9 @@ class NodeInvoker(Invoker):
         answer), loaded as a sync would load it; `InvokeFailed` if it does not load."""
         return self._worker.describe()
 
+    def start(self) -> None:
+        self._worker.start()
+
     def close(self) -> None:
         self._worker.close()
 

@@ -186,11 +186,8 @@ class HttpInvoker(Invoker):
     def _streams(self, response: Any) -> bool:
         """Whether `response` is a streamed answer: 2xx NDJSON, to a source's request."""
         media_type = response.headers.get_content_type() if response.headers else ""
-        return (
-            200 <= response.status < 300
-            and media_type == STREAMED_TYPE
-            and not (self.status_answers)
-        )
+        streamed = 200 <= response.status < 300 and media_type == STREAMED_TYPE
+        return streamed and not self.status_answers
 
     def _streamed(self, response: Any, drop: Any) -> _Answer:
         """The answer whose body is read part by part: each line of NDJSON, one part.

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from test_local_invoker import REQUEST, with_state
+from test_local_invoker import restore_imports as restore_imports  # an autouse fixture
 from typescript_toolchain import link_esbuild
 
 from connector_runtime import errors
@@ -23,23 +24,8 @@ from connector_runtime.invokers import Stream
 from connector_runtime.invokers.local import LocalPythonInvoker
 from connector_runtime.invokers.node import NodeInvoker
 
-REQUEST = {"agent": "connector-runtime/test", "state": {}, "secrets": {}, "sync_id": "s-1"}
 PAGE_END = {"state": {"cursor": 3}, "hasMore": False}
 ROWS = [{"insert": {"orders": [{"id": n}]}} for n in (1, 2, 3)]
-
-
-def with_state(**state: object) -> dict:
-    return {**REQUEST, "state": state}
-
-
-@pytest.fixture(autouse=True)
-def restore_imports():
-    """Inline loading edits sys.path and sys.modules; keep tests from seeing each other's."""
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
 
 
 @pytest.fixture

@@ -19,9 +19,11 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from socketserver import BaseServer
 from typing import Any, NamedTuple
 
 import duckdb
@@ -89,6 +91,19 @@ def start_connector(*args: str, config: Path, cwd: Path | None = None) -> subpro
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextmanager
+def serving(server: BaseServer, poll_seconds: float = 0.05) -> Iterator[BaseServer]:
+    """`server` answering in a daemon thread until the block ends; then shut down and
+    closed. Its poll interval bounds how long the shutdown waits."""
+    thread = threading.Thread(target=server.serve_forever, args=(poll_seconds,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager

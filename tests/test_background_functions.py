@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import start_connector
+from conftest import serving, start_connector
 
 pytestmark = pytest.mark.slow  # functions waited on through callbacks: about 30 s
 
@@ -303,12 +303,8 @@ class _NetlifyHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def netlify_like():
-    server = NetlifyLike()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(NetlifyLike()) as server:
+        yield server
 
 
 def test_an_http_background_function_answers_202_then_posts(

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from conftest import serving
 
 pytest.register_assert_rewrite("lambda_rie")
 pytest_plugins = ["lambda_rie"]
@@ -199,11 +200,8 @@ class _Receiver(BaseHTTPRequestHandler):
 def http_receiver():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     server.lock, server.calls, server.events, server.busy_calls = threading.Lock(), 0, [], {2}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield server
 
 
 def test_an_http_destination_is_judged_by_its_status_and_retried_when_busy(project, http_receiver):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
+from conftest import serving
 from test_e2e_cli import (
     GOOD_PAGE,
     KEYED,
@@ -123,13 +123,8 @@ class _Answers(BaseHTTPRequestHandler):
 def http_function(*bodies: bytes) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
     server.bodies = list(bodies)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_nan_text_from_an_http_function_is_refused_in_the_state(project):

@@ -45,7 +45,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +56,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from conftest import run_connector
+from conftest import run_connector, serving
 from hypothesis import HealthCheck, currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
 
@@ -1239,13 +1238,8 @@ class _Function(BaseHTTPRequestHandler):
 def function_host() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Function)
     server.scripts = {}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 HANDLER = """

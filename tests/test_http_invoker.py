@@ -24,6 +24,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from conftest import serving
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -565,13 +566,8 @@ class _KeepAliveHandler(BaseHTTPRequestHandler):
 def keep_alive_host(close_after=()) -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
     server.peers, server.close_after = [], set(close_after)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_calls_reuse_one_connection_while_the_host_keeps_it_open():

@@ -27,12 +27,12 @@ import base64
 import contextlib
 import json
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, quote_plus
 
 import pytest
 import yaml
+from conftest import serving
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -176,14 +176,8 @@ class _Function(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_function():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Function)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _Function)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def write_config(made, url: str) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import serving
 from test_typescript import ts_project as ts_project  # fixtures
 
 PEOPLE = {"people": {"primary_key": ["id"]}}
@@ -339,13 +339,8 @@ def http_function(answer: Callable[[dict, int], tuple]) -> Iterator[ThreadingHTT
     """A function host on 127.0.0.1; `requests` holds every request it received."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Function)
     server.answer, server.requests = answer, []
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def http_project(project, server: ThreadingHTTPServer):

@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-import pydantic_core
 
 # The deepest nesting the runtime carries: orjson and pydantic-core, which write the
 # saved state, the requests and JSON columns, both stop at 255 levels.
@@ -63,6 +62,8 @@ def decode_json(raw: bytes | str) -> Any:
     Raises `ValueError` with the parser's message for anything that is not JSON, and
     `TooDeep` for JSON nested deeper than `MAX_DEPTH`.
     """
+    import pydantic_core  # here: a function's worker encodes only, and starts faster without it
+
     try:
         # strings are not interned (only keys): most of a page's values occur once
         return pydantic_core.from_json(raw, cache_strings="keys")

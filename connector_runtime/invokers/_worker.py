@@ -30,7 +30,6 @@ pipe reaches the line, it has read all the call printed (`local._Worker`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import faulthandler
 import importlib.util
@@ -46,11 +45,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from connector_runtime.errors import InvokeFailed
 from connector_runtime.invokers import _shapes, ndjson_lines
 from connector_runtime.jsonio import encode_json
+
+if TYPE_CHECKING:  # imported when a handler is async: most are not, and it is slow to load
+    import asyncio
 
 ANSWER = b"A"  # the handler's answer, or its error shape
 SHAPED = b"S"  # an answer of a host's shape: `_shapes.Shaped.header()`, then the body
@@ -69,7 +71,6 @@ END_OF_CALL = b"\x00connector-runtime:end-of-call:"
 FAILED_BODY_BYTES = 4096
 LAMBDA_HANDLER = "lambda_handler"  # the name that says "written for AWS Lambda"
 DEFAULT_HANDLERS = ("handler", LAMBDA_HANDLER, "main")  # main: Azure Functions' entry point
-_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,8 @@ class FunctionHost:
         return answer
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
         self._loop = self._loop or asyncio.new_event_loop()
         return self._loop
 
@@ -330,11 +333,14 @@ def _described(exc: BaseException) -> str:
 
 def _user_frames(exc: BaseException) -> list[list[Any]]:
     """The traceback without the runtime's own frames (this module, importlib, asyncio)."""
+    runtime = ["<frozen importlib"]
+    if (asyncio := sys.modules.get("asyncio")) is not None:  # loaded for an async handler
+        runtime.append(os.path.dirname(asyncio.__file__))
     return [
         [frame.filename, frame.lineno, frame.name, frame.line or ""]
         for frame in traceback.extract_tb(exc.__traceback__)
         if frame.filename != __file__
-        and not frame.filename.startswith(("<frozen importlib", _ASYNCIO_DIR))
+        and not frame.filename.startswith(tuple(runtime))
     ]
 
 
@@ -548,6 +554,17 @@ def main(argv: list[str]) -> None:
             channel.stream(reply)
         else:
             channel.send(*reply)
+    _exit_at_once()
+
+
+def _exit_at_once() -> None:
+    """Stdin closed: end now, without the interpreter's teardown of every module the
+    handler loaded (tens of milliseconds the runtime would wait for). A Lambda sandbox is
+    frozen and discarded rather than shut down, so atexit hooks do not run there either."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _exit_with_parent(poll_seconds: float = 0.5) -> None:

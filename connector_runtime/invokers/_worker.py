@@ -339,8 +339,7 @@ def _user_frames(exc: BaseException) -> list[list[Any]]:
     return [
         [frame.filename, frame.lineno, frame.name, frame.line or ""]
         for frame in traceback.extract_tb(exc.__traceback__)
-        if frame.filename != __file__
-        and not frame.filename.startswith(tuple(runtime))
+        if frame.filename != __file__ and not frame.filename.startswith(tuple(runtime))
     ]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +25,35 @@ from .history import HASH, row_hashes
 from .naming import NameEntry, NameMap, UnusableName
 from .protocol import Response, TableSchema
 from .types import JSON, STRING, LogicalType, infer_column, widen
+
+
+class SentColumns(NamedTuple):
+    """One table's rows in a page as columns, by the names the function sent (in the
+    order first seen), and each column's `infer_array` where it was made ahead."""
+
+    values: dict[str, list]
+    inferred: dict[str, Inferred]
+
+
+def sent_columns(rows: list[dict], *, infer: bool) -> SentColumns:
+    values = {c: [row.get(c) for row in rows] for c in dict.fromkeys(chain.from_iterable(rows))}
+    return SentColumns(values, {c: infer_array(v) for c, v in values.items()} if infer else {})
+
+
+def prepare(response: Response) -> None:
+    """Turn the page's rows into columns and type each one now, so that planning the page
+    later only names them and widens the tables' types by them.
+
+    None of it depends on the tables as they are: the sync runs it in the thread that
+    asked for the page, while the page before it is written. A table this fails for is
+    left to `PagePlanner.plan`, which then says what is wrong with it."""
+    for field_name, tables in (("insert", response.insert), ("delete", response.delete)):
+        for source, rows in tables.items():
+            try:
+                sent = sent_columns(rows, infer=field_name == "insert")
+            except Exception:  # noqa: BLE001 - planning finds and reports it in place
+                continue
+            response._columns[field_name, source] = sent
 
 
 @dataclass(frozen=True)
@@ -220,10 +249,10 @@ class PagePlanner:
                 f"delete: table {source!r} has no primary key; declare one in "
                 f'"schema": {{"{source}": {{"primary_key": [...]}}}}'
             )
-        rows = self._columns(source, name, table, inserts, "insert")
-        keys = self._columns(source, name, table, deletes, "delete")
+        rows, inferred = self._columns(source, name, table, response, "insert")
+        keys, _ = self._columns(source, name, table, response, "delete")
         keys = {k: keys[k] for k in table.primary_key} if deletes else {}
-        table, ready = self._typed(source, table, schema, rows, keys)
+        table, ready = self._typed(source, table, schema, rows, keys, inferred)
         marks = deletes and not table.history  # a history table closes versions instead
         write = TableWrite(replace(table, deleted_column=True) if marks else table, previous)
         if deletes:
@@ -270,14 +299,16 @@ class PagePlanner:
         return table
 
     def _columns(
-        self, source: str, table: str, info: TableInfo, rows: list[dict], field_name: str
-    ) -> dict[str, list]:
-        """Rows turned into warehouse-named columns once, in table order: key first, then
-        as first seen. Blocked columns are left out; key values are checked here."""
-        sources = dict.fromkeys(chain.from_iterable(rows))
+        self, source: str, table: str, info: TableInfo, response: Response, field_name: str
+    ) -> tuple[dict[str, list], dict[str, Inferred]]:
+        """The table's rows in `field_name` as warehouse-named columns, in table order: key
+        first, then as first seen, with the inference of those `prepare` typed. Blocked
+        columns are left out; key values are checked here."""
+        rows = getattr(response, field_name).get(source, [])
+        sent = response._columns.get((field_name, source)) or sent_columns(rows, infer=False)
         blocked = self.settings.blocked.get(table, frozenset())
         named = {}
-        for c in sources:
+        for c in sent.values:
             try:
                 named[self.names.column(source, c)] = c
             except UnusableName as exc:
@@ -286,9 +317,9 @@ class PagePlanner:
                     f"{field_name}: table {source!r}, row {index}, column {c!r}: {exc}"
                 ) from None
         order = [*info.primary_key, *(n for n in named if n not in info.primary_key)]
-        columns = {
-            n: [row.get(named[n]) for row in rows] for n in order if n not in blocked and n in named
-        }
+        kept = [n for n in order if n not in blocked and n in named]
+        columns = {n: sent.values[named[n]] for n in kept}
+        inferred = {n: sent.inferred[named[n]] for n in kept if named[n] in sent.inferred}
         for key in info.primary_key:
             values = columns.get(key) or [None] * len(rows)
             if None in values:
@@ -298,7 +329,7 @@ class PagePlanner:
                     f"{field_name}: table {source!r}, row {index}: "
                     f"primary-key column {key!r} {problem}"
                 )
-        return columns
+        return columns, inferred
 
     def _typed(
         self,
@@ -307,10 +338,11 @@ class PagePlanner:
         schema: TableSchema | None,
         rows: dict[str, list],
         keys: dict[str, list],
+        inferred: Mapping[str, Inferred],
     ) -> tuple[TableInfo, dict[str, Inferred]]:
         """Widen the table's columns by this page's values; declared types win. Delete
         keys type only key columns no insert has typed yet. Also each inserted column's
-        inference, with its array when inferring made one."""
+        inference (from `inferred` if made ahead), with its array when inferring made one."""
         where = f"schema: table {source!r}, columns"
         declared = {
             self._column_name(source, c, where): t
@@ -330,7 +362,7 @@ class PagePlanner:
         ready = {}
         for column, values in rows.items():
             if column not in declared and column not in table.declared:
-                ready[column] = infer_array(values)
+                ready[column] = inferred.get(column) or infer_array(values)
                 widen_by(column, ready[column].logical)
         for column, values in keys.items():
             if column in declared or column in table.declared:

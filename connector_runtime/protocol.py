@@ -126,6 +126,9 @@ class Response(BaseModel):
     _ignored: tuple[str, ...] = PrivateAttr(default=())
     # In a streamed answer: whether this part carries the state (`validate_part`).
     _last: bool = PrivateAttr(default=False)
+    # Each table's rows as columns, made before planning (`page.prepare`); by
+    # ("insert" or "delete", table).
+    _columns: dict[tuple[str, str], Any] = PrivateAttr(default_factory=dict)
 
     @property
     def row_count(self) -> int:

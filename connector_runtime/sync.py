@@ -47,7 +47,7 @@ from .errors import (
 from .events import bus
 from .invokers import Invoker, OutputTail, Stream
 from .naming import NameMap
-from .page import PagePlanner, PageWrite, TableSettings
+from .page import PagePlanner, PageWrite, TableSettings, prepare
 from .protocol import Request, Response, decode_answer, validate_response
 from .retry import RetryPolicy, with_retries
 from .storage import S3PageStore
@@ -491,7 +491,9 @@ class _Sync(StreamedPages):
         if isinstance(raw, Stream):
             return raw
         with gc_paused():  # the answer's rows are parsed here, often in the prefetch thread
-            return read_page(self.job, raw, location)
+            response = read_page(self.job, raw, location)
+            prepare(response)  # typed here too: planning it then has little left to do
+            return response
 
     def warn_ignored(self, response: Response) -> None:
         """One warning per sync for each unknown key the function answers with."""

@@ -190,6 +190,53 @@ def _close_stream(following: Future) -> None:
             answer.close()
 
 
+class _AskedAhead:
+    """The call for the page after the one being read, started as soon as that page's
+    state is known (`_Sync.fetch`), and taken by the fetch of its page; once dropped (a
+    page failed, or the sync stops), nothing more is asked for."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool, self.lock = pool, threading.Lock()
+        self.pending: tuple[int, Future] | None = None
+        self.dropped = False
+
+    def start(self, number: int, call: Callable[[], bytes | Stream]) -> None:
+        with self.lock:
+            if not self.dropped:
+                self.pending = (number, self.pool.submit(call))
+
+    def take(self, number: int) -> Future | None:
+        """The call for page `number`, if it was started."""
+        with self.lock:
+            pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        if pending[0] != number:  # not this page's: it will never be read
+            self._drop(pending[1])
+            return None
+        return pending[1]
+
+    def drop(self) -> list[int]:
+        """Ask for nothing more; the page number of a call dropped unread, if any."""
+        with self.lock:
+            self.dropped = True
+            pending, self.pending = self.pending, None
+        if pending is None:
+            return []
+        self._drop(pending[1])
+        return [pending[0]]
+
+    @staticmethod
+    def _drop(call: Future) -> None:
+        if not call.cancel():  # under way or done: a stream it got is closed unread
+            call.add_done_callback(_close_raw_stream)
+
+
+def _close_raw_stream(call: Future) -> None:
+    if not call.cancelled() and call.exception() is None and isinstance(call.result(), Stream):
+        call.result().close()
+
+
 def internal_error(exc: Exception) -> SyncFailure:
     """An unexpected exception as a failure, with its traceback for the alert."""
     return DestinationError(
@@ -392,51 +439,60 @@ class _Sync(StreamedPages):
         with page N's state, unless the function says `prefetch: false`. If page N does
         not commit, the answer for N+1 is dropped: the saved state never runs ahead of
         the committed data."""
-        empty_in_a_row = 0
-        # the pool outlives the invoker: a failure closes the invoker first, which cuts a
-        # prefetch call short, and the pool then has nothing left to wait for
+        self.empty_pages = 0  # in a row, each saying hasMore (`stalled`)
+        # the pools outlive the invoker: a failure closes the invoker first, which cuts a
+        # prefetch call short, and the pools then have nothing left to wait for
         with (
             ThreadPoolExecutor(1, thread_name_prefix="prefetch") as ahead,
+            ThreadPoolExecutor(1, thread_name_prefix="ask-ahead") as asking,
             self.invoker or self.job.invoker() as invoker,
             self.deliverer(),
         ):
-            self.output = invoker.output
-            self.page_object = self.job.page_object(self.record.sync_id, self.record.pages + 1)
-            fetched = self.fetch(invoker, state, self.record.pages + 1)
-            while True:
-                following = None
-                if isinstance(fetched.answer, Stream):  # its state comes with its last part
-                    response, rows = self.apply_streamed(invoker, fetched)
-                    empty_in_a_row = self.stalled(empty_in_a_row, response.has_more, rows)
-                else:
-                    with gc_paused():
-                        response = fetched.answer
-                        self.warn_ignored(response)
-                        empty_in_a_row = self.stalled(
-                            empty_in_a_row, response.has_more, response.row_count
+            self.asked = _AskedAhead(asking)
+            try:
+                return self.page_loop(invoker, ahead, state)
+            except BaseException:
+                self.drop_asked()  # a call started for a page that will not be read
+                raise
+
+    def page_loop(self, invoker: Invoker, ahead: ThreadPoolExecutor, state: dict) -> str:
+        self.output = invoker.output
+        self.page_object = self.job.page_object(self.record.sync_id, self.record.pages + 1)
+        fetched = self.fetch(invoker, state, self.record.pages + 1)
+        while True:
+            following = None
+            if isinstance(fetched.answer, Stream):  # its state comes with its last part
+                response, rows = self.apply_streamed(invoker, fetched)
+                self.empty_pages = self.stalled(self.empty_pages, response.has_more, rows)
+            else:
+                with gc_paused():
+                    response = fetched.answer
+                    self.warn_ignored(response)
+                    self.empty_pages = self.stalled(
+                        self.empty_pages, response.has_more, response.row_count
+                    )
+                    if response.has_more and self.job.prefetch and not self.stopping():
+                        following = ahead.submit(
+                            self.fetch, invoker, response.state, fetched.number + 1
                         )
-                        if response.has_more and self.job.prefetch and not self.stopping():
-                            following = ahead.submit(
-                                self.fetch, invoker, response.state, fetched.number + 1
-                            )
-                        self.current, self.page_object = fetched, fetched.location
-                        try:
-                            self.apply(response)
-                        except BaseException:
-                            self.abandon(following, fetched.number + 1)
-                            raise
-                if not response.has_more:
-                    return "succeeded"
-                if self.stopping():
-                    self.abandon(following, fetched.number + 1)
-                    return "rescheduled"
-                number = fetched.number + 1
-                self.page_object = self.job.page_object(self.record.sync_id, number)
-                fetched = (
-                    following.result()
-                    if following is not None
-                    else self.fetch(invoker, response.state, number)
-                )
+                    self.current, self.page_object = fetched, fetched.location
+                    try:
+                        self.apply(response)
+                    except BaseException:
+                        self.abandon(following, fetched.number + 1)
+                        raise
+            if not response.has_more:
+                return "succeeded"
+            if self.stopping():
+                self.abandon(following, fetched.number + 1)
+                return "rescheduled"
+            number = fetched.number + 1
+            self.page_object = self.job.page_object(self.record.sync_id, number)
+            fetched = (
+                following.result()
+                if following is not None
+                else self.fetch(invoker, response.state, number)
+            )
 
     @staticmethod
     def stalled(empty_in_a_row: int, has_more: bool, rows: int) -> int:
@@ -454,26 +510,58 @@ class _Sync(StreamedPages):
         return self.out_of_time() or (self.stop is not None and self.stop.is_set())
 
     def abandon(self, following: Future | None, number: int) -> None:
-        """Drop a prefetched answer whose page will not be applied now; the next sync asks
-        for it again from the committed state."""
+        """Drop prefetched answers whose pages will not be applied now (page `number`'s,
+        and the call for the one after it); the next sync asks for them again from the
+        committed state."""
         if following is None:
             return
         if not following.cancel():  # under way or done: a stream it got is dropped unread
             following.add_done_callback(_close_stream)
+        self.discard_ahead(number)
+        self.drop_asked()
+
+    def drop_asked(self) -> None:
+        """Ask for nothing more, and drop a call already asked ahead."""
+        for number in self.asked.drop():
+            self.discard_ahead(number)
+
+    def discard_ahead(self, number: int) -> None:
+        """Delete the object in cloud storage of page `number`, asked for but not applied."""
         location = self.job.page_object(self.record.sync_id, number)
         if location is not None:
             discard_page_object(self.job, location, self.log)
 
     def fetch(self, invoker: Invoker, state: dict[str, Any], number: int) -> _Fetched:
-        """Ask for page `number` with `state`: the validated answer, and what it came from."""
-        location = self.job.page_object(self.record.sync_id, number)
-        return _Fetched(self.invoke(invoker, state, location), state, location, number)
+        """Page `number`, asked for with `state`: the validated answer, and what it came from.
 
-    def invoke(
-        self, invoker: Invoker, state: dict[str, Any], location: dict[str, str] | None = None
-    ) -> Response | Stream:
-        """The function's validated answer to `state`, or the stream of its parts (read
-        while they are applied)."""
+        When paging ahead, the call for the next page starts as soon as this answer's
+        state is read, before its rows are typed (`prepare`): the function works on it
+        while this page is typed and the one before it written."""
+        location = self.job.page_object(self.record.sync_id, number)
+        asked = self.asked.take(number) if self.job.prefetch else None
+        raw = asked.result() if asked is not None else self.call(invoker, state, location)
+        if isinstance(raw, Stream):
+            return _Fetched(raw, state, location, number)
+        with gc_paused():  # the answer's rows are parsed here, often in the prefetch thread
+            response = read_page(self.job, raw, location)
+            if self.asks_ahead(response):
+                following = self.job.page_object(self.record.sync_id, number + 1)
+                self.asked.start(number + 1, lambda: self.call(invoker, response.state, following))
+            prepare(response)
+        return _Fetched(response, state, location, number)
+
+    def asks_ahead(self, response: Response) -> bool:
+        """Whether to ask for the page after `response` before it is applied: not when the
+        page ends the sync, the sync is stopping, or the page would stall it (`stalled`;
+        the page before it is counted by then)."""
+        if not (response.has_more and self.job.prefetch) or self.stopping():
+            return False
+        return bool(response.row_count) or self.empty_pages + 1 <= MAX_EMPTY_PAGES
+
+    def call(
+        self, invoker: Invoker, state: dict[str, Any], location: dict[str, str] | None
+    ) -> bytes | Stream:
+        """The function's raw answer to `state`, transient failures retried."""
         request = self.job.request(state, self.record.sync_id, location=location)
 
         def call() -> bytes | Stream:
@@ -485,15 +573,9 @@ class _Sync(StreamedPages):
                 raise InvokeFailed(f"invoking the function failed: {exc!r}") from exc
 
         try:
-            raw = with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
+            return with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
         except TransientInvokeError as exc:
             raise InvokeFailed(exc.gave_up(self.job.retry.attempts)) from exc
-        if isinstance(raw, Stream):
-            return raw
-        with gc_paused():  # the answer's rows are parsed here, often in the prefetch thread
-            response = read_page(self.job, raw, location)
-            prepare(response)  # typed here too: planning it then has little left to do
-            return response
 
     def warn_ignored(self, response: Response) -> None:
         """One warning per sync for each unknown key the function answers with."""

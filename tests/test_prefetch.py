@@ -108,6 +108,66 @@ def test_the_next_page_is_asked_for_while_this_one_is_written(tmp_path, events, 
     assert saved_state(tmp_path) == '{"page":3}'
 
 
+def test_the_page_after_next_is_asked_for_once_the_next_ones_state_is_read(
+    tmp_path, events, monkeypatch
+):
+    """The function builds page 3 while page 2 is typed and page 1 written."""
+    asked_for_page_3 = threading.Event()
+    real_apply = DuckDBDestination.apply_page
+
+    def apply_page(self, write):
+        if write.number == 1:
+            assert asked_for_page_3.wait(WAIT), "page 3 was not asked for during page 1's write"
+        return real_apply(self, write)
+
+    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
+    pages = [page(1), page(2), page(3), page(4, more=False)]
+    invoker = recording(events, pages)
+    original = invoker.invoke
+
+    def invoke(request):
+        if request["state"] == {"page": 2}:
+            asked_for_page_3.set()
+        return original(request)
+
+    invoker.invoke = invoke
+
+    outcome = run_sync(job(tmp_path, invoker))
+
+    assert outcome.record.status == "succeeded" and outcome.record.pages == 4
+    assert [r["state"] for r in invoker.requests] == [{}, {"page": 1}, {"page": 2}, {"page": 3}]
+    assert saved_state(tmp_path) == '{"page":4}'
+
+
+def test_a_failed_commit_drops_the_call_for_the_page_after_next(tmp_path, events, monkeypatch):
+    """Page 3 is asked for while page 1 is written; page 1 fails: neither page 2's answer
+    nor page 3's is applied, and nothing more is asked for."""
+    asked_for_page_3 = threading.Event()
+
+    def apply_page(self, write):
+        assert asked_for_page_3.wait(WAIT), "page 3 was not asked for during page 1's write"
+        raise DestinationError("page 1 refused (test)")
+
+    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
+    pages = [page(1), page(2), page(3), page(4), page(5, more=False)]
+    invoker = recording(events, pages)
+    original = invoker.invoke
+
+    def invoke(request):
+        answer = original(request)
+        if request["state"] == {"page": 2}:
+            asked_for_page_3.set()
+        return answer
+
+    invoker.invoke = invoke
+
+    outcome = run_sync(job(tmp_path, invoker))
+
+    assert outcome.record.status == "failed" and outcome.record.pages == 0
+    assert [r["state"] for r in invoker.requests] == [{}, {"page": 1}, {"page": 2}]
+    assert saved_state(tmp_path) == "{}"  # the state it started from
+
+
 def test_without_prefetch_each_call_waits_for_the_previous_commit(tmp_path, events):
     pages = [page(1), page(2), page(3, more=False)]
 

@@ -203,6 +203,24 @@ def runtime_tables(flavor) -> dict[str, sa.Table]:
     }
 
 
+# The columns of some tables, as (table, column) rows: on the servers, one catalog query
+# instead of SQLAlchemy's reflection (which costs ~20 ms a sync on PostgreSQL).
+_COLUMNS_QUERIES = {
+    "postgresql": sa.text(
+        "SELECT c.relname, a.attname FROM pg_catalog.pg_attribute a"
+        " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = :schema AND c.relname IN :names"
+        " AND a.attnum > 0 AND NOT a.attisdropped"
+    ).bindparams(sa.bindparam("names", expanding=True)),
+    "mysql": sa.text(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name IN :names"
+    ).bindparams(sa.bindparam("names", expanding=True)),
+}
+_COLUMNS_QUERIES["mariadb"] = _COLUMNS_QUERIES["mysql"]
+
+
 def create_engine(url: str) -> sa.Engine:
     """An engine for `url` with this runtime's default driver; ConfigError names the extra."""
     try:
@@ -285,10 +303,15 @@ class SQLAlchemyDestination(Destination):
         """The columns of the runtime tables there are, by table: one reflection of them
         all (one query on PostgreSQL), so that opening a warehouse set up already is cheap."""
         tables = list(self.runtime.values())
-        found = sa.inspect(conn).get_multi_columns(
-            schema=tables[0].schema, filter_names=[t.name for t in tables]
-        )
-        return {name: {c["name"] for c in columns} for (_, name), columns in found.items()}
+        names = [t.name for t in tables]
+        query = _COLUMNS_QUERIES.get(conn.dialect.name)
+        if query is None:  # SQLite and others: SQLAlchemy's reflection
+            found = sa.inspect(conn).get_multi_columns(schema=tables[0].schema, filter_names=names)
+            return {name: {c["name"] for c in columns} for (_, name), columns in found.items()}
+        present: dict[str, set[str]] = {}
+        for table, column in conn.execute(query, {"schema": tables[0].schema, "names": names}):
+            present.setdefault(table, set()).add(column)
+        return present
 
     def _create_runtime_tables(self, conn: sa.Connection, present: dict[str, set[str]]) -> None:
         """Create what is missing; runtime tables made by an earlier version get the

@@ -10,7 +10,7 @@ table and row, and the page is refused whole.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import chain
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batches import Inferred, ValueRejected, column_array, hashed, infer_array
+from .columns import ColumnRows
 from .errors import ConfigConflict, InvalidResponse
 from .history import HASH, row_hashes
 from .naming import NameEntry, NameMap, UnusableName
@@ -35,8 +36,12 @@ class SentColumns(NamedTuple):
     inferred: dict[str, Inferred]
 
 
-def sent_columns(rows: list[dict], *, infer: bool) -> SentColumns:
-    values = {c: [row.get(c) for row in rows] for c in dict.fromkeys(chain.from_iterable(rows))}
+def sent_columns(rows: Sequence[dict], *, infer: bool) -> SentColumns:
+    if isinstance(rows, ColumnRows):  # as our own worker sent them
+        values = rows.columns
+    else:
+        names = dict.fromkeys(chain.from_iterable(rows))
+        values = {c: [row.get(c) for row in rows] for c in names}
     return SentColumns(values, {c: infer_array(v) for c, v in values.items()} if infer else {})
 
 

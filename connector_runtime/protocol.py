@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool
 
 from . import masking
+from .columns import ColumnarAnswer, ColumnRows, decode_columnar
 from .errors import FunctionError, InvalidResponse
 from .jsonio import (
     NotUnicode,
@@ -158,12 +159,16 @@ def parse_response(raw: bytes) -> Response:
     return validate_response(decode_answer(raw))
 
 
-def decode_answer(raw: bytes) -> dict[str, Any]:
+def decode_answer(raw: bytes | ColumnarAnswer) -> dict[str, Any]:
     """The answer as a JSON object; InvalidResponse if it is not one, FunctionError if it
     is the error shape (`errorMessage`)."""
     try:
         # exact: integers beyond 64 bits stay integers, NaN and Infinity are seen as such
-        answer = decode_json(raw)
+        if isinstance(raw, ColumnarAnswer):
+            answer = decode_columnar(raw)
+            raw = raw.answer  # enough to find an error shape in
+        else:
+            answer = decode_json(raw)
     except TooDeep as exc:
         raise InvalidResponse(f"the function's answer is {exc}") from None
     except NotUnicode as exc:
@@ -300,6 +305,8 @@ def _rows(answer: dict[str, Any], field: str) -> dict[str, list[Any]]:
             f"{field} must be an object of tables, each an array of rows, got {shown(tables)}"
         )
     for table, rows in tables.items():
+        if type(rows) is ColumnRows:  # rows of one shape, from our own worker
+            continue
         if type(rows) is not list:
             raise InvalidResponse(
                 f"{field}: table {table!r} must be an array of rows, got {shown(rows)}"

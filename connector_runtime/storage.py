@@ -42,6 +42,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as SdkConnectionError
 
 from . import __version__
+from .columns import ColumnRows
 from .errors import InvalidResponse, StorageError, TransientStorageError
 from .jsonio import NotUnicode, TooDeep, decode_json, encode_json
 
@@ -180,7 +181,7 @@ def _merged_rows(ours: Any, theirs: dict[str, list], key: str) -> Any:
     merged = dict(ours)
     for table, rows in theirs.items():
         before = merged.get(table)
-        merged[table] = before + rows if isinstance(before, list) else rows
+        merged[table] = before + rows if isinstance(before, list | ColumnRows) else rows
     return merged
 
 

@@ -11,7 +11,7 @@ Netlify or Azure Functions get what those hosts pass and answer as there (`_shap
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
-byte (`ANSWER`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`, `PART`,
+byte (`ANSWER`, `COLUMNS`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`, `PART`,
 `STREAM_END`) and its payload from the worker. A request `DESCRIBE` is answered with the
 handler's name and shape (`connector validate`), without calling it.
 
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from connector_runtime.columns import encode_columnar
 from connector_runtime.errors import InvokeFailed
 from connector_runtime.invokers import _shapes, ndjson_lines
 from connector_runtime.jsonio import encode_json
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # imported when a handler is async: most are not, and it is s
     import asyncio
 
 ANSWER = b"A"  # the handler's answer, or its error shape
+COLUMNS = b"C"  # an answer with large tables as columns (`columns.encode_columnar`)
 SHAPED = b"S"  # an answer of a host's shape: `_shapes.Shaped.header()`, then the body
 DESCRIBED = b"D"  # to DESCRIBE: {"handler": name, "shape": shape or null}
 DESCRIBE = {"connector-runtime": "describe"}  # a request never has this key
@@ -159,6 +161,10 @@ class FunctionHost:
             return answer
         if isinstance(answer, _shapes.Shaped):
             return SHAPED, answer.header() + answer.body
+        with contextlib.suppress(TypeError, ValueError):  # encode_answer says why, as Lambda does
+            columnar = encode_columnar(answer)
+            if columnar is not None:
+                return COLUMNS, columnar
         return ANSWER, encode_answer(answer)
 
     def _answer(self, request: dict[str, Any]) -> Any:

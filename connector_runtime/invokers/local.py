@@ -70,9 +70,11 @@ from typing import Any
 import structlog
 
 from connector_runtime import errors, masking
+from connector_runtime.columns import ColumnarAnswer
 from connector_runtime.invokers import Invoker, OutputTail, Stream, _shapes
 from connector_runtime.invokers._worker import (
     ANSWER,
+    COLUMNS,
     DESCRIBE,
     DESCRIBED,
     END_OF_CALL,
@@ -287,7 +289,7 @@ class WarmWorker:
         except errors.FunctionError:
             self._worker = None  # it is dead; the next call starts a fresh one
             raise
-        if kind not in (ANSWER, SHAPED, DESCRIBED, PART, STREAM_END):  # the module did not
+        if kind not in (ANSWER, COLUMNS, SHAPED, DESCRIBED, PART, STREAM_END):  # the module did not
             self.close()  # load: retire the worker so that the next call imports it afresh
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
@@ -352,11 +354,15 @@ def _streamed_shape(kind: bytes, payload: bytes) -> str | None:
     return header["shape"] if header.get("stream") else None
 
 
-def answer_of(kind: bytes, payload: bytes, spec: FunctionSpec) -> tuple[bytes, str | None]:
+def answer_of(
+    kind: bytes, payload: bytes, spec: FunctionSpec
+) -> tuple[bytes | ColumnarAnswer, str | None]:
     """The page in a worker's reply, and the shape it came in; `InvokeFailed` quoting the
     body (masked, cut) when a host's shape answered with a status other than 2xx."""
     if kind == IMPORT_FAILED:  # refused a call: its error shape is the answer
         return payload, spec.shape
+    if kind == COLUMNS:
+        return ColumnarAnswer.from_payload(payload), spec.shape or "fivetran"
     if kind != SHAPED:
         return payload, spec.shape or "fivetran"
     header, _, body = payload.partition(b"\n")

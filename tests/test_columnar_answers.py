@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bulk_typing import ZONED, json_values, scalars
+from test_local_invoker import restore_imports as restore_imports  # an autouse fixture
 
 from connector_runtime.columns import (
     COLUMNAR_MIN_ROWS,
@@ -178,7 +180,8 @@ def test_a_page_in_cloud_storage_adds_its_rows_after_the_columns():
     assert merged["insert"]["items"] == [*sent, {"id": 10_000, "v": 1}]
 
 
-def test_a_real_worker_sends_a_large_page_as_columns_and_the_sync_stores_it(tmp_path):
+@pytest.mark.parametrize("isolation", ["process", "inline"])
+def test_a_real_worker_sends_a_large_page_as_columns_and_the_sync_stores_it(tmp_path, isolation):
     handler = tmp_path / "handler.py"
     handler.write_text(
         "def handler(request):\n"
@@ -187,7 +190,7 @@ def test_a_real_worker_sends_a_large_page_as_columns_and_the_sync_stores_it(tmp_
         "    return {'state': {'done': True}, 'insert': {'items': rows},\n"
         "            'schema': {'items': {'primary_key': ['id']}}}\n"
     )
-    invoker = LocalPythonInvoker(handler, timeout=30)
+    invoker = LocalPythonInvoker(handler, timeout=30, isolation=isolation)
     try:
         assert isinstance(invoker.invoke({"state": {}}), ColumnarAnswer)
     finally:
@@ -195,7 +198,11 @@ def test_a_real_worker_sends_a_large_page_as_columns_and_the_sync_stores_it(tmp_
 
     url = f"duckdb:///{tmp_path / 'w.duckdb'}"
     job = SyncJob(
-        "demo", "demo", url, lambda: LocalPythonInvoker(handler, timeout=30), prefetch=False
+        "demo",
+        "demo",
+        url,
+        lambda: LocalPythonInvoker(handler, timeout=30, isolation=isolation),
+        prefetch=False,
     )
     assert run_sync(job).record.status == "succeeded"
 

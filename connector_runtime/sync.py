@@ -13,7 +13,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -206,30 +206,22 @@ class _AskedAhead:
                 self.pending = (number, self.pool.submit(call))
 
     def take(self, number: int) -> Future | None:
-        """The call for page `number`, if it was started."""
+        """The call for page `number`, if it was started; `CancelledError` once dropped:
+        the page will not be read, and nothing more is asked for."""
         with self.lock:
+            if self.dropped:
+                raise CancelledError(f"page {number} is no longer wanted")
             pending, self.pending = self.pending, None
-        if pending is None:
-            return None
-        if pending[0] != number:  # not this page's: it will never be read
-            self._drop(pending[1])
-            return None
-        return pending[1]
+        if pending is not None and pending[0] != number:
+            raise RuntimeError(f"page {pending[0]} was asked for ahead, not page {number}")
+        return pending and pending[1]
 
-    def drop(self) -> list[int]:
-        """Ask for nothing more; the page number of a call dropped unread, if any."""
+    def drop(self) -> tuple[int, Future] | None:
+        """Ask for nothing more; the page number and call of one started, if any."""
         with self.lock:
             self.dropped = True
             pending, self.pending = self.pending, None
-        if pending is None:
-            return []
-        self._drop(pending[1])
-        return [pending[0]]
-
-    @staticmethod
-    def _drop(call: Future) -> None:
-        if not call.cancel():  # under way or done: a stream it got is closed unread
-            call.add_done_callback(_close_raw_stream)
+        return pending
 
 
 def _close_raw_stream(call: Future) -> None:
@@ -435,10 +427,10 @@ class _Sync(StreamedPages):
     def pages(self, state: dict[str, Any]) -> str:
         """Ask for pages until the function says it is done; return the sync's status.
 
-        Paging ahead (design §2): while page N is written, page N+1 is already asked for
-        with page N's state, unless the function says `prefetch: false`. If page N does
-        not commit, the answer for N+1 is dropped: the saved state never runs ahead of
-        the committed data."""
+        Paging ahead (design §2), unless the function says `prefetch: false`: while page
+        N is written, page N+1 is read and typed in the prefetch thread, and page N+2 is
+        asked for as soon as N+1's state is read (`fetch`). If page N does not commit,
+        both are dropped unread: the saved state never runs ahead of the committed data."""
         self.empty_pages = 0  # in a row, each saying hasMore (`stalled`)
         # the pools outlive the invoker: a failure closes the invoker first, which cuts a
         # prefetch call short, and the pools then have nothing left to wait for
@@ -515,21 +507,29 @@ class _Sync(StreamedPages):
         committed state."""
         if following is None:
             return
-        if not following.cancel():  # under way or done: a stream it got is dropped unread
-            following.add_done_callback(_close_stream)
-        self.discard_ahead(number)
+        self.drop_later(following, number, _close_stream)
         self.drop_asked()
 
     def drop_asked(self) -> None:
         """Ask for nothing more, and drop a call already asked ahead."""
-        for number in self.asked.drop():
-            self.discard_ahead(number)
+        if (dropped := self.asked.drop()) is not None:
+            number, call = dropped
+            self.drop_later(call, number, _close_raw_stream)
 
-    def discard_ahead(self, number: int) -> None:
-        """Delete the object in cloud storage of page `number`, asked for but not applied."""
+    def drop_later(self, call: Future, number: int, close: Callable[[Future], None]) -> None:
+        """Drop page `number`'s answer unread once `call` (which asks for it) has ended,
+        and delete the page's object in cloud storage then: a function still running may
+        yet write it. A call cancelled before it started wrote nothing."""
+        if call.cancel():
+            return
         location = self.job.page_object(self.record.sync_id, number)
-        if location is not None:
-            discard_page_object(self.job, location, self.log)
+
+        def dropped(ended: Future) -> None:
+            close(ended)
+            if location is not None:
+                discard_page_object(self.job, location, self.log)
+
+        call.add_done_callback(dropped)
 
     def fetch(self, invoker: Invoker, state: dict[str, Any], number: int) -> _Fetched:
         """Page `number`, asked for with `state`: the validated answer, and what it came from.

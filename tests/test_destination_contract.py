@@ -1137,6 +1137,21 @@ def test_postgres_copies_into_a_table_of_this_sync_until_a_key_comes_back(
     assert Warehouse(postgres_url).count("t") == 5
 
 
+def test_postgres_leaves_room_for_upserts_in_keyed_tables_only(postgres_url):
+    """Keyed tables are created with fillfactor 85 (updates stay on their page); tables
+    without a key are only appended to and fill their pages."""
+    keyed = page([{"id": 1}], more=True)
+    keyless = page([{"v": "a"}], key=(), table="log")
+    outcome, _ = sync(postgres_url, [keyed, keyless])
+    assert outcome.record.status == "succeeded", outcome.alert
+    found = Warehouse(postgres_url).query(
+        "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = 'demo' AND c.relkind = 'r'"
+    )
+    options = dict(found)
+    assert options == {"t": ["fillfactor=85"], "log": None}
+
+
 # values each write path must carry exactly: as sent, then as every backend reads them back
 EXACT = [
     {

@@ -17,12 +17,19 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from connector_runtime.errors import InvokeFailed
-from connector_runtime.masking import mask
 
 OUTPUT_TAIL_BYTES = 64 * 1024
 # the longest line of a streamed answer: one partial page (design §13); a longer one is
 # refused rather than read into memory whole
 MAX_STREAM_LINE_BYTES = 256 * 1024 * 1024
+
+
+def _mask(text: str) -> str:
+    """`masking.mask`, imported here: a function's worker imports this package and needs
+    none of it (its import is a third of a worker's start)."""
+    from connector_runtime.masking import mask
+
+    return mask(text)
 
 
 class OutputTail:
@@ -61,7 +68,7 @@ class OutputTail:
         """The lines kept, oldest first, joined with "\\n" and masked."""
         with self._lock:
             joined = "\n".join(line for line, _ in self._lines)
-        return mask(joined)
+        return _mask(joined)
 
     def clear(self) -> None:
         """Forget every line."""
@@ -78,7 +85,7 @@ class OutputTail:
             line = data.decode()
         if len(data) <= self.limit:
             return line, len(data)
-        data = mask(line).encode()[-self.limit :]
+        data = _mask(line).encode()[-self.limit :]
         start = 0
         while start < len(data) and data[start] & 0xC0 == 0x80:  # a continuation byte
             start += 1

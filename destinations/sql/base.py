@@ -98,6 +98,7 @@ class Flavor:
     runtime_schema: str | None = None  # None: runtime tables are `connector_runtime__<name>`
     transactional_ddl = True  # False: DDL commits by itself, so it runs before the page
     table_options = ""  # after CREATE TABLE (...)
+    keyed_table_options = ""  # and then, for a table with a primary key (upserted)
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -199,7 +200,8 @@ class Flavor:
             key.append(self.q(history.START))
         if keys:
             defs.append(f"PRIMARY KEY ({', '.join(key)})")
-        return f"CREATE TABLE {ref or dt.ref} ({', '.join(defs)}){self.table_options}"
+        options = self.table_options + (self.keyed_table_options if keys else "")
+        return f"CREATE TABLE {ref or dt.ref} ({', '.join(defs)}){options}"
 
     def ddl(self, conn: sa.Connection, statement: str) -> None:
         conn.exec_driver_sql(statement)

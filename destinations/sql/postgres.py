@@ -28,6 +28,10 @@ class Postgres(Flavor):
     UPDATE; straight into the table for appends and for a table this sync created."""
 
     title = "PostgreSQL"
+    # Room on each page for a row's new version: an upsert that changes no key then
+    # writes it beside the old one (a HOT update) instead of into a new page and the key's
+    # index too. 10,000 upserts into 200,000 rows: 55-60 ms at the default 100, 32 at 85.
+    keyed_table_options = " WITH (fillfactor = 85)"
     runtime_schema = RUNTIME_SCHEMA
     TYPES = {
         "BOOLEAN": "boolean",

@@ -924,9 +924,15 @@ def _load_handler(source: str) -> dict[str, Any]:
 def _run_phase(
     workdir: Path, phase: int, connector: str, warehouse: str, *, profile: bool
 ) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", str(workdir), "--phase", str(phase)]
+    workdir = workdir.resolve()
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(workdir)]
+    command += ["--phase", str(phase)]
     command += ["--connector", connector, "--warehouse", warehouse]
-    subprocess.run(command + (["--profile"] if profile else []), check=True, env=child_env())
+    # run in the workdir: a worker started by older code puts its current directory first
+    # on sys.path, and in the repository that would load this checkout's worker
+    subprocess.run(
+        command + (["--profile"] if profile else []), check=True, env=child_env(), cwd=workdir
+    )
     return json.loads((workdir / f"phase{phase}.json").read_text())
 
 

@@ -430,3 +430,20 @@ def test_close_stops_the_worker_and_is_idempotent(make_invoker):
     invoker.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_connector_runtime_folder_in_the_current_directory_is_not_the_worker(
+    make_invoker, tmp_path, monkeypatch
+):
+    """The worker is the runtime's own, whatever the directory it starts in holds (a
+    checkout of this project, say); the handler's folder is still on sys.path."""
+    decoy = tmp_path / "here" / "connector_runtime"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy was imported')\n")
+    monkeypatch.chdir(decoy.parent)
+    write_file(tmp_path / "helper.py", "NAME = 'sibling'\n")
+    invoker = make_invoker(
+        "import helper\ndef handler(request): return {'state': {'from': helper.NAME}}\n",
+        isolation="process",
+    )
+    assert answer(invoker) == {"state": {"from": "sibling"}}

@@ -378,7 +378,11 @@ def answer_of(
 
 
 def _python_command(spec: FunctionSpec) -> list[str]:
-    return [sys.executable, "-m", "connector_runtime.invokers._worker", json.dumps(asdict(spec))]
+    # -P: the current directory is not put first on sys.path, where a `connector_runtime`
+    # folder (a checkout of this project) would replace the runtime's own worker; the
+    # handler's folder goes there instead, as Lambda's task root does (`load_handler`)
+    command = [sys.executable, "-P", "-m", "connector_runtime.invokers._worker"]
+    return [*command, json.dumps(asdict(spec))]
 
 
 def _exit_status(code: object) -> int:

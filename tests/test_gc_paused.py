@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from connector_runtime.sync import gc_paused
+from connector_runtime.collector import gc_paused
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def _close_stream(following: Future) -> None:
 
 class _AskedAhead:
     """The call for the page after the one being read, started as soon as that page's
-    state is known (`_Sync.fetch`), and taken by the fetch of its page; once dropped (a
+    state is known (`PagingAhead.fetch`), and taken by the fetch of its page; once dropped (a
     page failed, or the sync stops), nothing more is asked for."""
 
     def __init__(self, pool: ThreadPoolExecutor) -> None:

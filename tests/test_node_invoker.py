@@ -502,3 +502,44 @@ def copy_example(name: str, tmp_path: Path) -> Path:
         if source.suffix in (".js", ".mjs", ".cjs", ".yaml", ".json"):
             shutil.copy(source, tmp_path / source.name)
     return tmp_path / "connectors.yaml"
+
+
+# -- large pages go as columns ----------------------------------------------------------------
+
+COLUMNS_SOURCE = """
+exports.handler = async (event) => {
+  const rows = [];
+  for (let i = 0; i < 70; i++) {
+    const row = JSON.parse(`{"id": ${i}, "__proto__": "p${i}"}`);  // an own key, as from an API
+    Object.assign(row, { big: 2n ** 70n, at: new Date(Date.UTC(2024, 0, 1)),
+                         nested: { k: [i, null, 'x'] }, missing: event.state.ragged && i === 5 ? undefined : i });
+    rows.push(row);
+  }
+  return { state: { done: true }, insert: { items: rows }, hasMore: false };
+};
+"""
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_a_large_page_goes_as_columns_and_reads_as_its_rows(make_invoker, ragged):
+    """70 plain rows with the same keys go as columns; a row whose value JSON leaves out
+    (undefined) sends the table as rows, where that key is missing."""
+    from connector_runtime.columns import ColumnarAnswer, ColumnRows
+    from connector_runtime.protocol import decode_answer
+
+    invoker = make_invoker(COLUMNS_SOURCE)
+    raw = invoker.invoke(with_state(ragged=ragged))
+    assert isinstance(raw, ColumnarAnswer) is not ragged
+    rows = decode_answer(raw)["insert"]["items"]
+    assert isinstance(rows, ColumnRows) is not ragged
+    rows = list(rows)
+    assert len(rows) == 70
+    assert rows[7] == {
+        "id": 7,
+        "__proto__": "p7",
+        "big": 2**70,
+        "at": "2024-01-01T00:00:00.000Z",
+        "nested": {"k": [7, None, "x"]},
+        "missing": 7,
+    }
+    assert ("missing" in rows[5]) is not ragged

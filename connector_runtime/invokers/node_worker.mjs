@@ -50,6 +50,8 @@ import {
 const REQUESTS = 3;
 const ANSWERS = 4;
 const ANSWER = 'A';
+const COLUMNS = 'C'; // an answer with large tables as columns, as in columns.py
+const COLUMNAR_MIN_ROWS = 64; // as in columns.py
 const SHAPED = 'S';
 const DESCRIBED = 'D';
 const DESCRIBE = 'describe'; // a request {"connector-runtime": "describe"}, as in _worker.py
@@ -242,6 +244,61 @@ function toJson(answer) {
   return (text ?? 'null').replace(NUMBER_MARKED, '$1');
 }
 
+/**
+ * The answer with its large tables as one JSON array per column (the frame columns.py
+ * reads), or null: only tables of at least COLUMNAR_MIN_ROWS plain objects with the same
+ * keys, none holding a value JSON.stringify would leave out of a row (undefined, a
+ * function, a symbol), so the rows read back exactly as their JSON would.
+ */
+function columnarPayload(answer) {
+  if (!isPlainObject(answer) || 'errorMessage' in answer || !('state' in answer)) return null;
+  if (!isPlainObject(answer.insert)) return null;
+  // without a prototype: a table or column called __proto__ is then a key like any other
+  const columns = Object.create(null);
+  const rest = Object.create(null);
+  for (const [table, rows] of Object.entries(answer.insert)) {
+    const found = columnsOf(rows);
+    if (found) columns[table] = found;
+    rest[table] = found ? [] : rows;
+  }
+  if (Object.keys(columns).length === 0) return null;
+  try {
+    const head = Buffer.from(toJson({ ...answer, insert: rest }), 'utf8');
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(head.length, 0);
+    return Buffer.concat([length, head, Buffer.from(toJson(columns), 'utf8')]);
+  } catch {
+    return null; // marshal() then says why, as Lambda does
+  }
+}
+
+function columnsOf(rows) {
+  if (!Array.isArray(rows) || rows.length < COLUMNAR_MIN_ROWS || !rows.every(isPlainObject)) return null;
+  const names = new Set();
+  let count = 0;
+  for (const row of rows) {
+    const keys = Object.keys(row);
+    count += keys.length;
+    for (const key of keys) names.add(key);
+  }
+  if (names.size === 0 || count !== names.size * rows.length) return null;
+  const columns = Object.create(null);
+  for (const name of names) {
+    const values = rows.map((row) => row[name]);
+    if (values.some((value) => OMITTED.has(typeof value))) return null;
+    columns[name] = values;
+  }
+  return columns;
+}
+
+const OMITTED = new Set(['undefined', 'function', 'symbol']); // left out of an object by JSON
+
+function isPlainObject(value) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return (prototype === Object.prototype || prototype === null) && typeof value.toJSON !== 'function';
+}
+
 function marshalError(error) {
   const message = `Unable to marshal response: ${readable(() => String(error.message))}`;
   return JSON.stringify({ ...errorShape(error, 'Runtime.MarshalError', message), stackTrace: [] });
@@ -313,6 +370,8 @@ function call(loaded, request, spec, logStreamName, settled) {
     if (answer.error === undefined && isStreamed(answer.result)) {
       return settled({ stream: { items: answer.result }, waitForEmptyLoop: answer.waitForEmptyLoop });
     }
+    const columnar = answer.error === undefined ? columnarPayload(answer.result) : null;
+    if (columnar) return settled({ kind: COLUMNS, body: columnar, waitForEmptyLoop: answer.waitForEmptyLoop });
     const body = answer.error === undefined ? marshal(answer.result) : failure(answer.error);
     settled({ body, waitForEmptyLoop: answer.waitForEmptyLoop });
   });

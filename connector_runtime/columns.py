@@ -1,11 +1,12 @@
-"""Answers carried as columns between a local Python worker and the runtime.
+"""Answers carried as columns between a local worker (Python or node) and the runtime.
 
 A page of rows as JSON is one object per row, every row repeating the column names; the
 runtime then takes each column back out of the rows before it types them. When the
 function runs in our own worker, which holds the rows as Python objects, the worker
 sends each large table whose rows all have the same columns as one JSON array per
-column instead (`encode_columnar`): the same values through the same JSON encoder,
-fewer bytes, and about half the runtime's work to read them (`decode_columnar`).
+column instead (`encode_columnar`; `node_worker.mjs` builds the same frame): the same
+values through the same JSON encoder, fewer bytes, and about half the runtime's work to
+read them (`decode_columnar`).
 
 Nothing else changes. The answer is validated as any other; a table's rows are still a
 sequence of row objects (`ColumnRows`, built when something asks for them: a function

@@ -79,27 +79,33 @@ def saved_state(tmp_path) -> str | None:
     return row and row[0]
 
 
-def test_the_next_page_is_asked_for_while_this_one_is_written(tmp_path, events, monkeypatch):
-    asked_ahead = threading.Event()
-    real_apply = DuckDBDestination.apply_page
-
-    def apply_page(self, write):
-        if write.number == 1:  # hold page 1's commit until page 2 has been asked for
-            assert asked_ahead.wait(WAIT), "page 2 was not asked for during page 1's write"
-        return real_apply(self, write)
-
-    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
-    pages = [page(1), page(2), page(3, more=False)]
-    invoker = recording(events, pages)
+def page_1_waits_for_a_call(monkeypatch, invoker, state: dict, *, then_fail: bool = False):
+    """Page 1's commit waits until the function is asked with `state`, which must happen
+    during that write (paging ahead); with `then_fail`, the commit then fails."""
+    asked = threading.Event()
     original = invoker.invoke
 
     def invoke(request):
-        answer = original(request)
-        if request["state"] == {"page": 1}:
-            asked_ahead.set()
-        return answer
+        if request["state"] == state:
+            asked.set()
+        return original(request)
 
     invoker.invoke = invoke
+    real_apply = DuckDBDestination.apply_page
+
+    def apply_page(self, write):
+        if write.number == 1:
+            assert asked.wait(WAIT), f"no call with state {state} during page 1's write"
+            if then_fail:
+                raise DestinationError("page 1 refused (test)")
+        return real_apply(self, write)
+
+    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
+
+
+def test_the_next_page_is_asked_for_while_this_one_is_written(tmp_path, events, monkeypatch):
+    invoker = recording(events, [page(1), page(2), page(3, more=False)])
+    page_1_waits_for_a_call(monkeypatch, invoker, {"page": 1})
 
     outcome = run_sync(job(tmp_path, invoker))
 
@@ -112,25 +118,8 @@ def test_the_page_after_next_is_asked_for_once_the_next_ones_state_is_read(
     tmp_path, events, monkeypatch
 ):
     """The function builds page 3 while page 2 is typed and page 1 written."""
-    asked_for_page_3 = threading.Event()
-    real_apply = DuckDBDestination.apply_page
-
-    def apply_page(self, write):
-        if write.number == 1:
-            assert asked_for_page_3.wait(WAIT), "page 3 was not asked for during page 1's write"
-        return real_apply(self, write)
-
-    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
-    pages = [page(1), page(2), page(3), page(4, more=False)]
-    invoker = recording(events, pages)
-    original = invoker.invoke
-
-    def invoke(request):
-        if request["state"] == {"page": 2}:
-            asked_for_page_3.set()
-        return original(request)
-
-    invoker.invoke = invoke
+    invoker = recording(events, [page(1), page(2), page(3), page(4, more=False)])
+    page_1_waits_for_a_call(monkeypatch, invoker, {"page": 2})
 
     outcome = run_sync(job(tmp_path, invoker))
 
@@ -142,24 +131,8 @@ def test_the_page_after_next_is_asked_for_once_the_next_ones_state_is_read(
 def test_a_failed_commit_drops_the_call_for_the_page_after_next(tmp_path, events, monkeypatch):
     """Page 3 is asked for while page 1 is written; page 1 fails: neither page 2's answer
     nor page 3's is applied, and nothing more is asked for."""
-    asked_for_page_3 = threading.Event()
-
-    def apply_page(self, write):
-        assert asked_for_page_3.wait(WAIT), "page 3 was not asked for during page 1's write"
-        raise DestinationError("page 1 refused (test)")
-
-    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
-    pages = [page(1), page(2), page(3), page(4), page(5, more=False)]
-    invoker = recording(events, pages)
-    original = invoker.invoke
-
-    def invoke(request):
-        answer = original(request)
-        if request["state"] == {"page": 2}:
-            asked_for_page_3.set()
-        return answer
-
-    invoker.invoke = invoke
+    invoker = recording(events, [page(1), page(2), page(3), page(4), page(5, more=False)])
+    page_1_waits_for_a_call(monkeypatch, invoker, {"page": 2}, then_fail=True)
 
     outcome = run_sync(job(tmp_path, invoker))
 

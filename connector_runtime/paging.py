@@ -41,10 +41,12 @@ if TYPE_CHECKING:
 MAX_EMPTY_PAGES = 10  # consecutive `hasMore: true` pages without a row before `stalled`
 
 
-def _close_stream(following: Future) -> None:
-    """Close the stream a prefetch got, if it got one: its page will not be read now."""
-    if not following.cancelled() and following.exception() is None:
-        answer = following.result().answer
+def _close_stream(call: Future) -> None:
+    """Close the stream a call ahead got, if it got one (as its raw answer, or in the
+    `Fetched` a prefetch made of it): its page will not be read now."""
+    if not call.cancelled() and call.exception() is None:
+        answer = call.result()
+        answer = answer.answer if isinstance(answer, Fetched) else answer
         if isinstance(answer, Stream):
             answer.close()
 
@@ -81,11 +83,6 @@ class _AskedAhead:
             self.dropped = True
             pending, self.pending = self.pending, None
         return pending
-
-
-def _close_raw_stream(call: Future) -> None:
-    if not call.cancelled() and call.exception() is None and isinstance(call.result(), Stream):
-        call.result().close()
 
 
 def read_page(
@@ -219,16 +216,16 @@ class PagingAhead:
         committed state."""
         if following is None:
             return
-        self.drop_later(following, number, _close_stream)
+        self.drop_later(following, number)
         self.drop_asked()
 
     def drop_asked(self) -> None:
         """Ask for nothing more, and drop a call already asked ahead."""
         if (dropped := self.asked.drop()) is not None:
             number, call = dropped
-            self.drop_later(call, number, _close_raw_stream)
+            self.drop_later(call, number)
 
-    def drop_later(self, call: Future, number: int, close: Callable[[Future], None]) -> None:
+    def drop_later(self, call: Future, number: int) -> None:
         """Drop page `number`'s answer unread once `call` (which asks for it) has ended,
         and delete the page's object in cloud storage then: a function still running may
         yet write it. A call cancelled before it started wrote nothing."""
@@ -237,7 +234,7 @@ class PagingAhead:
         location = self.job.page_object(self.record.sync_id, number)
 
         def dropped(ended: Future) -> None:
-            close(ended)
+            _close_stream(ended)
             if location is not None:
                 discard_page_object(self.job, location, self.log)
 

@@ -300,8 +300,9 @@ class SQLAlchemyDestination(Destination):
         return self._conn
 
     def _runtime_columns(self, conn: sa.Connection) -> dict[str, set[str]]:
-        """The columns of the runtime tables there are, by table: one reflection of them
-        all (one query on PostgreSQL), so that opening a warehouse set up already is cheap."""
+        """The columns of the runtime tables there are, by table: one catalog query on
+        PostgreSQL and MySQL/MariaDB, SQLAlchemy's reflection elsewhere, so that opening a
+        warehouse set up already is cheap."""
         tables = list(self.runtime.values())
         names = [t.name for t in tables]
         query = _COLUMNS_QUERIES.get(conn.dialect.name)

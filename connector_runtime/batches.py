@@ -68,10 +68,12 @@ class ValueRejected(ValueError):
 
 class Inferred(NamedTuple):
     """A column's inferred type (None: every value null) and, when it was cheap to make
-    in the same pass, its values as an Arrow array of that type (else None)."""
+    in the same pass, its values as an Arrow array of that type (else None); for text
+    parsed as date-times, also the text."""
 
     logical: LogicalType | None
     array: pa.Array | None
+    text: pa.Array | None = None
 
 
 # One kind of Python value (nulls aside) → its logical type and Arrow type, converted
@@ -82,13 +84,15 @@ _ZONED_DATETIME = (
 )
 
 
-def infer_array(values: list) -> Inferred:
+def infer_array(values: list, kinds: set[type] | None = None) -> Inferred:
     """`infer_column(values)`, and the array of `values` in that type where one pass
     makes both: a column of one kind of value (booleans, int64s, floats, objects and
     arrays, text that is not temporal or is all `Z`/offset date-times). Anything else
-    gets its type from `infer_column` and no array (`column_array` converts it)."""
-    kinds = set(map(type, values))
-    kinds.discard(type(None))
+    gets its type from `infer_column` and no array (`column_array` converts it).
+    `kinds`: the types of the values but None, when the caller has them already."""
+    if kinds is None:
+        kinds = set(map(type, values))
+        kinds.discard(type(None))
     if len(kinds) == 1 and (kind := next(iter(kinds))) in _BULK:
         logical, target = _BULK[kind]
         try:
@@ -96,7 +100,7 @@ def infer_array(values: list) -> Inferred:
         except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
             return Inferred(infer_column(values), None)  # an int beyond 64 bits
     if kinds and kinds <= {dict, list}:
-        return Inferred(JSON, _json_array(values))
+        return Inferred(JSON, json_array(values))
     if kinds == {str} and len(values) >= VECTOR_MIN:
         return _text_array(values)
     return Inferred(infer_column(values), None)
@@ -112,7 +116,7 @@ def _text_array(values: list) -> Inferred:
         return Inferred(STRING, text)
     if pc.all(pc.match_substring_regex(text, _ZONED_DATETIME)).as_py():
         try:
-            return Inferred(UTC_DATETIME, text.cast(arrow_type(UTC_DATETIME)))
+            return Inferred(UTC_DATETIME, text.cast(arrow_type(UTC_DATETIME)), text)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     return Inferred(infer_column(values), None)
@@ -136,7 +140,7 @@ def column_array(values: list, logical: LogicalType) -> pa.Array:
 def _convert(values: list, kinds: set[type], logical: LogicalType) -> pa.Array:
     target = arrow_type(logical)
     if logical.name == "JSON":
-        return _json_array(values)
+        return json_array(values)
     if logical.name == "STRING":
         if kinds <= {str}:
             return pa.array(values, target)
@@ -208,7 +212,7 @@ def _reason(exc: Exception) -> str:
 _JSON = SchemaSerializer(core_schema.any_schema(), core_schema.CoreConfig(ser_json_inf_nan="null"))
 
 
-def _json_array(values: list) -> pa.Array:
+def json_array(values: list) -> pa.Array:
     """JSON text of each value, as bytes decoded by Arrow in bulk; mapped over the column
     without a Python-level loop when it has no nulls. (Values come from parsed JSON, so
     nothing exotic reaches the encoder.)"""

@@ -16,11 +16,11 @@ destination, an error message), and its columns go to planning as they are.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
-from itertools import chain
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
-from .jsonio import decode_json, encode_json
+from .jsonio import NotUnicode, TooDeep, decode_json, encode_json
 
 COLUMNAR_MIN_ROWS = 64  # below this a table goes as rows: too few to be worth it
 _LENGTH = struct.Struct(">I")
@@ -29,21 +29,46 @@ _LENGTH = struct.Struct(">I")
 class ColumnarAnswer:
     """A worker's answer with some tables' rows as columns: `answer` is the JSON of the
     answer with those tables' rows left empty, `columns` the JSON of `{table: {column:
-    [value of each row]}}`. Not bytes, so that nothing reads it as the whole answer."""
+    [value of each row]}}`. Not bytes, so that nothing reads it as the whole answer.
 
-    __slots__ = ("answer", "columns")
+    When the worker typed some columns itself (`typed_columns`), `typed` is the JSON of
+    `{table: [rows, [every column, in order]]}` for the tables with typed columns, whose
+    Arrow streams `arrow` holds in that order; `columns` then has only the others."""
 
-    def __init__(self, answer: bytes, columns: bytes) -> None:
-        self.answer, self.columns = answer, columns
+    __slots__ = ("answer", "columns", "typed", "arrow")
+
+    def __init__(
+        self, answer: bytes, columns: bytes, typed: bytes = b"", arrow: bytes = b""
+    ) -> None:
+        self.answer, self.columns, self.typed, self.arrow = answer, columns, typed, arrow
 
     @classmethod
-    def from_payload(cls, payload: bytes) -> ColumnarAnswer:
-        (size,) = _LENGTH.unpack_from(payload)
-        start = _LENGTH.size
-        return cls(payload[start : start + size], payload[start + size :])
+    def from_payload(cls, payload: bytes, *, typed: bool = False) -> ColumnarAnswer:
+        """The answer in a frame's `payload` (`payload` makes it): a `COLUMNS` frame holds
+        the answer and the columns, a `TYPED` frame (`typed`) also its typed and Arrow."""
+        answer, end = _part(payload, 0)
+        if not typed:
+            return cls(answer, payload[end:])
+        columns, end = _part(payload, end)
+        shapes, end = _part(payload, end)
+        return cls(answer, columns, shapes, payload[end:])
+
+    def payload(self) -> bytes:
+        """The frame's payload: each part after its length, but the last."""
+        if not self.typed:
+            return _LENGTH.pack(len(self.answer)) + self.answer + self.columns
+        parts = (self.answer, self.columns, self.typed)
+        return b"".join(_LENGTH.pack(len(part)) + part for part in parts) + self.arrow
 
     def __len__(self) -> int:  # the answer's size in bytes, as logs and limits count it
-        return len(self.answer) + len(self.columns)
+        return len(self.answer) + len(self.columns) + len(self.typed) + len(self.arrow)
+
+
+def _part(payload: bytes, start: int) -> tuple[bytes, int]:
+    """The part at `start` that its length prefixes, and where the next one starts."""
+    (size,) = _LENGTH.unpack_from(payload, start)
+    start += _LENGTH.size
+    return payload[start : start + size], start + size
 
 
 class ColumnRows(Sequence):
@@ -81,9 +106,10 @@ class ColumnRows(Sequence):
     __hash__ = None  # type: ignore[assignment]
 
 
-def encode_columnar(answer: Any) -> bytes | None:
-    """The payload of `answer` with its large uniform tables as columns (`ColumnarAnswer`),
-    or None when none qualifies or the answer is anything but a plain page."""
+def encode_columnar(answer: Any, typer: Typer | None = None) -> ColumnarAnswer | None:
+    """`answer` with its large uniform tables as columns, or None when none qualifies or
+    the answer is anything but a plain page. With a `typer` (`typed_columns.typed_column`),
+    the columns it can type go as Arrow."""
     if type(answer) is not dict or "errorMessage" in answer or "state" not in answer:
         return None
     tables = answer.get("insert")
@@ -98,7 +124,35 @@ def encode_columnar(answer: Any) -> bytes | None:
         return None
     rest = {**answer, "insert": {t: [] if t in columns else r for t, r in tables.items()}}
     head = encode_json(rest)
-    return _LENGTH.pack(len(head)) + head + encode_json(columns)
+    typed = _typed_tables(columns, typer) if typer is not None else {}
+    if not typed:
+        return ColumnarAnswer(head, encode_json(columns))
+    from .typed_columns import encode_tables
+
+    shapes = {t: [len(next(iter(columns[t].values()))), list(columns[t])] for t in typed}
+    for table, done in typed.items():
+        columns[table] = {c: v for c, v in columns[table].items() if c not in done}
+    return ColumnarAnswer(head, encode_json(columns), encode_json(shapes), encode_tables(typed))
+
+
+Typer = Callable[[list], "tuple[str, Any] | None"]
+
+
+def _typed_tables(columns: dict[str, dict[str, list]], typer: Typer) -> dict[str, dict]:
+    """Per table, the columns `typer` typed (a failure leaves a column to JSON)."""
+    typed = {}
+    for table, values_of in columns.items():
+        done = {}
+        for column, values in values_of.items():
+            try:
+                found = typer(values)
+            except Exception:  # noqa: BLE001 - text Arrow refuses, say: JSON says why
+                found = None
+            if found is not None:
+                done[column] = found
+        if done:
+            typed[table] = done
+    return typed
 
 
 def _columns_of(rows: Any) -> dict[str, list] | None:
@@ -108,12 +162,17 @@ def _columns_of(rows: Any) -> dict[str, list] | None:
         return None
     if not all(type(row) is dict for row in rows):
         return None
-    names = dict.fromkeys(chain.from_iterable(rows))
-    if not names or sum(map(len, rows)) != len(names) * len(rows):  # some row lacks a column
+    names = list(rows[0])
+    # as many keys in all as the first row's in each, and each row has the first's: the
+    # same keys everywhere, found without collecting them
+    if not names or sum(map(len, rows)) != len(names) * len(rows):
         return None
     if not all(type(name) is str for name in names):
         return None
-    return {name: [row[name] for row in rows] for name in names}
+    try:
+        return {name: list(map(itemgetter(name), rows)) for name in names}
+    except KeyError:  # some row has another key instead
+        return None
 
 
 def decode_columnar(raw: ColumnarAnswer) -> Any:
@@ -122,7 +181,31 @@ def decode_columnar(raw: ColumnarAnswer) -> Any:
     if type(answer) is not dict:
         return answer
     tables = answer.get("insert")
-    for table, columns in decode_json(raw.columns).items():
-        count = len(next(iter(columns.values()))) if columns else 0
-        tables[table] = ColumnRows(columns, count)
+    try:
+        columns_of = decode_json(raw.columns)
+    except NotUnicode as exc:
+        raise NotUnicode(_as_of_rows(exc.path), exc.character) from None
+    except TooDeep as exc:
+        raise TooDeep(_as_of_rows(exc.path)) from None
+    shapes = decode_json(raw.typed) if raw.typed else {}
+    if shapes:
+        from .typed_columns import decode_tables
+
+        arrays_of = decode_tables(raw.arrow, list(shapes))
+        for table, (count, order) in shapes.items():
+            values_of, arrays = columns_of.get(table, {}), arrays_of[table]
+            columns = {c: arrays[c] if c in arrays else values_of[c] for c in order}
+            tables[table] = ColumnRows(columns, count)
+    for table, columns in columns_of.items():
+        if table not in shapes:
+            count = len(next(iter(columns.values()))) if columns else 0
+            tables[table] = ColumnRows(columns, count)
     return answer
+
+
+def _as_of_rows(path: tuple) -> tuple:
+    """A place in the columns, (table, column, row, ...), as the same place in the rows."""
+    if len(path) < 3:
+        return ("insert", *path[:1])
+    table, column, row, *rest = path
+    return ("insert", table, row, column, *rest)

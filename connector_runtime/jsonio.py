@@ -51,7 +51,7 @@ def encode_json(value: Any) -> bytes:
     except TypeError:  # a big integer, a non-string key, a lone surrogate, deep nesting
         return _encode_exactly(value)
     # orjson writes NaN and ±Infinity as null: only then is a closer look worth it
-    if b"null" in encoded and _has_non_finite(value):
+    if b"null" in encoded and has_non_finite(value):
         return _encode_exactly(value)
     return encoded
 
@@ -90,7 +90,7 @@ class NotUnicode(ValueError):
     """JSON whose string (or key) holds a lone surrogate escape: not Unicode text."""
 
     def __init__(self, path: tuple[str | int, ...], character: str) -> None:
-        self.path = path
+        self.path, self.character = path, character
         where = f" at {describe_path(path)}" if path else ""
         super().__init__(
             f"a string{where} holds a lone surrogate (\\u{ord(character):04x}), which is not "
@@ -123,7 +123,7 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
 
 def non_finite_path(value: Any) -> tuple[tuple[str | int, ...], float] | None:
     """The path to the first NaN or ±Infinity float inside `value`, and that float."""
-    if not _has_non_finite(value):  # the usual case, without building paths
+    if not has_non_finite(value):  # the usual case, without building paths
         return None
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
@@ -193,7 +193,7 @@ def _exact(value: Any) -> Any:
     return value
 
 
-def _has_non_finite(value: Any) -> bool:
+def has_non_finite(value: Any) -> bool:
     """Whether a NaN or ±Infinity float is anywhere in `value` (a fast walk, no paths)."""
     if isinstance(value, float):
         return not math.isfinite(value)

@@ -25,6 +25,7 @@ from .errors import ConfigConflict, InvalidResponse
 from .history import HASH, row_hashes
 from .naming import NameEntry, NameMap, UnusableName
 from .protocol import Response, TableSchema
+from .typed_columns import TypedValues
 from .types import JSON, STRING, LogicalType, infer_column, widen
 
 
@@ -37,12 +38,18 @@ class SentColumns(NamedTuple):
 
 
 def sent_columns(rows: Sequence[dict], *, infer: bool) -> SentColumns:
-    if isinstance(rows, ColumnRows):  # as our own worker sent them
+    if isinstance(rows, ColumnRows):  # as our own worker sent them, some typed there
         values = rows.columns
     else:
         names = dict.fromkeys(chain.from_iterable(rows))
         values = {c: [row.get(c) for row in rows] for c in names}
-    return SentColumns(values, {c: infer_array(v) for c, v in values.items()} if infer else {})
+    inferred = {}
+    for column, sent in values.items():
+        if isinstance(sent, TypedValues):  # typed by the worker: free
+            inferred[column] = sent.inferred
+        elif infer:
+            inferred[column] = infer_array(sent)
+    return SentColumns(values, inferred)
 
 
 def prepare(response: Response) -> None:

@@ -165,8 +165,8 @@ def decode_answer(raw: bytes | ColumnarAnswer) -> dict[str, Any]:
     try:
         # exact: integers beyond 64 bits stay integers, NaN and Infinity are seen as such
         if isinstance(raw, ColumnarAnswer):
-            answer = decode_columnar(raw)
-            raw = raw.answer  # enough to find an error shape in
+            columnar, raw = raw, raw.answer  # the answer alone: enough to find an error in
+            answer = decode_columnar(columnar)
         else:
             answer = decode_json(raw)
     except TooDeep as exc:

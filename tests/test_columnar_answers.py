@@ -31,6 +31,7 @@ from connector_runtime.page import PagePlanner, TableSettings, prepare
 from connector_runtime.protocol import Response, decode_answer, validate_response
 from connector_runtime.storage import merge_page
 from connector_runtime.sync import SyncJob, run_sync
+from connector_runtime.typed_columns import TypedValues, typed_column
 
 SYNCED_AT = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 N = COLUMNAR_MIN_ROWS + 6
@@ -55,12 +56,21 @@ def answer_of(rows: list[dict], **more) -> dict:
     }
 
 
-def both_ways(answer: dict) -> tuple[Response, Response]:
+def framed(answer: dict, *, typed: bool = False) -> ColumnarAnswer | None:
+    """`answer` as a worker frames it (columns it typed too, if `typed`), read back from
+    the frame's bytes."""
+    columnar = encode_columnar(answer, typed_column if typed else None)
+    if columnar is None:
+        return None
+    return ColumnarAnswer.from_payload(columnar.payload(), typed=bool(columnar.typed))
+
+
+def both_ways(answer: dict, *, typed: bool = False) -> tuple[Response, Response]:
     """The answer read as rows, and as the columns a worker sends (which it must be)."""
-    payload = encode_columnar(answer)
-    assert payload is not None, "expected the answer to go as columns"
+    columnar = framed(answer, typed=typed)
+    assert columnar is not None, "expected the answer to go as columns"
     as_rows = validate_response(decode_answer(encode_json(answer)))
-    as_columns = validate_response(decode_answer(ColumnarAnswer.from_payload(payload)))
+    as_columns = validate_response(decode_answer(columnar))
     return as_rows, as_columns
 
 
@@ -93,9 +103,9 @@ values = st.lists(st.none() | scalars, min_size=N, max_size=N + 20) | st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(values)
-def test_columns_read_as_the_rows_they_came_from_and_type_the_same(column):
-    as_rows, as_columns = both_ways(answer_of(rows_of(column)))
+@given(values, st.booleans())
+def test_columns_read_as_the_rows_they_came_from_and_type_the_same(column, typed):
+    as_rows, as_columns = both_ways(answer_of(rows_of(column)), typed=typed)
 
     assert type(as_columns.insert["items"]) is ColumnRows
     assert canonical(list(as_columns.insert["items"])) == canonical(as_rows.insert["items"])
@@ -105,12 +115,13 @@ def test_columns_read_as_the_rows_they_came_from_and_type_the_same(column):
     assert same_tables(by_columns.tables[0].upserts, by_rows.tables[0].upserts)
 
 
-def test_text_that_looks_like_dates_and_big_numbers_keep_their_meaning():
+@pytest.mark.parametrize("typed", [False, True])
+def test_text_that_looks_like_dates_and_big_numbers_keep_their_meaning(typed):
     column = [ZONED[i % len(ZONED)] for i in range(N)]
     numbers = [2**70, -(2**63), 1.5, float("nan"), None] * (N // 5 + 1)
     answer = answer_of([{"id": i, "at": column[i], "n": numbers[i]} for i in range(N)])
 
-    as_rows, as_columns = both_ways(answer)
+    as_rows, as_columns = both_ways(answer, typed=typed)
 
     by_rows, by_columns = plan(as_rows), plan(as_columns)
     assert by_columns.tables[0].table.columns == by_rows.tables[0].table.columns
@@ -134,7 +145,7 @@ def test_only_large_tables_whose_rows_have_the_same_columns_go_as_columns():
 
     mixed = answer_of(uniform)
     mixed["insert"]["few"] = small
-    answer = decode_answer(ColumnarAnswer.from_payload(encode_columnar(mixed)))
+    answer = decode_answer(framed(mixed))
     assert type(answer["insert"]["items"]) is ColumnRows
     assert answer["insert"]["few"] == small  # as rows, as sent
 
@@ -149,18 +160,20 @@ def test_a_value_json_cannot_hold_leaves_the_answer_to_the_rows_path():
         raise AssertionError("an object JSON cannot hold was encoded")
 
 
-def test_rows_by_index_and_slice_are_the_rows_sent():
+@pytest.mark.parametrize("typed", [False, True])
+def test_rows_by_index_and_slice_are_the_rows_sent(typed):
     sent = rows_of(list(range(N)), extra="tag")
-    _, as_columns = both_ways(answer_of(sent))
+    _, as_columns = both_ways(answer_of(sent), typed=typed)
     rows = as_columns.insert["items"]
 
     assert rows[0] == sent[0] and rows[-1] == sent[-1] and rows[3:6] == sent[3:6]
     assert rows == sent and len(rows) == N
 
 
-def test_a_function_destination_gets_the_same_events():
-    sent = rows_of([{"deep": [i, None]} for i in range(N)], extra="email")
-    as_rows, as_columns = both_ways(answer_of(sent))
+@pytest.mark.parametrize("typed", [False, True])
+def test_a_function_destination_gets_the_same_events(typed):
+    sent = rows_of([{"deep": [i, None], "at": ZONED[0]} for i in range(N)], extra="email")
+    as_rows, as_columns = both_ways(answer_of(sent), typed=typed)
     context = PageContext("crm", "crm", "agent", "sync-1", 1, SYNCED_AT, {"cursor": 0})
 
     def events(response: Response) -> list:
@@ -170,9 +183,10 @@ def test_a_function_destination_gets_the_same_events():
     assert events(as_columns) == events(as_rows)
 
 
-def test_a_page_in_cloud_storage_adds_its_rows_after_the_columns():
+@pytest.mark.parametrize("typed", [False, True])
+def test_a_page_in_cloud_storage_adds_its_rows_after_the_columns(typed):
     sent = rows_of(list(range(N)))
-    answer = decode_answer(ColumnarAnswer.from_payload(encode_columnar(answer_of(sent))))
+    answer = decode_answer(framed(answer_of(sent), typed=typed))
     stored = {"insert": {"items": [{"id": 10_000, "v": 1}]}}
 
     merged = merge_page(answer, stored, "s3://bucket/page.json")

@@ -11,7 +11,7 @@ Netlify or Azure Functions get what those hosts pass and answer as there (`_shap
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
-byte (`ANSWER`, `COLUMNS`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`, `PART`,
+byte (`ANSWER`, `COLUMNS`, `TYPED`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`, `PART`,
 `STREAM_END`) and its payload from the worker. A request `DESCRIBE` is answered with the
 handler's name and shape (`connector validate`), without calling it.
 
@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # imported when a handler is async: most are not, and it is s
 
 ANSWER = b"A"  # the handler's answer, or its error shape
 COLUMNS = b"C"  # an answer with large tables as columns (`columns.encode_columnar`)
+TYPED = b"T"  # the same, with columns typed here as Arrow (`typed_columns`)
 SHAPED = b"S"  # an answer of a host's shape: `_shapes.Shaped.header()`, then the body
 DESCRIBED = b"D"  # to DESCRIBE: {"handler": name, "shape": shape or null}
 DESCRIBE = {"connector-runtime": "describe"}  # a request never has this key
@@ -125,6 +126,33 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+class TypingAhead:
+    """Large tables' columns typed in this worker (`typed_columns`), from the answer after
+    its `LONG_SYNC_ANSWERS`-th large one: a sync that long likely has many pages to go.
+
+    Typing needs Arrow, whose import costs the worker about 0.1 s, once: `load_if_due`
+    runs it after that answer is sent, and never in a short sync."""
+
+    LONG_SYNC_ANSWERS = 3
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.typer: Callable[[list], Any] | None = None
+
+    def large_answer(self) -> None:
+        self.answers += 1
+
+    def load_if_due(self) -> None:
+        if self.typer is not None or self.answers < self.LONG_SYNC_ANSWERS:
+            return
+        try:
+            from connector_runtime.typed_columns import typed_column
+        except Exception:  # noqa: BLE001 - without Arrow here, columns go as JSON
+            self.answers = -(2**62)  # and it is not tried again
+            return
+        self.typer = typed_column
+
+
 class FunctionHost:
     """One loaded handler, called again and again like a warm Lambda instance.
 
@@ -141,6 +169,7 @@ class FunctionHost:
         self.shape = spec.shape or _shapes.shape_by_signature(self._name, self._handler)
         self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.typing = TypingAhead()
 
     def call(self, request: dict[str, Any]) -> tuple[bytes, bytes] | Parts:
         """The reply to `request`: `ANSWER` and the page as JSON bytes (an exception as its
@@ -162,9 +191,10 @@ class FunctionHost:
         if isinstance(answer, _shapes.Shaped):
             return SHAPED, answer.header() + answer.body
         with contextlib.suppress(TypeError, ValueError):  # encode_answer says why, as Lambda does
-            columnar = encode_columnar(answer)
+            columnar = encode_columnar(answer, self.typing.typer)
             if columnar is not None:
-                return COLUMNS, columnar
+                self.typing.large_answer()
+                return (TYPED if columnar.typed else COLUMNS), columnar.payload()
         return ANSWER, encode_answer(answer)
 
     def _answer(self, request: dict[str, Any]) -> Any:
@@ -559,6 +589,7 @@ def main(argv: list[str]) -> None:
             channel.stream(reply)
         else:
             channel.send(*reply)
+        host.typing.load_if_due()  # the answer is on its way
     _exit_at_once()
 
 

@@ -84,6 +84,7 @@ from connector_runtime.invokers._worker import (
     PART,
     SHAPED,
     STREAM_END,
+    TYPED,
     FunctionHost,
     FunctionSpec,
     HandlerImportError,
@@ -181,6 +182,7 @@ class LocalPythonInvoker(Invoker):
         try:
             with self._running_inline():
                 self._host = self._host or FunctionHost(self.spec)
+                self._host.typing.load_if_due()  # after the last answer, as a worker does
                 return self._host.call(request)
         except HandlerImportError as exc:
             return ANSWER, exc.answer
@@ -289,7 +291,15 @@ class WarmWorker:
         except errors.FunctionError:
             self._worker = None  # it is dead; the next call starts a fresh one
             raise
-        if kind not in (ANSWER, COLUMNS, SHAPED, DESCRIBED, PART, STREAM_END):  # the module did not
+        if kind not in (
+            ANSWER,
+            COLUMNS,
+            TYPED,
+            SHAPED,
+            DESCRIBED,
+            PART,
+            STREAM_END,
+        ):  # the module did not
             self.close()  # load: retire the worker so that the next call imports it afresh
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
@@ -361,8 +371,9 @@ def answer_of(
     body (masked, cut) when a host's shape answered with a status other than 2xx."""
     if kind == IMPORT_FAILED:  # refused a call: its error shape is the answer
         return payload, spec.shape
-    if kind == COLUMNS:
-        return ColumnarAnswer.from_payload(payload), spec.shape or "fivetran"
+    if kind in (COLUMNS, TYPED):
+        typed = kind == TYPED
+        return ColumnarAnswer.from_payload(payload, typed=typed), spec.shape or "fivetran"
     if kind != SHAPED:
         return payload, spec.shape or "fivetran"
     header, _, body = payload.partition(b"\n")

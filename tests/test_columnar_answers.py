@@ -31,7 +31,7 @@ from connector_runtime.page import PagePlanner, TableSettings, prepare
 from connector_runtime.protocol import Response, decode_answer, validate_response
 from connector_runtime.storage import merge_page
 from connector_runtime.sync import SyncJob, run_sync
-from connector_runtime.typed_columns import TypedValues, typed_column
+from connector_runtime.typed_columns import typed_column
 
 SYNCED_AT = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 N = COLUMNAR_MIN_ROWS + 6

@@ -20,7 +20,13 @@ from test_local_invoker import restore_imports as restore_imports  # an autouse 
 
 from connector_runtime.errors import InvalidResponse
 from connector_runtime.invokers import local
-from connector_runtime.invokers._worker import TYPED, TypingAhead
+from connector_runtime.invokers._worker import (
+    COLUMNS,
+    TYPED,
+    FunctionHost,
+    FunctionSpec,
+    TypingAhead,
+)
 from connector_runtime.invokers.local import LocalPythonInvoker
 from connector_runtime.jsonio import encode_json
 from connector_runtime.naming import NameMap
@@ -224,6 +230,18 @@ def test_typing_starts_after_a_long_sync_s_answers_and_never_before():
     typing.large_answer()
     typing.load_if_due()
     assert typing.typer is typed_column
+
+
+def test_a_worker_with_a_memory_limit_never_types(tmp_path):
+    (tmp_path / "handler.py").write_text(HANDLER)
+    spec = FunctionSpec(str(tmp_path / "handler.py"), None, "demo", 30, memory_mb=512)
+    host = FunctionHost(spec)  # the memory is the function's: no Arrow loaded into it
+
+    for _ in range(TypingAhead.LONG_SYNC_ANSWERS * 2):
+        kind, _ = host.call({"state": {}})
+        host.typing.load_if_due()
+        assert kind == COLUMNS
+    assert host.typing.typer is None
 
 
 PAGES = TypingAhead.LONG_SYNC_ANSWERS + 4

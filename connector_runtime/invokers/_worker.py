@@ -130,25 +130,31 @@ class TypingAhead:
     """Large tables' columns typed in this worker (`typed_columns`), from the answer after
     its `LONG_SYNC_ANSWERS`-th large one: a sync that long likely has many pages to go.
 
-    Typing needs Arrow, whose import costs the worker about 0.1 s, once: `load_if_due`
-    runs it after that answer is sent, and never in a short sync."""
+    Typing needs Arrow, whose import costs the worker about 0.1 s once, about 50 MB of
+    memory and 200 MB of address space (with the system's allocator, which Arrow is told
+    to use here unless the handler loaded Arrow first): `load_if_due` runs it after that
+    answer is sent, never in a short sync, and never under a memory cap (`memory:`) below
+    `MIN_MEMORY_MB`, whose memory is the function's."""
 
     LONG_SYNC_ANSWERS = 3
+    MIN_MEMORY_MB = 2048
 
-    def __init__(self) -> None:
-        self.answers = 0
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled, self.answers = enabled, 0
         self.typer: Callable[[list], Any] | None = None
 
     def large_answer(self) -> None:
         self.answers += 1
 
     def load_if_due(self) -> None:
-        if self.typer is not None or self.answers < self.LONG_SYNC_ANSWERS:
+        if not self.enabled or self.typer is not None or self.answers < self.LONG_SYNC_ANSWERS:
             return
+        if "pyarrow" not in sys.modules:  # its default allocator reserves gigabytes
+            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
         try:
             from connector_runtime.typed_columns import typed_column
         except Exception:  # noqa: BLE001 - without Arrow here, columns go as JSON
-            self.answers = -(2**62)  # and it is not tried again
+            self.enabled = False  # and it is not tried again
             return
         self.typer = typed_column
 
@@ -169,7 +175,8 @@ class FunctionHost:
         self.shape = spec.shape or _shapes.shape_by_signature(self._name, self._handler)
         self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.typing = TypingAhead()
+        memory = spec.memory_mb
+        self.typing = TypingAhead(enabled=memory is None or memory >= TypingAhead.MIN_MEMORY_MB)
 
     def call(self, request: dict[str, Any]) -> tuple[bytes, bytes] | Parts:
         """The reply to `request`: `ANSWER` and the page as JSON bytes (an exception as its

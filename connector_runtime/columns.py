@@ -8,6 +8,10 @@ column instead (`encode_columnar`; `node_worker.mjs` builds the same frame): the
 values through the same JSON encoder, fewer bytes, and about half the runtime's work to
 read them (`decode_columnar`).
 
+In a long sync the Python worker also types the columns it can type exactly as the
+runtime would and sends them as Arrow (`typed_columns`, a `TYPED` frame); the others
+still go as JSON arrays.
+
 Nothing else changes. The answer is validated as any other; a table's rows are still a
 sequence of row objects (`ColumnRows`, built when something asks for them: a function
 destination, an error message), and its columns go to planning as they are.

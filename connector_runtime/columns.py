@@ -28,6 +28,8 @@ from .jsonio import NotUnicode, TooDeep, decode_json, encode_json
 
 COLUMNAR_MIN_ROWS = 64  # below this a table goes as rows: too few to be worth it
 _LENGTH = struct.Struct(">I")
+# a column's values → its logical type's name and Arrow array, or None (`typed_columns`)
+Typer = Callable[[list], "tuple[str, Any] | None"]
 
 
 class ColumnarAnswer:
@@ -137,9 +139,6 @@ def encode_columnar(answer: Any, typer: Typer | None = None) -> ColumnarAnswer |
     for table, done in typed.items():
         columns[table] = {c: v for c, v in columns[table].items() if c not in done}
     return ColumnarAnswer(head, encode_json(columns), encode_json(shapes), encode_tables(typed))
-
-
-Typer = Callable[[list], "tuple[str, Any] | None"]
 
 
 def _typed_tables(columns: dict[str, dict[str, list]], typer: Typer) -> dict[str, dict]:

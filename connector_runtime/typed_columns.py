@@ -33,7 +33,7 @@ from .types import JSON, UTC_DATETIME, LogicalType
 
 _SCALAR_KINDS = ({bool}, {int}, {float}, {str})
 # orjson writes these natively; passed through, they raise: a datetime, a dataclass or a
-# subclass (an IntEnum, say) is encoded by the worker's JSON encoder in its own way
+# subclass of str, int, dict or list is written by the worker's JSON encoder its own way
 _PLAIN_ONLY = (
     orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -71,8 +71,8 @@ def _plain_json(values: list) -> bool:
 
 
 def encode_tables(tables: dict[str, dict[str, tuple[str, pa.Array]]]) -> bytes:
-    """One Arrow IPC stream per table, one after the other; each column's logical type
-    in its field's metadata (`columns.ColumnarAnswer` keeps where each stream starts)."""
+    """One Arrow IPC stream per table, one after the other (`decode_tables` reads them
+    in that order); each column's logical type in its field's metadata."""
     sink = pa.BufferOutputStream()
     for columns in tables.values():
         fields = [

@@ -11,8 +11,8 @@ Netlify or Azure Functions get what those hosts pass and answer as there (`_shap
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
-byte (`ANSWER`, `COLUMNS`, `TYPED`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`, `PART`,
-`STREAM_END`) and its payload from the worker. A request `DESCRIBE` is answered with the
+byte (`ANSWER`, `COLUMNS`, `TYPED`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`,
+`PART`, `STREAM_END`) and its payload from the worker. A request `DESCRIBE` is answered with the
 handler's name and shape (`connector validate`), without calling it.
 
 A streamed answer (design §13: the handler returned a generator, an async generator or

@@ -94,6 +94,8 @@ from connector_runtime.invokers._worker import (
 )
 
 TAIL_LINES = 50
+# what a worker whose module loaded replies with (else IMPORT_FAILED or NOT_FOUND)
+_LOADED_REPLIES = (ANSWER, COLUMNS, TYPED, SHAPED, DESCRIBED, PART, STREAM_END)
 STATUS_BODY_CHARS = 500  # of a non-2xx answer's body, quoted in its alert
 STOP_GRACE_SECONDS = 2.0
 # How long a call's reply waits for the output reader to reach the call's end mark. It is
@@ -291,16 +293,8 @@ class WarmWorker:
         except errors.FunctionError:
             self._worker = None  # it is dead; the next call starts a fresh one
             raise
-        if kind not in (
-            ANSWER,
-            COLUMNS,
-            TYPED,
-            SHAPED,
-            DESCRIBED,
-            PART,
-            STREAM_END,
-        ):  # the module did not
-            self.close()  # load: retire the worker so that the next call imports it afresh
+        if kind not in _LOADED_REPLIES:  # the module did not load: retire the worker so
+            self.close()  # that the next call imports it afresh
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
         return kind, payload

@@ -8,9 +8,9 @@ column instead (`encode_columnar`; `node_worker.mjs` builds the same frame): the
 values through the same JSON encoder, fewer bytes, and about half the runtime's work to
 read them (`decode_columnar`).
 
-In a long sync the Python worker also types the columns it can type exactly as the
-runtime would and sends them as Arrow (`typed_columns`, a `TYPED` frame); the others
-still go as JSON arrays.
+In a long sync (`TypingAhead`) the Python worker also types the columns it can type
+exactly as the runtime would and sends them as Arrow (`typed_columns`, a `TYPED`
+frame); the others still go as JSON arrays.
 
 Nothing else changes. The answer is validated as any other; a table's rows are still a
 sequence of row objects (`ColumnRows`, built when something asks for them: a function
@@ -19,7 +19,9 @@ destination, an error message), and its columns go to planning as they are.
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -110,6 +112,39 @@ class ColumnRows(Sequence):
         return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class TypingAhead:
+    """Large tables' columns typed in a Python worker (`typed_columns`), from the answer
+    after its `LONG_SYNC_ANSWERS`-th large one: a sync that long likely has many pages to go.
+
+    Typing needs Arrow, whose import costs the worker about 0.1 s once, about 50 MB of
+    memory and 200 MB of address space (with the system's allocator, which Arrow is told
+    to use here unless the handler loaded Arrow first): `load_if_due` runs it after that
+    answer is sent, never in a short sync, and never under a memory cap (`memory:`) below
+    `MIN_MEMORY_MB`, whose memory is the function's."""
+
+    LONG_SYNC_ANSWERS = 3
+    MIN_MEMORY_MB = 2048
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled, self.answers = enabled, 0
+        self.typer: Callable[[list], Any] | None = None
+
+    def large_answer(self) -> None:
+        self.answers += 1
+
+    def load_if_due(self) -> None:
+        if not self.enabled or self.typer is not None or self.answers < self.LONG_SYNC_ANSWERS:
+            return
+        if "pyarrow" not in sys.modules:  # its default allocator reserves gigabytes
+            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        try:
+            from .typed_columns import typed_column
+        except Exception:  # noqa: BLE001 - without Arrow here, columns go as JSON
+            self.enabled = False  # and it is not tried again
+            return
+        self.typer = typed_column
 
 
 def encode_columnar(answer: Any, typer: Typer | None = None) -> ColumnarAnswer | None:

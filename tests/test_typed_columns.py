@@ -18,6 +18,7 @@ from test_bulk_typing import ZONED, scalars
 from test_columnar_answers import N, answer_of, both_ways, canonical, framed, plan, same_tables
 from test_local_invoker import restore_imports as restore_imports  # an autouse fixture
 
+from connector_runtime.columns import TypingAhead
 from connector_runtime.errors import InvalidResponse
 from connector_runtime.invokers import local
 from connector_runtime.invokers._worker import (
@@ -25,7 +26,6 @@ from connector_runtime.invokers._worker import (
     TYPED,
     FunctionHost,
     FunctionSpec,
-    TypingAhead,
 )
 from connector_runtime.invokers.local import LocalPythonInvoker
 from connector_runtime.jsonio import encode_json

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from connector_runtime.columns import encode_columnar
+from connector_runtime.columns import TypingAhead, encode_columnar
 from connector_runtime.errors import InvokeFailed
 from connector_runtime.invokers import _shapes, ndjson_lines
 from connector_runtime.jsonio import encode_json
@@ -124,39 +124,6 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
-class TypingAhead:
-    """Large tables' columns typed in this worker (`typed_columns`), from the answer after
-    its `LONG_SYNC_ANSWERS`-th large one: a sync that long likely has many pages to go.
-
-    Typing needs Arrow, whose import costs the worker about 0.1 s once, about 50 MB of
-    memory and 200 MB of address space (with the system's allocator, which Arrow is told
-    to use here unless the handler loaded Arrow first): `load_if_due` runs it after that
-    answer is sent, never in a short sync, and never under a memory cap (`memory:`) below
-    `MIN_MEMORY_MB`, whose memory is the function's."""
-
-    LONG_SYNC_ANSWERS = 3
-    MIN_MEMORY_MB = 2048
-
-    def __init__(self, *, enabled: bool = True) -> None:
-        self.enabled, self.answers = enabled, 0
-        self.typer: Callable[[list], Any] | None = None
-
-    def large_answer(self) -> None:
-        self.answers += 1
-
-    def load_if_due(self) -> None:
-        if not self.enabled or self.typer is not None or self.answers < self.LONG_SYNC_ANSWERS:
-            return
-        if "pyarrow" not in sys.modules:  # its default allocator reserves gigabytes
-            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-        try:
-            from connector_runtime.typed_columns import typed_column
-        except Exception:  # noqa: BLE001 - without Arrow here, columns go as JSON
-            self.enabled = False  # and it is not tried again
-            return
-        self.typer = typed_column
 
 
 class FunctionHost:

@@ -23,7 +23,7 @@ import pytest
 from conftest import serving
 
 from connector_runtime import errors, masking
-from connector_runtime.invokers import OUTPUT_TAIL_BYTES, Invoker, OutputTail, local
+from connector_runtime.invokers import OUTPUT_TAIL_BYTES, Invoker, OutputTail, _worker_process
 from connector_runtime.invokers.http import HttpInvoker
 from connector_runtime.invokers.local import LocalPythonInvoker
 from connector_runtime.invokers.node import NodeInvoker
@@ -289,7 +289,7 @@ def test_output_is_masked(make_invoker):
 
 
 def test_a_worker_that_loses_its_stderr_costs_one_wait_not_one_per_call(make_invoker, monkeypatch):
-    monkeypatch.setattr(local, "OUTPUT_CATCH_UP_SECONDS", 0.3)
+    monkeypatch.setattr(_worker_process, "OUTPUT_CATCH_UP_SECONDS", 0.3)
     invoker = make_invoker(
         """
         import os

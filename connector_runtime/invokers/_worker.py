@@ -25,7 +25,7 @@ stops reading pauses the handler (the pipe fills).
 Before the frame that ends each reply (the only one, or `STREAM_END`) the worker flushes
 `sys.stdout` and `sys.stderr` and writes `END_OF_CALL` and the call's number (1, 2, ...)
 as a line of its own to fd 2, where its output goes: once the parent's reader of that
-pipe reaches the line, it has read all the call printed (`local._Worker`).
+pipe reaches the line, it has read all the call printed (`_worker_process.WorkerProcess`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ before any answer, the answer is a `Runtime.NoAnswer` error shape.
 A thrown error or `callback(err)` becomes `{errorMessage, errorType, stackTrace}`,
 `errorType` the error's `name` and `stackTrace` its stack lines (Lambda's Node.js
 runtime calls that list `trace`). The worker, its timeout, crash and exit handling and
-output logging are those of the Python worker (`local._Worker`): a crash, an unhandled
+output logging are those of the Python worker (`_worker_process.WorkerProcess`): a crash, an unhandled
 rejection or `process.exit(n)` raises `FunctionError` `Runtime.ExitError`, a call
 longer than `timeout` `Sandbox.Timedout`, and every output line, `console.log` and
 `console.error` included, is logged as `function_output` and kept in the invoker's
@@ -58,7 +58,7 @@ from connector_runtime.invokers.local import WarmWorker
 
 NODE_WORKER = Path(__file__).with_name("node_worker.mjs")
 NODE_MISSING = "`node` was not found on PATH; install Node.js 18 or later to run .js functions"
-# `_Worker` speaks on the child's stdin and stdout. Node cannot move file descriptors
+# `WorkerProcess` speaks on the child's stdin and stdout. Node cannot move file descriptors
 # itself, so /bin/sh puts the protocol on fds 3 and 4 and fd 1 onto fd 2 (whatever the
 # function prints, its child processes included, is logged and never read as a frame),
 # then `exec` becomes node: same pid, same process group, so a kill reaches it.

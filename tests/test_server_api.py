@@ -528,6 +528,8 @@ def test_run_progress_conflicts_state_and_tables_through_the_api(tmp_path):
         )
 
         wait_until(lambda: waiting_at(made, "slow") == 1, what="slow waits before page 2")
+        # page 2 is asked for as soon as page 1's state is read: page 1 may still be writing
+        wait_until(lambda: api.sync(sync_id)["page"] == 1, what="page 1 committed")
         running = api.sync(sync_id)
         assert (running["status"], running["page"], running["rows"]) == ("running", 1, 10)
         assert running["rows_per_s"] > 0 and running["elapsed_s"] > 0, running

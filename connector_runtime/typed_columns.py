@@ -102,10 +102,10 @@ class TypedValues(Sequence):
     """A column typed in the worker: `inferred` is what `infer_array` made of it; its
     values (as the JSON the function sent would parse) are made when first asked for."""
 
-    __slots__ = ("inferred", "_array", "_logical", "_values")
+    __slots__ = ("inferred", "_array", "_values")
 
     def __init__(self, logical: str, array: pa.Array) -> None:
-        self._array, self._logical = array, logical
+        self._array = array
         self._values: list | None = None
         if not logical:
             self.inferred = Inferred(None, None)
@@ -118,7 +118,7 @@ class TypedValues(Sequence):
     def values(self) -> list:
         if self._values is None:
             values = self._array.to_pylist()
-            if self._logical == str(JSON):
+            if self.inferred.logical == JSON:
                 values = [None if v is None else decode_json(v) for v in values]
             self._values = values
         return self._values

@@ -224,9 +224,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def main() -> int:
     args = _parser().parse_args()
     if args.child:
-        return run_child(
-            Path(args.child), args.phase, args.connector, args.warehouse, profile=args.profile
-        )
+        return run_child(Path(args.child), args.connector, args.warehouse, profile=args.profile)
     if args.rows < 100 or args.page_size < 1 or min(args.repeat, args.serve_repeat) < 1:
         sys.exit("--rows must be at least 100, --page-size and the repeats at least 1")
     if args.memory_rows < 0 or 0 < args.incremental_rows <= 10_000:
@@ -262,6 +260,7 @@ def main() -> int:
                 figures=figures,
                 baseline=baseline,
                 baseline_figures=before,
+                per_sync=args.process == "per-sync",
             )
             if args.warehouse in ("duckdb", "all"):
                 status |= duckdb_rows(args, Path(args.workdir or tmp), baseline, figures, before)
@@ -458,8 +457,15 @@ def _parser() -> argparse.ArgumentParser:
         help="also run both syncs with history mode on the table and report its update phase "
         "against the plain one (default on)",
     )
-    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one phase here
-    parser.add_argument("--phase", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--process",
+        choices=("serve", "per-sync"),
+        default="serve",
+        help="run a run's syncs one after another in one runtime process, as `connector "
+        "serve` and `connector worker` do (serve; default), or each in a fresh process, as "
+        "`connector sync` from cron does (per-sync)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: a runtime process
     parser.add_argument("--connector", default=CONNECTOR, help=argparse.SUPPRESS)
     return parser
 
@@ -822,13 +828,15 @@ def run_benchmark(
     figures: list[BenchRow] | None = None,
     baseline: Path | None = None,
     baseline_figures: list[BenchRow] | None = None,
+    per_sync: bool = False,
 ) -> int:
     """`repeat` runs of both phases per warehouse, each in a fresh directory (and, on
     PostgreSQL, a fresh schema); returns the exit status. `required`: a warehouse that
     cannot be reached fails the benchmark instead of being skipped. `history`: each run
     also syncs a history-mode connector, whose update phase joins the run's results.
     `baseline`: a checkout of older code, run as well, alternating with this one run by
-    run (its figures go to `baseline_figures`)."""
+    run (its figures go to `baseline_figures`). A run's two syncs run in one runtime
+    process, as under `connector serve`; `per_sync`: each in a fresh one."""
     variants = {"before": baseline, "now": None} if baseline else {"now": None}
     by_variant: dict[str, dict[str, list[list[dict]]]] = {v: {} for v in variants}
     skipped: dict[str, str] = {}
@@ -850,6 +858,7 @@ def run_benchmark(
                         rows,
                         page_size,
                         profile=profile and number == 1,
+                        per_sync=per_sync,
                     )
                     if history and target.history:
                         kept, found = _run_once(
@@ -859,6 +868,7 @@ def run_benchmark(
                             page_size,
                             profile=False,
                             history=True,
+                            per_sync=per_sync,
                         )
                         results.append(kept[-1] | {"label": HISTORY_LABEL})
                         problems += [f"history mode, {problem}" for problem in found]
@@ -887,7 +897,14 @@ def run_benchmark(
 
 
 def _run_once(
-    target, workdir: Path, rows: int, page_size: int, *, profile: bool, history: bool = False
+    target,
+    workdir: Path,
+    rows: int,
+    page_size: int,
+    *,
+    profile: bool,
+    history: bool = False,
+    per_sync: bool = False,
 ) -> tuple[list[dict], list[str]]:
     workdir.mkdir(parents=True)
     connector = target.new_connector()
@@ -899,15 +916,17 @@ def _run_once(
     handler = _load_handler(source)
     results, problems = [], []
     try:
-        for phase in PHASES:
-            result = _run_phase(
-                workdir, phase, connector, target.name, profile=profile and phase == 1
-            )
-            results.append(result)
-            found = verify(
-                target, workdir, connector, phase, result, handler, page_size, history=history
-            )
-            problems += [f"phase {phase} ({PHASES[phase]}): {problem}" for problem in found]
+        with contextlib.ExitStack() as stack:
+            runtime = stack.enter_context(Runtime(workdir, connector, target.name, profile))
+            for phase in PHASES:
+                if per_sync and phase > 1:  # the last one's process ends: a fresh one
+                    stack.close()
+                    runtime = stack.enter_context(Runtime(workdir, connector, target.name))
+                results.append(result := runtime.sync(phase))
+                found = verify(
+                    target, workdir, connector, phase, result, handler, page_size, history=history
+                )
+                problems += [f"phase {phase} ({PHASES[phase]}): {problem}" for problem in found]
     finally:
         trouble = target.cleanup(connector)
         if trouble:
@@ -924,16 +943,51 @@ def _load_handler(source: str) -> dict[str, Any]:
 def _run_phase(
     workdir: Path, phase: int, connector: str, warehouse: str, *, profile: bool
 ) -> dict[str, Any]:
-    workdir = workdir.resolve()
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(workdir)]
-    command += ["--phase", str(phase)]
-    command += ["--connector", connector, "--warehouse", warehouse]
-    # run in the workdir: a worker started by older code puts its current directory first
-    # on sys.path, and in the repository that would load this checkout's worker
-    subprocess.run(
-        command + (["--profile"] if profile else []), check=True, env=child_env(), cwd=workdir
-    )
-    return json.loads((workdir / f"phase{phase}.json").read_text())
+    """One sync in a runtime process of its own."""
+    with Runtime(workdir, connector, warehouse, profile) as runtime:
+        return runtime.sync(phase)
+
+
+PHASE_DONE = "\x00bench-phase-done"  # the child's line after each sync's figures
+
+
+class Runtime:
+    """A runtime process (`--child`) that runs one sync of `connector` per `sync` call,
+    one after another, as `connector serve` does; its first one under cProfile if
+    `profile`. It runs in `workdir`: a worker started by older code puts its current
+    directory first on sys.path, and in the repository that would load this checkout's
+    worker."""
+
+    def __init__(self, workdir: Path, connector: str, warehouse: str, profile: bool = False):
+        workdir = workdir.resolve()
+        self.workdir = workdir
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", str(workdir)]
+        command += ["--connector", connector, "--warehouse", warehouse]
+        self._process = subprocess.Popen(
+            command + (["--profile"] if profile else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=workdir,
+        )
+
+    def sync(self, phase: int) -> dict[str, Any]:
+        """Run phase `phase`'s sync; its figures (`run_child`)."""
+        self._process.stdin.write(f"{phase}\n")
+        self._process.stdin.flush()
+        for line in self._process.stdout:
+            if line.rstrip("\n") == PHASE_DONE:
+                return json.loads((self.workdir / f"phase{phase}.json").read_text())
+            print(line, end="")  # the profile
+        raise RuntimeError(f"the runtime process ended during phase {phase}")
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._process.stdin.close()
+        self._process.wait()
 
 
 _CODE: list[Path] = []  # the checkout whose code the children run; none: this one
@@ -1015,7 +1069,7 @@ def _report(
                 )
     if by_warehouse:
         before = ", ".join(
-            f"{warehouse} {max(r['rss_before_mb'] for run in runs for r in run):.0f} MB"
+            f"{warehouse} {max(run[0]['rss_before_mb'] for run in runs):.0f} MB"
             for warehouse, runs in by_warehouse.items()
         )
         console.print(
@@ -1248,16 +1302,34 @@ def _check_versions(reader, handler, phase) -> list[str]:
 # -- the child: one sync in this process, measured ---------------------------------------
 
 
-def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, profile: bool) -> int:
-    """Run one sync through `build_job(load_config(...))` + `run_sync`, as the CLI does."""
+def run_child(workdir: Path, connector: str, warehouse: str, *, profile: bool) -> int:
+    """A runtime process: for each phase number read from stdin, one sync through
+    `build_job(load_config(...))` + `run_sync`, as the CLI does; its figures go to
+    `phaseN.json`, then `PHASE_DONE` to stdout."""
     from connector_runtime import sync as sync_module
     from connector_runtime.cli import configure_logging
+
+    importlib.import_module(BACKEND_MODULES[warehouse])  # once per process, as `serve` would
+    configure_logging()
+    applying = _Stopwatch(sync_module._Sync, "apply")  # planning and writing each page
+    for line in sys.stdin:
+        phase = int(line)
+        applying.seconds = 0.0
+        result = _measured_sync(workdir, phase, connector, warehouse, applying, profile=profile)
+        (workdir / f"phase{phase}.json").write_text(json.dumps(result))
+        print(PHASE_DONE, flush=True)
+        profile = False  # the first sync only
+    return 0
+
+
+def _measured_sync(
+    workdir: Path, phase: int, connector: str, warehouse: str, applying, *, profile: bool
+) -> dict[str, Any]:
+    from connector_runtime import sync as sync_module
     from connector_runtime.config import load_config
     from connector_runtime.jobs import build_job
     from connector_runtime.sync import run_sync
 
-    importlib.import_module(BACKEND_MODULES[warehouse])  # once per process, as `serve` would
-    configure_logging()
     job = build_job(load_config(workdir / "connectors.yaml"), connector)
     first_state = _saved_state(job)
     rows_sent = 0
@@ -1269,11 +1341,11 @@ def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, prof
         rows_sent += progress.rows
         page_times.append(time.perf_counter() - started)
 
-    rss_before = _peak_rss_mb()
-    workers = _WorkerPeak()
-    applying = _Stopwatch(sync_module._Sync, "apply")  # planning and writing each page
+    workers = _WorkerPeak()  # kept from the sync before, if any: their peaks start afresh
+    rss_before = _peak_rss_mb(reset=True)
     profiler = _start_profiler() if profile else None
     cpu = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with workers:
         outcome = run_sync(job, on_page=on_page)
@@ -1281,8 +1353,11 @@ def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, prof
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     if profiler is not None:
         _print_profile(profiler, warehouse)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    reaped = (children_after.ru_utime + children_after.ru_stime) - (
+        children.ru_utime + children.ru_stime
+    )
+    return {
         "phase": phase,
         "profiled": profile,
         "status": outcome.record.status,
@@ -1293,15 +1368,13 @@ def run_child(workdir: Path, phase: int, connector: str, warehouse: str, *, prof
         "rss_before_mb": rss_before,
         "rss_runtime_mb": _peak_rss_mb(),
         "rss_worker_mb": workers.peak_mb,
-        "worker_cpu_s": children.ru_utime + children.ru_stime,
+        "worker_cpu_s": workers.cpu_s(reaped),
         "runtime_cpu_s": (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu.ru_utime + cpu.ru_stime),
         "page_times": page_times,
         "apply_s": applying.seconds,
         "code": str(Path(sync_module.__file__).resolve().parent.parent),  # which checkout ran
         "first_state": first_state,
     }
-    (workdir / f"phase{phase}.json").write_text(json.dumps(result))
-    return 0
 
 
 class _Stopwatch:
@@ -1328,13 +1401,15 @@ def _saved_state(job) -> dict[str, Any]:
         return destination.load(job.connector).state
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS since it was exec'd (VmHWM).
+def _peak_rss_mb(*, reset: bool = False) -> float:
+    """This process's peak RSS since it was exec'd, or since the last `reset` (VmHWM);
+    `reset`: its RSS now, from which the next peak counts.
 
     Not `getrusage(RUSAGE_SELF).ru_maxrss` on Linux: it keeps the high-water mark of
-    the process this one was forked from, so phase 2 would inherit the size of the
-    parent that just checked phase 1's 200,000 rows.
+    the process this one was forked from, and of syncs before this one.
     """
+    if reset:
+        _reset_peak("self")
     hwm = _vm_hwm_kib("self")
     if hwm:
         return hwm / 1024
@@ -1357,10 +1432,21 @@ class _WorkerPeak:
         self.peaks: dict[int, int] = {}  # pid -> VmHWM in KiB
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._cpu_before: dict[int, float] = {}  # of workers kept from a sync before
+        for pid in _worker_pids():
+            _reset_peak(pid)
+            self._cpu_before[pid] = _cpu_s(pid)
 
     @property
     def peak_mb(self) -> float:
         return max(self.peaks.values(), default=0) / 1024
+
+    def cpu_s(self, reaped: float) -> float:
+        """The workers' CPU seconds in this sync, given those of the children reaped
+        meanwhile (whole lives, kept workers' earlier seconds included)."""
+        alive = {pid: _cpu_s(pid) for pid in _worker_pids()}
+        used = reaped + sum(cpu - self._cpu_before.get(pid, 0.0) for pid, cpu in alive.items())
+        return used - sum(cpu for pid, cpu in self._cpu_before.items() if pid not in alive)
 
     def __enter__(self) -> _WorkerPeak:
         self._thread.start()
@@ -1391,6 +1477,20 @@ def _command_line(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _reset_peak(pid: int | str) -> None:
+    """Start `pid`'s VmHWM afresh from its RSS now (Linux's clear_refs)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a live process, from /proc (0 if it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _vm_hwm_kib(pid: int | str) -> int:

@@ -264,6 +264,13 @@ class FunctionConfig(_Model):
         strict=True,
         description="Memory limit of a local worker process in MiB; null for none.",
     )
+    keep_warm: Literal[False] | Duration = Field(
+        "10m",
+        validate_default=True,
+        description="How long a local Python function's worker stays loaded after a sync, "
+        "for the next sync to use, as a warm Lambda instance is; false: a fresh worker "
+        "every sync. A worker whose files changed is never reused.",
+    )
     retry: RetryConfig = Field(
         RetryConfig(), description="Retries of transient invocation failures."
     )
@@ -340,6 +347,22 @@ class FunctionConfig(_Model):
             raise _problem(
                 "shape says how a local handler file is called; a Lambda, an HTTP URL or a "
                 "Runtime API executable is called as its host calls it: remove shape"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _keep_warm_of_a_python_worker(self) -> FunctionConfig:
+        python_worker = (
+            self.local is not None
+            and self.runtime is None
+            and PurePath(self.local).suffix == ".py"
+            and self.isolation == "process"
+        )
+        if "keep_warm" in self.model_fields_set and not python_worker:
+            raise _problem(
+                "keep_warm keeps a local Python function's worker process between syncs; "
+                "this function has none (a Lambda, a URL, a node or Runtime API process, "
+                "or isolation: inline): remove keep_warm"
             )
         return self
 

@@ -219,6 +219,7 @@ def _local_factory(
         function_name=name,
         env=env,
         shape=_shape(config, name, function, at),
+        keep_warm=function.keep_warm or 0.0,
     )
 
 
@@ -270,6 +271,7 @@ def _node_factory(
         function_name=name,
         env=env,
         shape=_shape(config, name, function, at),
+        keep_warm=function.keep_warm or 0.0,
     )
 
 

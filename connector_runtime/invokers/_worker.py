@@ -11,9 +11,10 @@ Netlify or Azure Functions get what those hosts pass and answer as there (`_shap
 `python -m connector_runtime.invokers._worker SPEC_JSON` for `isolation="process"`.
 As a worker it serves requests until its stdin closes. Both directions are framed as a
 4-byte big-endian length, then the frame: a request's JSON from the parent, one kind
-byte (`ANSWER`, `COLUMNS`, `TYPED`, `SHAPED`, `DESCRIBED`, `IMPORT_FAILED`, `NOT_FOUND`,
-`PART`, `STREAM_END`) and its payload from the worker. A request `DESCRIBE` is answered with the
-handler's name and shape (`connector validate`), without calling it.
+byte (`ANSWER`, `COLUMNS`, `TYPED`, `SHAPED`, `DESCRIBED`, `CHANGED`, `IMPORT_FAILED`,
+`NOT_FOUND`, `PART`, `STREAM_END`) and its payload from the worker. A request `DESCRIBE` is
+answered with the handler's name and shape (`connector validate`), without calling it;
+`CHECK`, with the first file the worker loaded that has changed since (`_loaded_files`).
 
 A streamed answer (design §13: the handler returned a generator, an async generator or
 another iterator; `Parts`) is several frames: `PART` frames, one per partial page,
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from connector_runtime.columns import TypingAhead, encode_columnar
 from connector_runtime.errors import InvokeFailed
 from connector_runtime.invokers import _shapes, ndjson_lines
+from connector_runtime.invokers._loaded_files import LoadedFiles
 from connector_runtime.jsonio import encode_json
 
 if TYPE_CHECKING:  # imported when a handler is async: most are not, and it is slow to load
@@ -61,6 +63,8 @@ TYPED = b"T"  # the same, with columns typed here as Arrow (`typed_columns`)
 SHAPED = b"S"  # an answer of a host's shape: `_shapes.Shaped.header()`, then the body
 DESCRIBED = b"D"  # to DESCRIBE: {"handler": name, "shape": shape or null}
 DESCRIBE = {"connector-runtime": "describe"}  # a request never has this key
+CHANGED = b"H"  # to CHECK: {"changed": the first file loaded that changed since, or null}
+CHECK = {"connector-runtime": "check"}  # asked of a kept worker before its next sync
 IMPORT_FAILED = b"I"  # the module failed to import: an error shape; retire this worker
 NOT_FOUND = b"N"  # no such file or handler attribute: a message for InvokeFailed
 PART = b"P"  # one part of a streamed answer: the JSON of a partial page, or an error shape
@@ -144,6 +148,8 @@ class FunctionHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         memory = spec.memory_mb
         self.typing = TypingAhead(enabled=memory is None or memory >= TypingAhead.MIN_MEMORY_MB)
+        self.loaded = LoadedFiles()
+        self.loaded.note(spec.path)
 
     def call(self, request: dict[str, Any]) -> tuple[bytes, bytes] | Parts:
         """The reply to `request`: `ANSWER` and the page as JSON bytes (an exception as its
@@ -154,6 +160,8 @@ class FunctionHost:
         """
         if request == DESCRIBE:
             return DESCRIBED, encode_json({"handler": self._name, "shape": self.shape})
+        if request == CHECK:
+            return CHANGED, encode_json({"changed": self.loaded.changed()})
         try:
             answer = self._answer(request)
         except _shapes.WrongAnswer as exc:
@@ -564,6 +572,7 @@ def main(argv: list[str]) -> None:
         else:
             channel.send(*reply)
         host.typing.load_if_due()  # the answer is on its way
+        host.loaded.note()
     _exit_at_once()
 
 

@@ -78,7 +78,7 @@ class WorkerProcess:
         self._reader_done = False
         self._caught_up = threading.Condition()
         self._stderr_reader = threading.Thread(
-            target=self._log_output, args=(log, function_name), daemon=True
+            target=self._log_output, args=(function_name,), daemon=True
         )
         self._stderr_reader.start()
         log.debug("function_worker_started", function=function_name, pid=self._process.pid)
@@ -107,6 +107,16 @@ class WorkerProcess:
             )
         with self._failures():
             return self._frame()
+
+    @property
+    def idle(self) -> bool:
+        """Alive, its last reply read to its end: it may serve another sync."""
+        return not self.replying and self._process.poll() is None and not self._reader_done
+
+    def adopt(self, log: Any, output: OutputTail) -> None:
+        """Log and keep what it prints from now on in `log` and `output` (the next sync's)."""
+        self._log, self.output = log, output
+        self.tail.clear()
 
     def end_call(self) -> None:
         """The reply is read: wait until `output` holds all the call printed."""
@@ -190,11 +200,11 @@ class WorkerProcess:
                     "may now be recorded after it returns",
                 )
 
-    def _log_output(self, log: Any, function_name: str) -> None:
+    def _log_output(self, function_name: str) -> None:
         try:
             with self._process.stderr as output:
                 for raw in output:
-                    self._take_output(raw, log, function_name)
+                    self._take_output(raw, self._log, function_name)
         finally:
             with self._caught_up:
                 self._reader_done = True

@@ -64,8 +64,11 @@ import structlog
 from connector_runtime import errors, masking
 from connector_runtime.columns import ColumnarAnswer
 from connector_runtime.invokers import Invoker, OutputTail, Stream, _shapes
+from connector_runtime.invokers._kept_workers import KEPT
 from connector_runtime.invokers._worker import (
     ANSWER,
+    CHANGED,
+    CHECK,
     COLUMNS,
     DESCRIBE,
     DESCRIBED,
@@ -87,6 +90,7 @@ from connector_runtime.invokers._worker_process import WorkerProcess
 # what a worker whose module loaded replies with (else IMPORT_FAILED or NOT_FOUND)
 _LOADED_REPLIES = (ANSWER, COLUMNS, TYPED, SHAPED, DESCRIBED, PART, STREAM_END)
 STATUS_BODY_CHARS = 500  # of a non-2xx answer's body, quoted in its alert
+CHECK_SECONDS = 10.0  # for a kept worker to say whether its files changed
 
 
 class LocalPythonInvoker(Invoker):
@@ -94,6 +98,8 @@ class LocalPythonInvoker(Invoker):
 
     `env` is added to the worker's environment (design §2: `AWS_ENDPOINT_URL_S3`); inline
     refuses it, as setting it in this process would reach every other connector.
+    `keep_warm` (seconds; 0: not at all) keeps the worker after `close` for the next
+    invoker of the same function, as long as the files it loaded are unchanged.
     `shape` (design §13) is how the handler is called and answers; None detects it (a
     source function without `shape:`); the default, fivetran, is request in, answer out.
     """
@@ -110,6 +116,7 @@ class LocalPythonInvoker(Invoker):
         log: Any = None,
         env: dict[str, str] | None = None,
         shape: str | None = "fivetran",
+        keep_warm: float = 0.0,
     ) -> None:
         if isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', not {isolation!r}")
@@ -126,7 +133,12 @@ class LocalPythonInvoker(Invoker):
         self.isolation = isolation
         log = log if log is not None else structlog.get_logger()
         self._worker = WarmWorker(
-            lambda: _python_command(self.spec), self.spec, log, self.output, env=env
+            lambda: _python_command(self.spec),
+            self.spec,
+            log,
+            self.output,
+            env=env,
+            keep_warm=keep_warm if isolation == "process" else 0.0,
         )
         self._host: FunctionHost | None = None
 
@@ -220,8 +232,10 @@ class WarmWorker:
         output: OutputTail | None = None,
         *,
         env: dict[str, str] | None = None,
+        keep_warm: float = 0.0,
     ) -> None:
         self.command, self.spec, self.log, self.env = command, spec, log, env
+        self.keep_warm = keep_warm  # seconds a worker is kept for the next sync; 0: none
         self.output = output if output is not None else OutputTail()
         self.shape: str | None = None  # of the last answer (design §13)
         self._worker: WorkerProcess | None = None
@@ -264,9 +278,34 @@ class WarmWorker:
                 self._start()
 
     def _start(self) -> None:
+        command = self.command()
+        kept = KEPT.take(self._key(command)) if self.keep_warm else None
+        if kept is not None and self._still_loaded(kept):
+            kept.adopt(self.log, self.output)
+            self._worker = kept
+            return
         self._worker = WorkerProcess(
-            self.command(), self.spec.function_name, self.log, self.output, self.env
+            command, self.spec.function_name, self.log, self.output, self.env
         )
+
+    def _key(self, command: list[str]) -> tuple:
+        return tuple(command), tuple(sorted((self.env or {}).items()))
+
+    def _still_loaded(self, worker: WorkerProcess) -> bool:
+        """Whether a kept worker runs what is on disk now; if not, it is stopped."""
+        try:
+            kind, payload = worker.exchange(encode_json(CHECK), CHECK_SECONDS)
+            worker.end_call()
+        except errors.FunctionError:
+            return False  # it died while kept
+        changed = json.loads(payload).get("changed") if kind == CHANGED else "its protocol"
+        if changed is None:
+            return True
+        self.log.info(
+            "function_worker_replaced", function=self.spec.function_name, changed=changed
+        )
+        worker.stop()
+        return False
 
     def _exchange(self, request: dict[str, Any]) -> tuple[bytes, bytes]:
         """The reply's first frame."""
@@ -278,7 +317,7 @@ class WarmWorker:
             self._worker = None  # it is dead; the next call starts a fresh one
             raise
         if kind not in _LOADED_REPLIES:  # the module did not load: retire the worker so
-            self.close()  # that the next call imports it afresh
+            self._retire()  # that the next call imports it afresh
         if kind == NOT_FOUND:
             raise errors.InvokeFailed(payload.decode())
         return kind, payload
@@ -324,8 +363,21 @@ class WarmWorker:
             self._worker = None
 
     def close(self) -> None:
+        """End the invoker's use of its worker: keep it for the next sync (`keep_warm`)
+        if it is idle and alive, else stop it."""
         if (unread := self._stream) is not None:
             unread.close()
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if self.keep_warm and worker.idle:
+            worker.adopt(self.log, OutputTail())  # printed while kept: logged, not the sync's
+            KEPT.keep(self._key(self.command()), worker, self.keep_warm)
+        else:
+            worker.stop()
+
+    def _retire(self) -> None:
+        """Stop the worker, never to be kept: its module failed to load."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()

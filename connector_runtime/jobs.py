@@ -271,7 +271,6 @@ def _node_factory(
         function_name=name,
         env=env,
         shape=_shape(config, name, function, at),
-        keep_warm=function.keep_warm or 0.0,
     )
 
 

@@ -301,9 +301,7 @@ class WarmWorker:
         changed = json.loads(payload).get("changed") if kind == CHANGED else "its protocol"
         if changed is None:
             return True
-        self.log.info(
-            "function_worker_replaced", function=self.spec.function_name, changed=changed
-        )
+        self.log.info("function_worker_replaced", function=self.spec.function_name, changed=changed)
         worker.stop()
         return False
 

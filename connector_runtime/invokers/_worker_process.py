@@ -109,6 +109,10 @@ class WorkerProcess:
             return self._frame()
 
     @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
     def idle(self) -> bool:
         """Alive, its last reply read to its end: it may serve another sync."""
         return not self.replying and self._process.poll() is None and not self._reader_done

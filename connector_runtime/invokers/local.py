@@ -283,6 +283,7 @@ class WarmWorker:
         if kept is not None and self._still_loaded(kept):
             kept.adopt(self.log, self.output)
             self._worker = kept
+            self.log.debug("function_worker_reused", function=self.spec.function_name, pid=kept.pid)
             return
         self._worker = WorkerProcess(
             command, self.spec.function_name, self.log, self.output, self.env

@@ -66,7 +66,7 @@ CONNECTOR = "bench"
 TABLE = "customers"
 PHASES = {1: "insert", 2: "update"}
 HISTORY_LABEL = "update, history"  # the update phase again, with history mode on the table
-WORKER_MODULE = b"connector_runtime.invokers._worker"  # what LocalPythonInvoker runs
+WORKER_MODULE = b"connector_runtime.invokers._worker"  # what LocalPythonInvoker runs (_worker_main now; _worker before)
 
 # The connector under test. Rows are pure functions of their id, built by a list
 # comprehension from the cursor, so the handler stays cheap beside the runtime.

@@ -25,7 +25,7 @@ or the exception's own type) and is imported afresh on the next call, as Lambda 
 
 Isolation:
 
-- `process` (default): a warm worker subprocess (`_worker.py`) per invoker, in its own
+- `process` (default): a warm worker subprocess (`_worker_main.py`) per invoker, in its own
   session. A crash, an exit (`sys.exit` included) or a signal raises `FunctionError`
   `Runtime.ExitError`; a call longer than `timeout` kills the worker and raises
   `Sandbox.Timedout`; `memory_mb` caps the worker's address space (`RLIMIT_AS`), so a
@@ -421,7 +421,7 @@ def _python_command(spec: FunctionSpec) -> list[str]:
     # -P: the current directory is not put first on sys.path, where a `connector_runtime`
     # folder (a checkout of this project) would replace the runtime's own worker; the
     # handler's folder goes there instead, as Lambda's task root does (`load_handler`)
-    command = [sys.executable, "-P", "-m", "connector_runtime.invokers._worker"]
+    command = [sys.executable, "-P", "-m", "connector_runtime.invokers._worker_main"]
     return [*command, json.dumps(asdict(spec))]
 
 

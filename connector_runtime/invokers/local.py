@@ -366,17 +366,17 @@ class WarmWorker:
         if it is idle and alive, else stop it."""
         if (unread := self._stream) is not None:
             unread.close()
-        worker, self._worker = self._worker, None
-        if worker is None:
+        worker = self._worker
+        if worker is None or not (self.keep_warm and worker.idle):
+            self._retire()
             return
-        if self.keep_warm and worker.idle:
-            worker.adopt(self.log, OutputTail())  # printed while kept: logged, not the sync's
-            KEPT.keep(self._key(self.command()), worker, self.keep_warm)
-        else:
-            worker.stop()
+        self._worker = None
+        worker.adopt(self.log, OutputTail())  # printed while kept: logged, not the sync's
+        KEPT.keep(self._key(self.command()), worker, self.keep_warm)
 
     def _retire(self) -> None:
-        """Stop the worker, never to be kept: its module failed to load."""
+        """Stop the worker without keeping it (its module failed to load, it is busy, or
+        workers are not kept)."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()

@@ -80,8 +80,9 @@ class KeptWorkers:
         return len(self._kept)
 
     def forget_all(self) -> None:
-        """In a forked child: the workers are the parent's, to neither use nor stop."""
-        self._kept.clear()
+        """In a forked child: the workers are the parent's, to neither use nor stop (and
+        another thread may have held the lock when the process forked)."""
+        self._kept = OrderedDict()
         self._changed = threading.Condition()
         self._reaper = None
 

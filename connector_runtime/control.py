@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from . import first_page
 from .config import Config
 from .destination import Destination, iso, open_destination
 from .errors import DestinationError, SyncInProgress, TransientDestinationError
@@ -418,6 +419,7 @@ class Control:
             raise SyncInProgress(f"a sync of {name!r} is already in progress")
         with self.warehouse(name) as destination, destination.lock(name):
             destination.save_state(name, state)
+        first_page.remember_state(self.config.destination_url(name), name, state)
 
     def set_paused(self, name: str, paused: bool) -> None:
         with self.warehouse(name) as destination:

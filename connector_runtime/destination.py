@@ -186,6 +186,12 @@ class Destination(ABC):
     # streamed page's tables must then take their final shape before its rows are written.
     transactional_ddl = True
 
+    @classmethod
+    def holds_nothing(cls, url: str) -> bool:
+        """Whether the warehouse at `url` surely holds no state yet, known without opening
+        it (a DuckDB file not yet made); False when that cannot be known so cheaply."""
+        return False
+
     @abstractmethod
     def lock(self, connector: str) -> AbstractContextManager[None]:
         """Hold the connector's sync lock; raise SyncInProgress if another process has it.
@@ -354,13 +360,18 @@ def _sqlalchemy_dialect(url: str) -> bool:
 
 def open_destination(url: str) -> Destination:
     """The destination for `url`, chosen by its scheme; the backend is imported only now."""
+    return destination_class(url)(url)
+
+
+def destination_class(url: str) -> type[Destination]:
+    """The backend `open_destination` would use for `url`, imported."""
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if ":" not in url or not scheme:
         known = ", ".join(sorted(_BACKENDS))
         raise ConfigError(f"destination {url!r}: not a URL; use one of {known}")
     target = _BACKENDS.get(scheme, _FALLBACK)
     module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)(url)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def iso(moment: datetime | None) -> str | None:

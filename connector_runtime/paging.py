@@ -36,6 +36,7 @@ from .storage import url as object_url
 
 if TYPE_CHECKING:
     from .columns import ColumnarAnswer
+    from .first_page import FirstCall
     from .sync import SyncJob
 
 MAX_EMPTY_PAGES = 10  # consecutive `hasMore: true` pages without a row before `stalled`
@@ -60,6 +61,11 @@ class _AskedAhead:
         self.pool, self.lock = pool, threading.Lock()
         self.pending: tuple[int, Future] | None = None
         self.dropped = False
+
+    def adopt(self, number: int, call: Future) -> None:
+        """Take `call`, started elsewhere, as the call for page `number`."""
+        with self.lock:
+            self.pending = (number, call)
 
     def start(self, number: int, call: Callable[[], bytes | Stream]) -> None:
         with self.lock:
@@ -122,6 +128,22 @@ def discard_page_object(job: SyncJob, location: dict[str, str], log: Any) -> Non
         log.warning("page_object_not_deleted", object=object_url(location), error=str(exc))
 
 
+def drop_later(job: SyncJob, sync_id: str, call: Future, number: int, log: Any) -> None:
+    """Drop page `number`'s answer unread once `call` (which asks for it) has ended,
+    and delete the page's object in cloud storage then: a function still running may
+    yet write it. A call cancelled before it started wrote nothing."""
+    if call.cancel():
+        return
+    location = job.page_object(sync_id, number)
+
+    def dropped(ended: Future) -> None:
+        _close_stream(ended)
+        if location is not None:
+            discard_page_object(job, location, log)
+
+    call.add_done_callback(dropped)
+
+
 @dataclass(frozen=True)
 class Fetched:
     """A validated answer (or a stream of its parts, not yet read), the state it was asked
@@ -136,6 +158,8 @@ class Fetched:
 class PagingAhead:
     """The page loop of `sync._Sync`, which provides the job, the record, `apply`,
     `apply_streamed` (`streaming.StreamedPages`), `stopping` and the rest."""
+
+    first: FirstCall | None = None  # page 1, asked for before the state was read
 
     def pages(self, state: dict[str, Any]) -> str:
         """Ask for pages until the function says it is done; return the sync's status.
@@ -154,11 +178,19 @@ class PagingAhead:
             self.deliverer(),
         ):
             self.asked = _AskedAhead(asking)
+            self.take_first(state)
             try:
                 return self.page_loop(invoker, ahead, state)
             except BaseException:
                 self.drop_asked()  # a call started for a page that will not be read
                 raise
+
+    def take_first(self, state: dict[str, Any]) -> None:
+        """Page 1's call, made while the warehouse opened (`first_page`), is the call for
+        the first page if it was asked with the saved `state`; else it is dropped."""
+        first = self.first
+        if first is not None and (call := first.take(state, self.log)) is not None:
+            self.asked.adopt(self.record.pages + 1, call)
 
     def page_loop(self, invoker: Invoker, ahead: ThreadPoolExecutor, state: dict) -> str:
         self.output = invoker.output
@@ -226,19 +258,7 @@ class PagingAhead:
             self.drop_later(call, number)
 
     def drop_later(self, call: Future, number: int) -> None:
-        """Drop page `number`'s answer unread once `call` (which asks for it) has ended,
-        and delete the page's object in cloud storage then: a function still running may
-        yet write it. A call cancelled before it started wrote nothing."""
-        if call.cancel():
-            return
-        location = self.job.page_object(self.record.sync_id, number)
-
-        def dropped(ended: Future) -> None:
-            _close_stream(ended)
-            if location is not None:
-                discard_page_object(self.job, location, self.log)
-
-        call.add_done_callback(dropped)
+        drop_later(self.job, self.record.sync_id, call, number, self.log)
 
     def fetch(self, invoker: Invoker, state: dict[str, Any], number: int) -> Fetched:
         """Page `number`, asked for with `state`: the validated answer, and what it came from.
@@ -270,18 +290,28 @@ class PagingAhead:
     def call(
         self, invoker: Invoker, state: dict[str, Any], location: dict[str, str] | None
     ) -> bytes | ColumnarAnswer | Stream:
-        """The function's raw answer to `state`, transient failures retried."""
-        request = self.job.request(state, self.record.sync_id, location=location)
+        return ask(self.job, invoker, state, self.record.sync_id, location)
 
-        def call() -> bytes | Stream:
-            try:
-                return invoker.invoke(request)
-            except (SyncFailure, TransientInvokeError):
-                raise
-            except Exception as exc:  # a bug in an invoker must still fail the sync loudly
-                raise InvokeFailed(f"invoking the function failed: {exc!r}") from exc
 
+def ask(
+    job: SyncJob,
+    invoker: Invoker,
+    state: dict[str, Any],
+    sync_id: str,
+    location: dict[str, str] | None,
+) -> bytes | ColumnarAnswer | Stream:
+    """The function's raw answer to `state`, transient failures retried."""
+    request = job.request(state, sync_id, location=location)
+
+    def call() -> bytes | Stream:
         try:
-            return with_retries(call, self.job.retry, TransientInvokeError, what="invoke")
-        except TransientInvokeError as exc:
-            raise InvokeFailed(exc.gave_up(self.job.retry.attempts)) from exc
+            return invoker.invoke(request)
+        except (SyncFailure, TransientInvokeError):
+            raise
+        except Exception as exc:  # a bug in an invoker must still fail the sync loudly
+            raise InvokeFailed(f"invoking the function failed: {exc!r}") from exc
+
+    try:
+        return with_retries(call, job.retry, TransientInvokeError, what="invoke")
+    except TransientInvokeError as exc:
+        raise InvokeFailed(exc.gave_up(job.retry.attempts)) from exc

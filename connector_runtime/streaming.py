@@ -196,7 +196,7 @@ class StreamedPages:
         self.outcome.schema_changes += result.schema_changes
         if self.job.delivery is not None:
             result = self.delivered_counts
-        self.committed(number, rows, result, response.has_more, soft_delete)
+        self.committed(number, response, rows, result, soft_delete)
         return response, rows
 
     def plan_part(self, part: Response, number: int, index: int) -> PageWrite:

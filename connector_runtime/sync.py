@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from . import __version__, masking
+from . import __version__, first_page, masking
 from .delivery import Deliverer, DeliverySettings, DeliveryStats, PageContext, page_events
 from .destination import (
     Alert,
@@ -150,15 +150,19 @@ def run_sync(
     `stop`, once set, ends the sync after its current page, as `rescheduled`."""
     masking.register(job.secrets)
     invoker = _started(job)  # its worker loads the function while the warehouse opens
+    sync_id = sync_id or str(uuid.uuid4())
+    first = first_page.ask_first(job, invoker, sync_id, trigger)  # page 1 meanwhile, if it can
     try:
         with (
             open_destination(job.destination_url) as destination,
             destination.lock(job.connector),
         ):
             on_page = on_page or (lambda _: None)
-            sync = _Sync(job, destination, trigger, on_page, stop, sync_id, invoker)
+            sync = _Sync(job, destination, trigger, on_page, stop, sync_id, invoker, first)
             outcome = sync.run()
     finally:
+        if first is not None and not first.handed_over:
+            first.drop(structlog.get_logger().bind(connector=job.connector, sync_id=sync_id))
         if invoker is not None:
             invoker.close()
     sync.announce()  # once the lock is free: whoever hears "finished" may start the next
@@ -247,9 +251,11 @@ class _Sync(PagingAhead, StreamedPages):
         stop: threading.Event | None,
         sync_id: str | None = None,
         invoker: Invoker | None = None,
+        first: first_page.FirstCall | None = None,
     ) -> None:
         self.job, self.destination, self.on_page, self.stop = job, destination, on_page, stop
         self.invoker = invoker  # made ahead (`run_sync`); else made when pages are asked for
+        self.first = first  # page 1 asked for while the warehouse opened (`run_sync`)
         sync_id = sync_id or str(uuid.uuid4())
         self.record = SyncRecord(sync_id, job.connector, trigger, datetime.now(UTC))
         self.outcome = SyncOutcome(self.record)
@@ -264,6 +270,7 @@ class _Sync(PagingAhead, StreamedPages):
         snapshot = self.destination.begin_sync(
             self.record, reset_state=self.record.trigger == "resync"
         )
+        first_page.remember(self.job, snapshot.state)
         self.planner = PagePlanner(
             self.job.connector,
             self.job.schema,
@@ -424,17 +431,19 @@ class _Sync(PagingAhead, StreamedPages):
         self.outcome.schema_changes += result.schema_changes
         if self.job.delivery is not None:
             result = self.delivered_counts
-        self.committed(number, response.row_count, result, response.has_more, response.soft_delete)
+        self.committed(number, response, response.row_count, result, response.soft_delete)
 
     def committed(
-        self, number: int, rows: int, result: PageResult, has_more: bool, soft_delete: Any
+        self, number: int, response: Response, rows: int, result: PageResult, soft_delete: Any
     ) -> None:
-        """After page `number` committed: its object in storage deleted, its softDelete
-        tables remembered, its counts added and reported."""
+        """After page `number` committed (`response` or its last part): its object in
+        storage deleted, its state and softDelete tables remembered, its counts added and
+        reported."""
+        first_page.remember(self.job, response.state)
         self.discard_page_object()
         self.soft_delete.update(self.planner.names.table(t) for t in soft_delete)
         self.count(number, result)
-        self.on_page(PageProgress(number, rows, result, has_more))
+        self.on_page(PageProgress(number, rows, result, response.has_more))
         bus.publish("sync.progress", {"sync": self.progress()})
 
     def progress(self) -> dict[str, Any]:

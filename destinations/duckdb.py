@@ -151,10 +151,15 @@ class DuckDBDestination(Destination):
     """A DuckDB file (or `duckdb:///:memory:`)."""
 
     def __init__(self, url: str) -> None:
-        self.path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
+        self.path = _path_of(url)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._catalog: str | None = None
         self._schemas: set[str] = set()  # data schemas this connection saw committed
+
+    @classmethod
+    def holds_nothing(cls, url: str) -> bool:
+        path = _path_of(url)
+        return path == ":memory:" or not Path(path).exists()
 
     # -- connection -------------------------------------------------------------------
 
@@ -770,6 +775,10 @@ class DuckDBDestination(Destination):
 _OPENING: dict[str, threading.Lock] = {}
 _OPENING_GUARD = threading.Lock()
 _PREPARED: set[tuple[str, int | None]] = set()
+
+
+def _path_of(url: str) -> str:
+    return url.split(":///", 1)[1] if ":///" in url else ":memory:"
 
 
 def _opening(path: str) -> threading.Lock:

@@ -285,6 +285,35 @@ def test_warm_state_persists_across_calls(make_invoker, isolation):
     assert len({a["pid"] for a in answers}) == 1
 
 
+def test_a_worker_sets_its_loaded_modules_aside_and_still_collects_calls_garbage(
+    make_invoker,
+):
+    """What the worker loaded is frozen out of cyclic collection (`_settle`); a reference
+    cycle a call leaves behind is still collected, whichever call made it."""
+    invoker = make_invoker(
+        """
+        import gc
+        import weakref
+
+        class Node:
+            pass
+
+        left = []
+
+        def handler(request):
+            gc.collect()
+            collected = [ref() is None for ref in left]
+            node = Node()
+            node.me = node  # garbage once the call returns, freed only by the collector
+            left.append(weakref.ref(node))
+            return {"frozen": gc.get_freeze_count(), "collected": collected}
+        """
+    )
+    answers = [answer(invoker) for _ in range(3)]
+    assert all(a["frozen"] > 1000 for a in answers)  # the worker's own modules at least
+    assert [a["collected"] for a in answers] == [[], [True], [True, True]]
+
+
 def test_int_beyond_int64_round_trips_exactly(make_invoker, isolation):
     invoker = make_invoker(
         "def handler(r): return {'state': {'cursor': r['state']['cursor'] + 1}}\n",

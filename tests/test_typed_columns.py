@@ -232,6 +232,23 @@ def test_typing_starts_after_a_long_sync_s_answers_and_never_before():
     assert typing.typer is typed_column
 
 
+def test_a_worker_loads_arrow_in_a_thread_once_and_types_when_it_has():
+    typing = TypingAhead(background=True)
+    for _ in range(TypingAhead.LONG_SYNC_ANSWERS - 1):
+        typing.large_answer()
+        typing.load_if_due()
+    assert typing.loading is None  # a short sync never loads Arrow into the worker
+    typing.large_answer()
+    typing.load_if_due()
+    loading = typing.loading
+    assert loading is not None and loading.name == "load-arrow"
+    loading.join(60)
+    assert typing.typer is typed_column
+    typing.large_answer()
+    typing.load_if_due()
+    assert typing.loading is loading  # loaded once
+
+
 def test_a_worker_with_a_memory_limit_never_types(tmp_path):
     (tmp_path / "handler.py").write_text(HANDLER)
     spec = FunctionSpec(str(tmp_path / "handler.py"), None, "demo", 30, memory_mb=512)
@@ -246,8 +263,13 @@ def test_a_worker_with_a_memory_limit_never_types(tmp_path):
 
 PAGES = TypingAhead.LONG_SYNC_ANSWERS + 4
 HANDLER = f"""
+import threading
+
 def handler(request):
     page = request["state"].get("page", 0)
+    for thread in threading.enumerate():  # a worker loads Arrow beside its calls: once
+        if thread.name == "load-arrow":  # it is loading, the next answer waits for it
+            thread.join(60)
     rows = [
         {{"id": page * 1000 + i, "name": f"n{{i}}", "score": i / 8, "ok": i % 3 == 0,
           "seen": "2024-01-01T00:00:0{{}}Z".format(i % 10), "tags": [page, {{"i": i}}]}}

@@ -132,10 +132,11 @@ class FunctionHost:
 
     Raises `HandlerNotFound` or `HandlerImportError` when the handler cannot be loaded.
     Async handlers run on one event loop that lives as long as the host, so clients
-    kept in module globals survive between calls.
+    kept in module globals survive between calls. `in_worker`: in a worker process of
+    its own, which loads Arrow beside its calls (`TypingAhead`).
     """
 
-    def __init__(self, spec: FunctionSpec) -> None:
+    def __init__(self, spec: FunctionSpec, *, in_worker: bool = False) -> None:
         self.spec = spec
         self._name, self._handler = load_handler(Path(spec.path), spec.handler)
         self._takes_context = self._name == LAMBDA_HANDLER or _takes_context(self._handler)
@@ -144,7 +145,9 @@ class FunctionHost:
         self._log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
         self._loop: asyncio.AbstractEventLoop | None = None
         memory = spec.memory_mb
-        self.typing = TypingAhead(enabled=memory is None or memory >= TypingAhead.MIN_MEMORY_MB)
+        self.typing = TypingAhead(
+            enabled=memory is None or memory >= TypingAhead.MIN_MEMORY_MB, background=in_worker
+        )
         self.loaded = LoadedFiles()
         self.loaded.note(spec.path)
 

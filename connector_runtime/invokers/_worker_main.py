@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
     _exit_with_parent()
     _limit_memory(spec.memory_mb)
     try:
-        host = FunctionHost(spec)
+        host = FunctionHost(spec, in_worker=True)
     except HandlerNotFound as exc:
         _refuse(channel, NOT_FOUND, str(exc).encode())
         return
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> None:
         _refuse(channel, IMPORT_FAILED, exc.answer)
         return
     _settle()
-    calls = 0
+    calls, typing = 0, False
     while (request := channel.receive()) is not None:
         reply = host.call(request)
         if isinstance(reply, Parts):
@@ -136,11 +136,11 @@ def main(argv: list[str]) -> None:
         else:
             channel.send(*reply)
         calls += 1
-        typed = host.typing.typer is not None
         host.typing.load_if_due()  # the answer is on its way
         host.loaded.note()
-        if calls == 1 or typed != (host.typing.typer is not None):
-            _settle()  # what the first call imported, or Arrow
+        if calls == 1 or typing != (host.typing.typer is not None):
+            typing = host.typing.typer is not None
+            _settle()  # what the first call imported, or Arrow once loaded
     _exit_at_once()
 
 

@@ -221,32 +221,23 @@ def test_typed_values_behave_as_the_list_of_their_values():
     assert TypedValues("", typed_column([None] * 70)[1]).inferred.logical is None
 
 
-def test_typing_starts_after_a_long_sync_s_answers_and_never_before():
-    typing = TypingAhead()
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "in-a-worker"])
+def test_typing_starts_after_a_long_sync_s_answers_and_never_before(background):
+    typing = TypingAhead(background=background)
     for _ in range(TypingAhead.LONG_SYNC_ANSWERS - 1):
         typing.large_answer()
         typing.load_if_due()
-    assert typing.typer is None  # a short sync never loads Arrow into the worker
+    assert typing.typer is None and typing.loading is None  # a short sync never loads Arrow
     typing.large_answer()
     typing.load_if_due()
-    assert typing.typer is typed_column
-
-
-def test_a_worker_loads_arrow_in_a_thread_once_and_types_when_it_has():
-    typing = TypingAhead(background=True)
-    for _ in range(TypingAhead.LONG_SYNC_ANSWERS - 1):
+    if background:  # a worker loads it in a thread, once, answering meanwhile
+        loading = typing.loading
+        assert loading is not None and loading.name == "load-arrow"
+        loading.join(60)
         typing.large_answer()
         typing.load_if_due()
-    assert typing.loading is None  # a short sync never loads Arrow into the worker
-    typing.large_answer()
-    typing.load_if_due()
-    loading = typing.loading
-    assert loading is not None and loading.name == "load-arrow"
-    loading.join(60)
+        assert typing.loading is loading
     assert typing.typer is typed_column
-    typing.large_answer()
-    typing.load_if_due()
-    assert typing.loading is loading  # loaded once
 
 
 def test_a_worker_with_a_memory_limit_never_types(tmp_path):

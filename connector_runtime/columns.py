@@ -211,7 +211,7 @@ def _columns_of(rows: Any) -> dict[str, list] | None:
     the same (text) keys."""
     if type(rows) is not list or len(rows) < COLUMNAR_MIN_ROWS:
         return None
-    if not all(type(row) is dict for row in rows):
+    if set(map(type, rows)) != {dict}:
         return None
     names = list(rows[0])
     # as many keys in all as the first row's in each, and each row has the first's: the

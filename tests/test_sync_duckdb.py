@@ -209,3 +209,34 @@ def test_hostile_names_are_harmless(tmp_path, naming):
     assert query(tmp_path, "SELECT CAST(state AS VARCHAR) FROM connector_runtime.state") == [
         ('{"ok":1}',)
     ]
+
+
+def test_a_long_sync_checkpoints_as_it_goes_so_its_rows_are_not_all_held_in_memory(
+    tmp_path, monkeypatch
+):
+    """DuckDB holds rows it has not checkpointed in memory, several times their size in
+    its log: the log never grows past a couple of megabytes and a page, where DuckDB's
+    own default lets it reach 16 MB before the first checkpoint."""
+    from destinations.duckdb import DuckDBDestination
+
+    log = tmp_path / "warehouse.duckdb.wal"
+    sizes = []
+    real_apply = DuckDBDestination.apply_page
+
+    def apply_page(self, write):
+        result = real_apply(self, write)
+        sizes.append(log.stat().st_size if log.exists() else 0)
+        return result
+
+    monkeypatch.setattr(DuckDBDestination, "apply_page", apply_page)
+    text = "x" * 500
+    pages = [
+        page([{"id": n * 2000 + i, "text": f"{text}{n}.{i}"} for i in range(2000)], {"n": n}, n < 9)
+        for n in range(10)
+    ]  # about 1 MB of log a page
+
+    outcome, _ = sync(tmp_path, pages)
+
+    assert outcome.ok and len(sizes) == 10
+    assert max(sizes) < 4 * 2**20, sizes  # checkpointed every 2 MB or so
+    assert query(tmp_path, "SELECT count(*), count(DISTINCT text) FROM demo.t") == [(20000, 20000)]

@@ -276,8 +276,9 @@ class FunctionConfig(_Model):
     )
     prefetch: bool = Field(
         True,
-        description="Ask for the next page while this one is written; false for a function "
-        "whose calls have side effects (a page that fails to commit is asked for again).",
+        description="Ask for the next page while this one is written, and the first while "
+        "the warehouse opens; false for a function whose calls have side effects (a page "
+        "that fails to commit is asked for again).",
     )
     background: bool | None = Field(
         None,

@@ -249,14 +249,13 @@ class _Sync(PagingAhead, StreamedPages):
         trigger: str,
         on_page: Callable[[PageProgress], None],
         stop: threading.Event | None,
-        sync_id: str | None = None,
+        sync_id: str,
         invoker: Invoker | None = None,
         first: first_page.FirstCall | None = None,
     ) -> None:
         self.job, self.destination, self.on_page, self.stop = job, destination, on_page, stop
         self.invoker = invoker  # made ahead (`run_sync`); else made when pages are asked for
         self.first = first  # page 1 asked for while the warehouse opened (`run_sync`)
-        sync_id = sync_id or str(uuid.uuid4())
         self.record = SyncRecord(sync_id, job.connector, trigger, datetime.now(UTC))
         self.outcome = SyncOutcome(self.record)
         self.log = structlog.get_logger().bind(connector=job.connector, sync_id=self.record.sync_id)

@@ -15,6 +15,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic_core import SchemaSerializer, core_schema
@@ -30,6 +31,7 @@ from .types import (
     UTC_DATETIME,
     VECTOR_MIN,
     LogicalType,
+    has_dash_fifth,
     infer_column,
     might_be_temporal,
 )
@@ -112,13 +114,15 @@ def _text_array(values: list) -> Inferred:
     `column_array` would parse it (a value Arrow refuses, such as a 7th fractional digit,
     leaves the column to `infer_column`)."""
     text = pa.array(values, pa.string())
-    if not might_be_temporal(text):
+    if not has_dash_fifth(text):  # no date at all: the usual text column
         return Inferred(STRING, text)
     if pc.all(pc.match_substring_regex(text, _ZONED_DATETIME)).as_py():
         try:
             return Inferred(UTC_DATETIME, text.cast(arrow_type(UTC_DATETIME)), text)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
+    elif not might_be_temporal(text):
+        return Inferred(STRING, text)
     return Inferred(infer_column(values), None)
 
 
@@ -206,21 +210,63 @@ def _reason(exc: Exception) -> str:
     return masking.excerpt(text, 120, note="")
 
 
-# JSON text of one value, NaN and ±Infinity as null: pydantic's encoder, not orjson. Per
-# small value it is several times faster here (orjson gives each answer a fresh page of
-# memory: a page fault per value), and it keeps integers beyond 64 bits exact.
+# JSON text of one value, NaN and ±Infinity as null, for a column that cannot be written
+# in bulk: pydantic's encoder, not orjson. Per small value it is several times faster here
+# (orjson gives each answer a fresh page of memory: a page fault per value), and it keeps
+# integers beyond 64 bits exact.
 _JSON = SchemaSerializer(core_schema.any_schema(), core_schema.CoreConfig(ser_json_inf_nan="null"))
+# A whole column is written by orjson in one call instead, each value followed by a mark
+# that Arrow then cuts at. orjson writes a plain value byte for byte as `_JSON` does;
+# these options make it refuse the rest (a datetime, a dataclass, a subclass of str, int,
+# dict or list), which `_JSON` writes its own way, value by value.
+_PLAIN_ONLY = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+_MARK = "\x00"  # written "\u0000": only a string holding the mark can show it again
+_BETWEEN = b',"\\u0000",'
+_LAST = b',"\\u0000"]'
 
 
 def json_array(values: list) -> pa.Array:
-    """JSON text of each value, as bytes decoded by Arrow in bulk; mapped over the column
-    without a Python-level loop when it has no nulls. (Values come from parsed JSON, so
-    nothing exotic reaches the encoder.)"""
+    """JSON text of each value (None: null), as an Arrow string array. (Values come from
+    parsed JSON, so nothing exotic reaches the encoder.)"""
+    bulk = json_in_bulk(values)
+    if bulk is not None:
+        return bulk[1]
     if None in values:
         encoded = [None if v is None else _JSON.to_json(v) for v in values]
     else:
         encoded = list(map(_JSON.to_json, values))
     return pa.array(encoded, pa.binary()).cast(pa.string())
+
+
+def json_in_bulk(values: list) -> tuple[bytes, pa.Array] | None:
+    """orjson's text of the column (values and marks) and the column's JSON texts cut
+    from it, without a Python object per value; None when orjson refuses a value (an
+    integer beyond 64 bits, a datetime, nesting past 255 levels), a value holds the mark,
+    or a float of its own could be taken for a null. NaN and ±Infinity are written as
+    null, as `_JSON` writes them."""
+    nulls = None in values
+    if not values or nulls and float in set(map(type, values)):
+        return None  # a NaN of its own is written "null" too, as None is
+    marked = [_MARK] * (2 * len(values))
+    marked[::2] = values
+    try:
+        text = orjson.dumps(marked, option=_PLAIN_ONLY)
+    except orjson.JSONEncodeError:
+        return None
+    # one value of `text` without its brackets and last mark, cut at the marks between
+    span = pa.array([1, len(text) - len(_LAST)], pa.int64()).buffers()[1]
+    whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, span, pa.py_buffer(text)])
+    pieces = pc.split_pattern(whole, _BETWEEN).flatten()
+    if len(pieces) != len(values):  # a value holds the mark between two of its items
+        return None
+    texts = pieces.cast(pa.string())
+    if nulls:  # "null" is the text of None alone
+        texts = pc.if_else(pc.equal(texts, "null"), pa.scalar(None, pa.string()), texts)
+    return text, texts
 
 
 def _json_text(value: object) -> str:

@@ -24,21 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import orjson
 import pyarrow as pa
 
-from .batches import Inferred, arrow_type, infer_array, json_array
+from .batches import Inferred, arrow_type, infer_array, json_in_bulk
 from .jsonio import decode_json, has_non_finite
 from .types import JSON, UTC_DATETIME, LogicalType
 
 _SCALAR_KINDS = ({bool}, {int}, {float}, {str})
-# orjson writes these natively; passed through, they raise: a datetime, a dataclass or a
-# subclass of str, int, dict or list is written by the worker's JSON encoder its own way
-_PLAIN_ONLY = (
-    orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
 _ALL_NULL = ""  # the logical type sent for a column with no value at all
 
 
@@ -51,7 +43,8 @@ def typed_column(values: list) -> tuple[str, pa.Array] | None:
     if not kinds:
         return _ALL_NULL, pa.nulls(len(values))
     if kinds <= {dict, list}:
-        return (str(JSON), json_array(values)) if _plain_json(values) else None
+        texts = _plain_json(values)
+        return None if texts is None else (str(JSON), texts)
     if kinds not in _SCALAR_KINDS:
         return None
     inferred = infer_array(values, kinds)
@@ -60,14 +53,14 @@ def typed_column(values: list) -> tuple[str, pa.Array] | None:
     return str(inferred.logical), inferred.array if inferred.text is None else inferred.text
 
 
-def _plain_json(values: list) -> bool:
-    """Whether objects and arrays hold only what JSON holds, without NaN or ±Infinity:
-    their JSON text is then the runtime's, and parses back to them."""
-    try:
-        encoded = orjson.dumps(values, option=_PLAIN_ONLY)
-    except (TypeError, orjson.JSONEncodeError):  # also integers beyond 64 bits
-        return False
-    return b"null" not in encoded or not has_non_finite(values)
+def _plain_json(values: list) -> pa.Array | None:
+    """The JSON texts of objects and arrays that hold only what JSON holds, without NaN
+    or ±Infinity (their text is then the runtime's, and parses back to them); else None."""
+    bulk = json_in_bulk(values)
+    if bulk is None:  # a datetime, an integer beyond 64 bits...
+        return None
+    text, texts = bulk
+    return None if b"null" in text and has_non_finite(values) else texts
 
 
 def encode_tables(tables: dict[str, dict[str, tuple[str, pa.Array]]]) -> bytes:

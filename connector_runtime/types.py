@@ -164,7 +164,17 @@ VECTOR_MIN = 64  # below this, Arrow's setup costs more than it saves
 
 def might_be_temporal(text: pa.Array) -> bool:
     """Whether any value of a string array starts as every date and date-time does."""
+    if not has_dash_fifth(text):
+        return False
     return bool(pc.any(pc.match_substring_regex(text, _TEMPORAL_PREFIX)).as_py())
+
+
+def has_dash_fifth(text: pa.Array) -> bool:
+    """Whether any value of a string array has a '-' as its fifth byte, as every date
+    does: a look several times cheaper than the pattern, which most text fails anyway."""
+    as_bytes = pa.large_binary() if pa.types.is_large_string(text.type) else pa.binary()
+    fifth = pc.binary_slice(text.view(as_bytes), 4, 5)
+    return bool(pc.any(pc.equal(fifth, pa.scalar(b"-", as_bytes))).as_py())
 
 
 def _text_type(group: list[str]) -> LogicalType | None:

@@ -9,6 +9,7 @@ path writes, on real DuckDB files.
 
 import json
 import math
+import re
 
 import pyarrow as pa
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from test_sync_duckdb import page, query, sync  # the same scripted syncs into DuckDB
 
 from connector_runtime import types as T
-from connector_runtime.batches import column_array, infer_array
+from connector_runtime.batches import _JSON, column_array, infer_array, json_array, json_in_bulk
 from connector_runtime.types import infer_column
 
 ZONED = [
@@ -124,6 +125,45 @@ def test_zoned_text_is_parsed_in_the_one_pass_or_by_the_general_path(extra, logi
 def synced(tmp_path, pages):
     outcome, _ = sync(tmp_path, pages)
     assert outcome.record.status == "succeeded", outcome.record.error
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.none() | st.text(max_size=12) | st.sampled_from(ZONED), max_size=20))
+def test_the_cheap_look_for_dates_misses_none(values):
+    dated = any(v is not None and re.match(r"\d{4}-\d{2}-\d{2}", v, re.ASCII) for v in values)
+    for kind in (pa.string(), pa.large_string()):
+        assert T.might_be_temporal(pa.array(values, kind)) == bool(dated)
+    assert not T.has_dash_fifth(pa.array(["é123", "customer 7", None]))  # a byte, not a letter
+    assert T.has_dash_fifth(pa.array(["é12-"]))  # "é" is two bytes: its fifth byte is "-"
+
+
+# the mark the bulk path cuts at, in strings that nested values can hold
+marked_text = st.text(max_size=4) | st.sampled_from(["\x00", ',"\x00",', "\\u0000"])
+json_with_marks = st.recursive(
+    st.none() | scalars | marked_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(marked_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def one_by_one(values: list) -> list:
+    return [None if v is None else _JSON.to_json(v).decode() for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_with_marks, max_size=40))
+def test_a_json_column_written_in_bulk_is_each_value_s_own_text(values):
+    assert json_array(values).to_pylist() == one_by_one(values)
+
+
+def test_a_json_column_falls_back_to_value_by_value_where_bulk_cannot_write_it():
+    held_mark = [["a", "\x00", "b"], {"k": 1}]  # the mark between two items of a value
+    big = [{"n": 2**70}, [1]]  # beyond what orjson writes
+    assert json_in_bulk(held_mark) is None and json_in_bulk(big) is None
+    assert json_in_bulk([{"k": ["\x00"]}, None]) is not None  # the mark alone is no cut
+
+    for values in (held_mark, big, [], [None, None]):
+        assert json_array(values).to_pylist() == one_by_one(values)
 
 
 def test_json_values_are_stored_as_json_exactly(tmp_path):

@@ -1406,8 +1406,13 @@ class _Stopwatch:
 
 
 def _saved_state(job) -> dict[str, Any]:
-    from connector_runtime.destination import open_destination
+    """The state the sync starts from. A warehouse that surely holds nothing yet is not
+    opened: opening a DuckDB file makes it, and the sync would no longer be what a first
+    sync into a new file is (it makes the file, and asks for page 1 meanwhile)."""
+    from connector_runtime.destination import destination_class, open_destination
 
+    if destination_class(job.destination_url).holds_nothing(job.destination_url):
+        return {}
     with open_destination(job.destination_url) as destination:
         return destination.load(job.connector).state
 

@@ -279,6 +279,17 @@ class SQLAlchemyDestination(Destination):
         # (schema, table) -> the sync that created it, while no key of its came back
         self._created: dict[tuple[str, str], str] = {}
 
+    @classmethod
+    def holds_nothing(cls, url: str) -> bool:
+        """A SQLite file not made yet holds nothing; a database server can hold anything."""
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError:
+            return False
+        if parsed.get_backend_name() != "sqlite":
+            return False
+        return parsed.database in (None, "", ":memory:") or not Path(parsed.database).exists()
+
     # -- connection -------------------------------------------------------------------
 
     @property

@@ -32,7 +32,9 @@ def stored(tmp_path) -> tuple[str, list[int]]:
         return state[0], [i for (i,) in ids]
 
 
-def opening_waits_for_a_call(monkeypatch, invoker, state: dict) -> list[str]:
+def opening_waits_for_a_call(
+    monkeypatch, invoker, state: dict, destination: type = DuckDBDestination
+) -> list[str]:
     """The warehouse's `begin_sync` (which reads the saved state) does not return until
     the function has been asked with `state`: only a call made before the state is read
     lets it. Returns the log of calls and `begun`, in order."""
@@ -46,7 +48,7 @@ def opening_waits_for_a_call(monkeypatch, invoker, state: dict) -> list[str]:
         return original(request)
 
     invoker.invoke = invoke
-    real_begin = DuckDBDestination.begin_sync
+    real_begin = destination.begin_sync
 
     def begin_sync(self, record, **options):
         assert asked.wait(WAIT), f"no call with state {state} while the warehouse opened"
@@ -54,7 +56,7 @@ def opening_waits_for_a_call(monkeypatch, invoker, state: dict) -> list[str]:
         log.append("begun")
         return snapshot
 
-    monkeypatch.setattr(DuckDBDestination, "begin_sync", begin_sync)
+    monkeypatch.setattr(destination, "begin_sync", begin_sync)
     return log
 
 
@@ -67,6 +69,22 @@ def test_a_new_warehouse_s_first_page_is_asked_for_while_it_opens(tmp_path, monk
     assert outcome.record.status == "succeeded" and outcome.record.pages == 2
     assert [r["state"] for r in invoker.requests] == [{}, {"page": 1}]  # each asked once
     assert stored(tmp_path) == ('{"page":2}', [10, 11, 12, 20, 21, 22])
+
+
+def test_a_new_sqlite_file_s_first_page_is_asked_for_while_it_opens(tmp_path, monkeypatch):
+    from destinations.sqlalchemy import SQLAlchemyDestination
+
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    assert SQLAlchemyDestination.holds_nothing(url)
+    invoker = ScriptedInvoker([page(1), page(2, more=False)])
+    opening_waits_for_a_call(monkeypatch, invoker, {}, SQLAlchemyDestination)
+
+    outcome = run_sync(SyncJob("demo", "demo", url, lambda: invoker, retry=NO_RETRY))
+
+    assert outcome.record.status == "succeeded" and outcome.record.pages == 2
+    assert [r["state"] for r in invoker.requests] == [{}, {"page": 1}]
+    assert not SQLAlchemyDestination.holds_nothing(url)  # made by the sync
+    assert not SQLAlchemyDestination.holds_nothing("postgresql://postgres@127.0.0.1/test")
 
 
 def test_the_next_sync_asks_with_the_state_this_process_committed(tmp_path, monkeypatch):

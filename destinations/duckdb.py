@@ -741,7 +741,7 @@ class DuckDBDestination(Destination):
         self, connector: str, schema: str, tables: list[str], cutoff: datetime, synced_at: datetime
     ) -> dict[str, int]:
         marked = {}
-        catalog = self.load(connector).catalog
+        catalog = self.load(connector).catalog if tables else {}  # most syncs mark none
         try:
             with self._transaction() as con:
                 for name in tables:

@@ -832,7 +832,7 @@ class SQLAlchemyDestination(Destination):
     def finish_cycle(
         self, connector: str, schema: str, tables: list[str], cutoff: datetime, synced_at: datetime
     ) -> dict[str, int]:
-        catalog = self.load(connector).catalog
+        catalog = self.load(connector).catalog if tables else {}  # most syncs mark none
         marked_tables = [  # a history table closes versions instead (design §14)
             (t, replace(t, deleted_column=not t.history)) for t in map(catalog.get, tables)
         ]

@@ -290,14 +290,15 @@ def prefetch_rows(args, workdir: Path, variants, figures_of) -> tuple[dict, list
         for variant, code in variants.items():
             # an older checkout (`--baseline`) may predate paging ahead and its setting:
             # it runs as written, which is paging ahead's "off"
-            for prefetch in (True, False) if code is None else (False,):
+            pages_ahead = code is None or _has_prefetch(code)
+            for prefetch in (True, False) if pages_ahead else (False,):
                 run_dir = workdir / "prefetch" / variant / f"{'on' if prefetch else 'off'}{number}"
                 run_dir.mkdir(parents=True)
                 (run_dir / "handler.py").write_text(source)
                 config = bench.CONFIG.format(
                     url=json.dumps("duckdb:///warehouse.duckdb"), connector=bench.CONNECTOR
                 )
-                if not prefetch and code is None:
+                if not prefetch and pages_ahead:
                     config = config.replace(
                         "timeout: 10m\n", "timeout: 10m\n      prefetch: false\n"
                     )
@@ -318,6 +319,12 @@ def prefetch_rows(args, workdir: Path, variants, figures_of) -> tuple[dict, list
                     per_page[variant][prefetch].append(_page_figures(result))
                 shutil.rmtree(run_dir)
     return {variant: _prefetch_figures(runs) for variant, runs in per_page.items()}, problems
+
+
+def _has_prefetch(code: Path) -> bool:
+    """Whether a checkout has paging ahead (and its `prefetch` setting)."""
+    config = code / "connector_runtime" / "config.py"
+    return config.exists() and "prefetch" in config.read_text()
 
 
 def _page_figures(result: dict) -> dict[str, float]:

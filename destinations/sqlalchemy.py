@@ -286,8 +286,8 @@ class SQLAlchemyDestination(Destination):
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError:
             return False
-        if parsed.get_backend_name() != "sqlite":
-            return False
+        if parsed.get_backend_name() != "sqlite" or "uri" in parsed.query:
+            return False  # a `file:` URI names its file its own way
         return parsed.database in (None, "", ":memory:") or not Path(parsed.database).exists()
 
     # -- connection -------------------------------------------------------------------

@@ -85,6 +85,7 @@ def test_a_new_sqlite_file_s_first_page_is_asked_for_while_it_opens(tmp_path, mo
     assert [r["state"] for r in invoker.requests] == [{}, {"page": 1}]
     assert not SQLAlchemyDestination.holds_nothing(url)  # made by the sync
     assert not SQLAlchemyDestination.holds_nothing("postgresql://postgres@127.0.0.1/test")
+    assert not SQLAlchemyDestination.holds_nothing(f"sqlite:///file:{tmp_path}/x.db?uri=true")
 
 
 def test_the_next_sync_asks_with_the_state_this_process_committed(tmp_path, monkeypatch):

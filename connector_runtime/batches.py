@@ -33,7 +33,7 @@ from .types import (
     LogicalType,
     has_dash_fifth,
     infer_column,
-    might_be_temporal,
+    starts_as_a_date,
 )
 
 _SIMPLE_ARROW = {
@@ -121,7 +121,7 @@ def _text_array(values: list) -> Inferred:
             return Inferred(UTC_DATETIME, text.cast(arrow_type(UTC_DATETIME)), text)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
-    elif not might_be_temporal(text):
+    elif not starts_as_a_date(text):
         return Inferred(STRING, text)
     return Inferred(infer_column(values), None)
 
